@@ -1,0 +1,97 @@
+"""A small client of the stand-in's admin API, for the CLI, the demo and the tests."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from .server import CENTRAL_FILE
+
+
+class AdminError(RuntimeError):
+    pass
+
+
+class CentralAdmin:
+    def __init__(self, url: str, admin_token: str) -> None:
+        self.url = url.rstrip("/")
+        self._session = requests.Session()
+        self._session.headers["dendro-admin-token"] = admin_token
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path, wait: float = 0.0) -> "CentralAdmin":
+        """Connect to the stand-in that serves `data_dir`, waiting up to `wait` seconds for it."""
+        announcement = data_dir / CENTRAL_FILE
+        deadline = time.monotonic() + wait
+        while not announcement.exists():
+            if time.monotonic() >= deadline:
+                raise AdminError(f"no stand-in central serves {data_dir} (start one with `dendro-prefect central serve`)")
+            time.sleep(0.05)
+        info = json.loads(announcement.read_text())
+        return cls(info["url"], info["adminToken"])
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict:
+        try:
+            response = self._session.request(method, self.url + path, timeout=60, **kwargs)
+        except requests.RequestException as error:
+            raise AdminError(f"{method} {path}: {type(error).__name__}: central unreachable at {self.url}") from None
+        if not response.ok:
+            try:
+                detail = response.json().get("detail")
+            except ValueError:
+                detail = response.text[:200]
+            raise AdminError(f"{method} {path}: HTTP {response.status_code}: {detail}")
+        return response.json()
+
+    def approve(self, resource_id: str, code: str, name: str = "dendro-prefect") -> None:
+        self._call("POST", "/api/gui/compute_resources/register",
+                   json={"computeResourceId": resource_id, "resourceCode": code, "name": name})
+
+    def resource(self, resource_id: str) -> dict:
+        return self._call("GET", f"/api/admin/compute_resources/{resource_id}")["computeResource"]
+
+    def set_apps(self, resource_id: str, apps: list[dict]) -> None:
+        self._call("PUT", f"/api/admin/compute_resources/{resource_id}/apps", json={"apps": apps})
+
+    def create_project(self, name: str) -> str:
+        return self._call("POST", "/api/admin/projects", json={"name": name})["projectId"]
+
+    def upload_file(self, project_id: str, file_name: str, data: bytes) -> str:
+        return self._call("PUT", f"/api/admin/projects/{project_id}/files/{file_name}", data=data)["fileId"]
+
+    def files(self, project_id: str) -> list[dict]:
+        return self._call("GET", f"/api/admin/projects/{project_id}/files")["files"]
+
+    def create_job(self, request: dict) -> str:
+        return self._call("POST", "/api/admin/jobs", json=request)["jobId"]
+
+    def jobs(self, resource_id: str | None = None) -> list[dict]:
+        params = {"computeResourceId": resource_id} if resource_id else None
+        return self._call("GET", "/api/admin/jobs", params=params)["jobs"]
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/api/admin/jobs/{job_id}")["job"]
+
+    def delete_job(self, job_id: str) -> None:
+        self._call("DELETE", f"/api/admin/jobs/{job_id}")
+
+    def download(self, url: str) -> bytes:
+        response = requests.get(url, timeout=60)
+        if not response.ok:
+            raise AdminError(f"download failed: HTTP {response.status_code}")
+        return response.content
+
+    def output(self, job_id: str, output_name: str) -> bytes:
+        """The content of a job output, or of `_console_output`."""
+        job = self.job(job_id)
+        if output_name == "_console_output":
+            url = job.get("consoleOutputUrl")
+        else:
+            url = next((o.get("downloadUrl") for o in job["outputFiles"] if o["name"] == output_name), None)
+        if not url:
+            raise AdminError(f"job {job_id} has no {output_name} yet (status {job['status']})")
+        return self.download(url)

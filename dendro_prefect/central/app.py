@@ -1,0 +1,365 @@
+"""The stand-in's HTTP routes: compute-resource, processor (job-side SDK), blobs, registration, admin.
+
+Authentication as the real central does it: compute-resource calls carry an Ed25519 signature over
+the request path; job-side calls carry the job private key. Admin calls (our addition, standing in
+for the GUI) carry the admin token written next to the database.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel
+
+from ..protocol.models import (
+    ComputeResourceApp,
+    ComputeResourceSpec,
+    JobInputParameter,
+    JobOutputFile,
+    JobStatusUpdate,
+    ProtocolError,
+    RunMethod,
+    parse,
+)
+from ..protocol.signing import verify_resource_code, verify_signature_str
+from .service import Central, dendro_uri, output_blob_key
+from .store import NotFound, TransitionError
+
+COMPUTE_RESOURCE_PREFIX = "/api/compute_resource/compute_resources/{resource_id}"
+
+
+def create_app(central: Central) -> FastAPI:
+    app = FastAPI(title="Dendro central stand-in", docs_url=None, redoc_url=None)
+    app.state.central = central
+    for exception_type, status_code in ((NotFound, 404), (TransitionError, 409), (ProtocolError, 422)):
+        app.add_exception_handler(exception_type, _error_handler(status_code))
+    app.add_exception_handler(RequestValidationError, _validation_error_handler)
+    app.include_router(_compute_resource_routes(central))
+    app.include_router(_processor_routes(central))
+    app.include_router(_blob_routes(central))
+    app.include_router(_registration_routes(central))
+    app.include_router(_admin_routes(central))
+    app.include_router(central.hub.router())
+    return app
+
+
+def _error_handler(status_code: int):
+    async def handle(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"success": False, "detail": str(error)}, status_code=status_code)
+
+    return handle
+
+
+async def _validation_error_handler(request: Request, error: RequestValidationError) -> JSONResponse:
+    """One line naming the fields, as everywhere else, instead of FastAPI's list of dicts."""
+    fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+    return JSONResponse({"success": False, "detail": f"malformed request: {fields}"}, status_code=422)
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+class SpecBody(BaseModel):
+    spec: dict
+
+
+# --- compute resource ------------------------------------------------------------------------------------
+
+
+def _compute_resource_routes(central: Central) -> APIRouter:
+    def authenticate(
+        resource_id: str,
+        request: Request,
+        compute_resource_id: str = Header(""),
+        compute_resource_payload: str = Header(""),
+        compute_resource_signature: str = Header(""),
+    ) -> dict:
+        if compute_resource_id != resource_id or compute_resource_payload != request.url.path:
+            raise HTTPException(401, "compute resource id or payload does not match the request")
+        if not verify_signature_str(compute_resource_payload, resource_id, compute_resource_signature):
+            raise HTTPException(401, "invalid compute resource signature")
+        resource = central.store.resource(resource_id)
+        if resource is None:
+            raise HTTPException(403, f"compute resource {resource_id} is not registered")
+        return resource
+
+    router = APIRouter(prefix=COMPUTE_RESOURCE_PREFIX)
+
+    @router.get("/apps")
+    def apps(resource: dict = Depends(authenticate)) -> dict:
+        return {"apps": resource["apps"], "success": True}
+
+    @router.get("/pubsub_subscription")
+    def pubsub_subscription(request: Request, resource: dict = Depends(authenticate)) -> dict:
+        resource_id = resource["computeResourceId"]
+        subscription: dict[str, Any] = {"pubnubChannel": resource_id, "pubnubUser": resource_id}
+        if central.mock_pubsub:
+            subscription["pubnubSubscribeKey"] = "mock-subscribe-key"
+        else:
+            subscription["pubnubSubscribeKey"] = central.hub.subscribe_key
+            subscription["pubnubOrigin"] = request.url.netloc
+        return {"subscription": subscription, "success": True}
+
+    @router.get("/unfinished_jobs")
+    def unfinished_jobs(resource: dict = Depends(authenticate)) -> dict:
+        return {"jobs": central.store.unfinished_jobs(resource["computeResourceId"]), "success": True}
+
+    @router.put("/spec")
+    def put_spec(body: SpecBody, resource: dict = Depends(authenticate)) -> dict:
+        spec = parse(ComputeResourceSpec, body.spec, "compute resource spec")
+        central.store.set_spec(resource["computeResourceId"], spec.model_dump(mode="json", exclude_none=True))
+        return {"success": True}
+
+    return router
+
+
+# --- job side (the dendro SDK inside the job) -----------------------------------------------------------
+
+
+def _processor_routes(central: Central) -> APIRouter:
+    def authenticate(job_id: str, job_private_key: str = Header("")) -> dict:
+        document = central.store.job(job_id)
+        if not hmac.compare_digest(document["jobPrivateKey"], job_private_key):
+            raise HTTPException(401, "invalid job private key")
+        return document
+
+    router = APIRouter(prefix="/api/processor")
+
+    @router.get("/jobs/{job_id}/status")
+    def get_status(job_id: str, job_private_key: str = Header("")) -> dict:
+        """A deleted job answers status null: that is how a running job learns it was deleted."""
+        try:
+            document = authenticate(job_id, job_private_key)
+        except NotFound:
+            return {"status": None, "success": True}
+        return {"status": document["status"], "success": True}
+
+    @router.put("/jobs/{job_id}/status")
+    def put_status(job_id: str, update: JobStatusUpdate, document: dict = Depends(authenticate)) -> dict:
+        central.set_job_status(job_id, update)
+        return {"success": True}
+
+    def parameters(document: dict) -> list[dict]:
+        return [{"name": p["name"], "value": p.get("value")} for p in document["inputParameters"]]
+
+    def outputs(document: dict) -> list[dict]:
+        return [{"name": o["name"], "skipCloudUpload": o.get("skipCloudUpload")} for o in document["outputFiles"]]
+
+    @router.get("/jobs_v2/{job_id}")
+    def job_v2(document: dict = Depends(authenticate)) -> dict:
+        inputs = [{"name": i["name"], "dendro_uri": dendro_uri(document["projectId"], i)} for i in document["inputFiles"]]
+        return {
+            "jobId": document["jobId"], "status": document["status"], "processorName": document["processorName"],
+            "inputs": inputs, "outputs": outputs(document), "parameters": parameters(document), "success": True,
+        }
+
+    @router.get("/jobs/{job_id}")
+    def job_v1(request: Request, document: dict = Depends(authenticate)) -> dict:
+        inputs = [
+            {"name": i["name"], "url": central.download_url(_base_url(request), central.store.file(i["fileId"])["blobKey"])}
+            for i in document["inputFiles"]
+        ]
+        return {
+            "jobId": document["jobId"], "status": document["status"], "processorName": document["processorName"],
+            "inputs": inputs, "outputs": outputs(document), "parameters": parameters(document), "success": True,
+        }
+
+    @router.get("/jobs/{job_id}/files/{file_id}")
+    def file_info(file_id: str, request: Request, document: dict = Depends(authenticate)) -> dict:
+        file = central.store.file(file_id)
+        if file["projectId"] != document["projectId"]:
+            raise HTTPException(403, "file is not in the job's project")
+        if not file["blobKey"]:
+            raise HTTPException(409, f"file {file_id} is a pending output of job {file['jobId']}")
+        return {"downloadUrl": central.download_url(_base_url(request), file["blobKey"]), "isFolder": False, "success": True}
+
+    def output_key(document: dict, output_name: str) -> str:
+        if not output_name.startswith("_") and output_name not in {o["name"] for o in document["outputFiles"]}:
+            raise HTTPException(404, f"job {document['jobId']} has no output {output_name}")
+        return output_blob_key(document["projectId"], document["jobId"], output_name)
+
+    @router.get("/jobs/{job_id}/outputs/{output_name}/upload_url")
+    def upload_url(output_name: str, request: Request, document: dict = Depends(authenticate)) -> dict:
+        key = output_key(document, output_name)
+        return {"uploadUrl": central.blobs.signed_url(_base_url(request), key, "PUT"), "success": True}
+
+    @router.get("/jobs/{job_id}/outputs/{output_name}/file_id")
+    def output_file_id(output_name: str, document: dict = Depends(authenticate)) -> dict:
+        output = next((o for o in document["outputFiles"] if o["name"] == output_name), None)
+        if output is None:
+            raise HTTPException(404, f"job {document['jobId']} has no output {output_name}")
+        return {"fileId": output["fileId"], "success": True}
+
+    return router
+
+
+# --- blobs -------------------------------------------------------------------------------------------------
+
+
+def _blob_routes(central: Central) -> APIRouter:
+    router = APIRouter(prefix="/blobs")
+
+    def check(method: str, key: str, expires: int, signature: str) -> None:
+        reason = central.blobs.check(method, key, expires, signature)
+        if reason:
+            raise HTTPException(403, reason)
+
+    @router.put("/{key:path}")
+    async def put_blob(key: str, expires: int, signature: str, request: Request) -> dict:
+        check("PUT", key, expires, signature)
+        with central.blobs.writer(key) as handle:
+            async for chunk in request.stream():
+                handle.write(chunk)
+        return {"success": True}
+
+    @router.api_route("/{key:path}", methods=["GET", "HEAD"])
+    def get_blob(key: str, expires: int, signature: str) -> FileResponse:
+        check("GET", key, expires, signature)
+        path = central.blobs.path(key)
+        if not path.is_file():
+            raise HTTPException(404, "no such blob")
+        return FileResponse(path, media_type="application/octet-stream")
+
+    return router
+
+
+# --- registration ---------------------------------------------------------------------------------------
+
+
+def _register(central: Central, resource_id: str, code: str, name: str) -> None:
+    reason = verify_resource_code(code, resource_id)
+    if reason:
+        raise HTTPException(403, reason)
+    if not central.store.register_resource(resource_id, name, code):
+        raise HTTPException(403, "resource code was used already")
+
+
+def _registration_routes(central: Central) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/register-compute-resource/{resource_id}/{code}", response_class=HTMLResponse)
+    def register_link(resource_id: str, code: str, name: str = "dendro-prefect") -> str:
+        """What opening the printed link does: the stand-in has no users, so the signed code is enough."""
+        _register(central, resource_id, code, name)
+        return f"<p>Compute resource <code>{resource_id}</code> is registered.</p>"
+
+    return router
+
+
+# --- admin (our addition: stands in for the GUI) --------------------------------------------------------------
+
+
+class RegisterRequest(BaseModel):
+    computeResourceId: str
+    resourceCode: str
+    name: str = "dendro-prefect"
+
+
+class CreateProjectRequest(BaseModel):
+    name: str
+
+
+class SetAppsRequest(BaseModel):
+    apps: list[ComputeResourceApp]
+
+
+class CreateJobInput(BaseModel):
+    """An input names a project file by id or by file name."""
+
+    name: str
+    fileName: str | None = None
+    fileId: str | None = None
+
+
+class CreateJobRequest(BaseModel):
+    computeResourceId: str
+    projectId: str
+    processorName: str
+    inputFiles: list[CreateJobInput]
+    outputFiles: list[JobOutputFile]
+    inputParameters: list[JobInputParameter] = []
+    processorSpec: dict | None = None
+    requiredResources: dict | None = None
+    runMethod: RunMethod | None = None
+    batchId: str | None = None
+
+
+def _admin_routes(central: Central) -> APIRouter:
+    def authenticate(dendro_admin_token: str = Header("")) -> None:
+        if not hmac.compare_digest(dendro_admin_token, central.admin_token):
+            raise HTTPException(401, "invalid admin token")
+
+    router = APIRouter(dependencies=[Depends(authenticate)])
+
+    @router.post("/api/gui/compute_resources/register")
+    def register(body: RegisterRequest) -> dict:
+        _register(central, body.computeResourceId, body.resourceCode, body.name)
+        return {"success": True}
+
+    @router.get("/api/admin/compute_resources/{resource_id}")
+    def get_resource(resource_id: str) -> dict:
+        resource = central.store.resource(resource_id)
+        if resource is None:
+            raise NotFound(f"compute resource {resource_id} is not registered")
+        return {"computeResource": resource, "success": True}
+
+    @router.put("/api/admin/compute_resources/{resource_id}/apps")
+    def set_apps(resource_id: str, body: SetAppsRequest) -> dict:
+        central.set_apps(resource_id, [a.model_dump(mode="json") for a in body.apps])
+        return {"success": True}
+
+    @router.post("/api/admin/projects")
+    def create_project(body: CreateProjectRequest) -> dict:
+        return {"projectId": central.store.create_project(body.name), "success": True}
+
+    @router.get("/api/admin/projects/{project_id}/files")
+    def list_files(project_id: str) -> dict:
+        central.store.require_project(project_id)
+        return {"files": central.store.files(project_id), "success": True}
+
+    @router.put("/api/admin/projects/{project_id}/files/{file_name:path}")
+    async def upload_file(project_id: str, file_name: str, request: Request) -> dict:
+        central.store.require_project(project_id)
+        key = f"projects/{project_id}/files/{file_name}"
+        with central.blobs.writer(key) as handle:
+            async for chunk in request.stream():
+                handle.write(chunk)
+        file_id = central.store.add_file(project_id, file_name, central.blobs.size(key) or 0, key)
+        return {"fileId": file_id, "success": True}
+
+    @router.post("/api/admin/jobs")
+    def create_job(body: CreateJobRequest) -> dict:
+        document = central.create_job(
+            compute_resource_id=body.computeResourceId,
+            project_id=body.projectId,
+            processor_name=body.processorName,
+            input_files=[i.model_dump() for i in body.inputFiles],
+            output_files=[o.model_dump(mode="json", exclude_none=True) for o in body.outputFiles],
+            input_parameters=[p.model_dump(mode="json", exclude_none=True) for p in body.inputParameters],
+            processor_spec=body.processorSpec,
+            required_resources=body.requiredResources,
+            run_method=body.runMethod,
+            batch_id=body.batchId,
+        )
+        return {"jobId": document["jobId"], "success": True}
+
+    @router.get("/api/admin/jobs")
+    def list_jobs(request: Request, computeResourceId: str | None = None) -> dict:
+        jobs = [central.job_view(j["jobId"], _base_url(request)) for j in central.store.jobs(computeResourceId)]
+        return {"jobs": jobs, "success": True}
+
+    @router.get("/api/admin/jobs/{job_id}")
+    def get_job(job_id: str, request: Request) -> dict:
+        return {"job": central.job_view(job_id, _base_url(request)), "success": True}
+
+    @router.delete("/api/admin/jobs/{job_id}")
+    def delete_job(job_id: str) -> dict:
+        central.delete_job(job_id)
+        return {"success": True}
+
+    return router

@@ -1,0 +1,217 @@
+"""SQLite storage of the stand-in: resources, projects, files and jobs.
+
+Jobs are stored as their wire documents (JSON) beside the few columns that queries need, so the
+stand-in serves exactly what it was given and the schema stays small.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..protocol.models import FINISHED_STATUSES, UNFINISHED_STATUSES
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, apps TEXT NOT NULL DEFAULT '[]', spec TEXT, registered_at REAL
+);
+CREATE TABLE IF NOT EXISTS used_codes (code TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS projects (id TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY, project_id TEXT NOT NULL, file_name TEXT NOT NULL, size INTEGER NOT NULL,
+    blob_key TEXT NOT NULL, job_id TEXT, created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, compute_resource_id TEXT NOT NULL, status TEXT NOT NULL, document TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_resource ON jobs (compute_resource_id, status);
+"""
+
+# Who may move a job where (the central's rules; `force_update` bypasses them).
+ALLOWED_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "starting": ("pending",),
+    "running": ("starting",),
+    "completed": ("running",),
+    "failed": ("pending", "starting", "running"),
+    "queued": ("pending",),
+}
+STATUS_TIMESTAMPS = {
+    "queued": "timestampQueued",
+    "starting": "timestampStarting",
+    "running": "timestampStarted",
+    "completed": "timestampFinished",
+    "failed": "timestampFinished",
+}
+
+
+class NotFound(LookupError):
+    pass
+
+
+class TransitionError(ValueError):
+    pass
+
+
+def new_id(length: int = 8) -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def _query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # --- compute resources -----------------------------------------------------------------------------
+
+    def register_resource(self, resource_id: str, name: str, code: str) -> bool:
+        """Register once per code: False when the code was used already (a replay)."""
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO used_codes VALUES (?)", (code,))
+            except sqlite3.IntegrityError:
+                return False
+            self._db.execute(
+                "INSERT INTO resources (id, name, registered_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET name = excluded.name",
+                (resource_id, name, time.time()),
+            )
+            return True
+
+    def resource(self, resource_id: str) -> dict | None:
+        rows = self._query("SELECT id, name, apps, spec FROM resources WHERE id = ?", resource_id)
+        if not rows:
+            return None
+        rid, name, apps, spec = rows[0]
+        return {"computeResourceId": rid, "name": name, "apps": json.loads(apps), "spec": json.loads(spec or "null")}
+
+    def set_apps(self, resource_id: str, apps: list[dict]) -> None:
+        self._require_resource(resource_id)
+        self._query("UPDATE resources SET apps = ? WHERE id = ?", json.dumps(apps), resource_id)
+
+    def set_spec(self, resource_id: str, spec: dict) -> None:
+        self._query("UPDATE resources SET spec = ? WHERE id = ?", json.dumps(spec), resource_id)
+
+    def _require_resource(self, resource_id: str) -> None:
+        if not self._query("SELECT 1 FROM resources WHERE id = ?", resource_id):
+            raise NotFound(f"compute resource {resource_id} is not registered")
+
+    # --- projects and files ------------------------------------------------------------------------------
+
+    def create_project(self, name: str) -> str:
+        project_id = new_id()
+        self._query("INSERT INTO projects VALUES (?, ?, ?)", project_id, name, time.time())
+        return project_id
+
+    def require_project(self, project_id: str) -> None:
+        if not self._query("SELECT 1 FROM projects WHERE id = ?", project_id):
+            raise NotFound(f"project {project_id} not found")
+
+    def add_file(self, project_id: str, file_name: str, size: int, blob_key: str, job_id: str | None = None) -> str:
+        """Add a file; one of the same name is replaced in place, keeping its id (as a job's output
+        replaces the pending file that jobs downstream already name). An empty blob key = pending."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id FROM files WHERE project_id = ? AND file_name = ?", (project_id, file_name)
+            ).fetchone()
+            file_id = row[0] if row else new_id()
+            self._db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (file_id, project_id, file_name, size, blob_key, job_id, time.time()),
+            )
+        return file_id
+
+    def file(self, file_id: str) -> dict:
+        rows = self._query("SELECT id, project_id, file_name, size, blob_key, job_id FROM files WHERE id = ?", file_id)
+        if not rows:
+            raise NotFound(f"file {file_id} not found")
+        return dict(zip(("fileId", "projectId", "fileName", "size", "blobKey", "jobId"), rows[0]))
+
+    def file_by_name(self, project_id: str, file_name: str) -> dict:
+        rows = self._query("SELECT id FROM files WHERE project_id = ? AND file_name = ?", project_id, file_name)
+        if not rows:
+            raise NotFound(f"project {project_id} has no file {file_name}")
+        return self.file(rows[0][0])
+
+    def files(self, project_id: str) -> list[dict]:
+        rows = self._query("SELECT id FROM files WHERE project_id = ? ORDER BY created", project_id)
+        return [self.file(row[0]) for row in rows]
+
+    # --- jobs --------------------------------------------------------------------------------------------
+
+    def create_job(self, document: dict) -> None:
+        self._query(
+            "INSERT INTO jobs VALUES (?, ?, ?, ?)",
+            document["jobId"], document["computeResourceId"], document["status"], json.dumps(document),
+        )
+
+    def job(self, job_id: str) -> dict:
+        rows = self._query("SELECT document FROM jobs WHERE id = ?", job_id)
+        if not rows:
+            raise NotFound(f"job {job_id} not found")
+        return json.loads(rows[0][0])
+
+    def save_job(self, document: dict) -> None:
+        self._query(
+            "UPDATE jobs SET status = ?, document = ? WHERE id = ?",
+            document["status"], json.dumps(document), document["jobId"],
+        )
+
+    def jobs(self, resource_id: str | None = None) -> Iterator[dict]:
+        if resource_id is None:
+            rows = self._query("SELECT document FROM jobs ORDER BY rowid")
+        else:
+            rows = self._query("SELECT document FROM jobs WHERE compute_resource_id = ? ORDER BY rowid", resource_id)
+        return (json.loads(row[0]) for row in rows)
+
+    def unfinished_jobs(self, resource_id: str) -> list[dict]:
+        """As the central answers: hidden are deleted jobs, jobs awaiting approval, and jobs whose
+        input is still a pending output of another unfinished job of the same project."""
+        placeholders = ",".join("?" for _ in UNFINISHED_STATUSES)
+        rows = self._query(
+            f"SELECT document FROM jobs WHERE compute_resource_id = ? AND status IN ({placeholders}) ORDER BY rowid",
+            resource_id, *UNFINISHED_STATUSES,
+        )
+        jobs = [json.loads(row[0]) for row in rows]
+        jobs = [j for j in jobs if not j.get("deleted") and not j.get("pendingApproval")]
+        pending_outputs = {
+            (j["projectId"], o["fileName"]): j["jobId"] for j in jobs for o in j.get("outputFiles", [])
+        }
+        return [
+            j for j in jobs
+            if not any(pending_outputs.get((j["projectId"], i["fileName"]), j["jobId"]) != j["jobId"]
+                       for i in j.get("inputFiles", []))
+        ]
+
+    def delete_job(self, job_id: str) -> dict:
+        document = self.job(job_id)
+        self._query("DELETE FROM jobs WHERE id = ?", job_id)
+        return document
+
+
+def apply_status(document: dict, status: str, error: str | None, force: bool) -> None:
+    """Move a job document to `status` under the central's transition rules."""
+    current = document["status"]
+    if not force:
+        if current in FINISHED_STATUSES:
+            raise TransitionError(f"job {document['jobId']} is {current} already; cannot set {status}")
+        if current not in ALLOWED_TRANSITIONS.get(status, ()):
+            raise TransitionError(f"cannot set job {document['jobId']} to {status} from {current}")
+        if error is not None and status != "failed":
+            raise TransitionError("an error can only be given with status failed")
+    document["status"] = status
+    if error is not None:
+        document["error"] = error
+    if status in STATUS_TIMESTAMPS:
+        document[STATUS_TIMESTAMPS[status]] = time.time()

@@ -1,0 +1,61 @@
+"""The `dendro-prefect` command (typer, as Prefect's own CLI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .config import CONFIG_FILE_NAME, ComputeResourceConfig, ConfigError, config_from_node_yaml
+from .central.cli import central_app
+from .protocol.signing import generate_keypair, make_resource_code
+
+app = typer.Typer(no_args_is_help=True, help="A Dendro compute resource built on Prefect.")
+app.add_typer(central_app, name="central")
+
+
+@app.command("register-compute-resource")
+def register_compute_resource(
+    central: str = typer.Option(..., "--central", help="URL of the Dendro central service."),
+    name: str = typer.Option("dendro-prefect", help="Name shown for this compute resource."),
+    config_file: Path = typer.Option(Path(CONFIG_FILE_NAME), "--config", help="Where to write the configuration."),
+    from_node_yaml: Optional[Path] = typer.Option(
+        None, "--from-node-yaml", help="Import the keys of the original daemon's .dendro-compute-resource-node.yaml."
+    ),
+    container_method: str = typer.Option("docker", help="docker, apptainer, singularity or none."),
+) -> None:
+    """Create this compute resource's key pair and configuration, and print its registration link."""
+    try:
+        if from_node_yaml is not None:
+            config = config_from_node_yaml(from_node_yaml, central)
+        else:
+            resource_id, private_key = generate_keypair()
+            config = ComputeResourceConfig(
+                compute_resource_id=resource_id, compute_resource_private_key=private_key,
+                central_url=central, name=name, container_method=container_method,
+            )
+        config.write(config_file)
+    except (ConfigError, ValueError) as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1)
+    code = make_resource_code(config.private_key)
+    typer.echo(f"Wrote {config_file} (mode 0600) for compute resource {config.compute_resource_id}")
+    typer.echo("Open this link within 5 minutes to register it:")
+    typer.echo(f"{config.central_url.rstrip('/')}/register-compute-resource/{config.compute_resource_id}/{code}")
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path(".demo"), help="Scratch directory of the demo (wiped at start)."),
+    sdk_venv: Path = typer.Option(Path(".venv-sdk"), help="Virtual environment with the dendro SDK for the app."),
+    timeout: float = typer.Option(300, help="Seconds to wait for the job."),
+) -> None:
+    """Run one real Dendro job from submitted to completed on this machine."""
+    from .demo import run_demo
+
+    run_demo(workdir, sdk_venv, timeout)
+
+
+if __name__ == "__main__":
+    app()

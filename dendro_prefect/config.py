@@ -1,0 +1,106 @@
+"""`.dendro_compute_resource.json`: who this compute resource is and which central it talks to.
+
+The file holds the resource's private key, so it is written with mode 0600 and never overwritten.
+The original daemon's `.dendro-compute-resource-node.yaml` can be imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from .protocol.models import RunMethod, describe_validation_error
+from .protocol.signing import public_key_of
+
+CONFIG_FILE_NAME = ".dendro_compute_resource.json"
+NODE_YAML_FILE_NAME = ".dendro-compute-resource-node.yaml"
+DEFAULT_CENTRAL_URL = "https://dendro.vercel.app"
+
+ContainerMethod = Literal["docker", "apptainer", "singularity", "none"]
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, malformed or inconsistent."""
+
+
+class ComputeResourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    compute_resource_id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    compute_resource_private_key: SecretStr
+    central_url: str = DEFAULT_CENTRAL_URL
+    name: str = "dendro-prefect"
+    container_method: ContainerMethod = "docker"
+    default_job_run_method: RunMethod = "local"
+    available_job_run_methods: list[RunMethod] = ["local"]
+
+    @field_validator("compute_resource_private_key")
+    @classmethod
+    def _is_hex_seed(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise ValueError("must be 64 lowercase hex characters (an Ed25519 seed)")
+        return value
+
+    @model_validator(mode="after")
+    def _key_matches_id(self) -> "ComputeResourceConfig":
+        if public_key_of(self.compute_resource_private_key.get_secret_value()) != self.compute_resource_id:
+            raise ValueError("compute_resource_private_key does not belong to compute_resource_id")
+        return self
+
+    @property
+    def private_key(self) -> str:
+        return self.compute_resource_private_key.get_secret_value()
+
+    def write(self, path: Path) -> None:
+        """Create `path` with mode 0600; refuse to replace an existing file."""
+        document = self.model_dump(mode="json")
+        document["compute_resource_private_key"] = self.private_key
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ConfigError(f"{path} exists already; refusing to overwrite it") from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=2)
+            handle.write("\n")
+
+    @classmethod
+    def read(cls, path: Path) -> "ComputeResourceConfig":
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} not found; run `dendro-prefect register-compute-resource` first") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path} is not JSON: {error}") from None
+        try:
+            return cls.model_validate(document)
+        except ValidationError as error:
+            raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
+
+
+def config_from_node_yaml(path: Path, central_url: str) -> ComputeResourceConfig:
+    """Translate the original daemon's YAML node file into our configuration."""
+    try:
+        node = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read {path}: {error}") from None
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path} is not a YAML mapping")
+    methods = [m.strip() for m in str(node.get("AVAILABLE_JOB_RUN_METHODS") or "local").split(",") if m.strip()]
+    document = {
+        "compute_resource_id": node.get("COMPUTE_RESOURCE_ID"),
+        "compute_resource_private_key": node.get("COMPUTE_RESOURCE_PRIVATE_KEY"),
+        "central_url": central_url,
+        "container_method": node.get("CONTAINER_METHOD") or "docker",
+        "default_job_run_method": node.get("DEFAULT_JOB_RUN_METHOD") or "local",
+        "available_job_run_methods": methods,
+    }
+    try:
+        return ComputeResourceConfig.model_validate(document)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {describe_validation_error(error)}") from None

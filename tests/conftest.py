@@ -1,0 +1,82 @@
+"""Shared fixtures: a real stand-in central on a free loopback port, a registered compute resource,
+and the real dendro SDK's virtual environment."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dendro_prefect.central.admin_client import CentralAdmin
+from dendro_prefect.central.process import running_central
+from dendro_prefect.protocol.client import CentralClient
+from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+LETTER_COUNT_APP = REPO / "apps" / "letter_count"
+
+
+@pytest.fixture(scope="session")
+def sdk_bin() -> Path:
+    """The bin directory of the virtual environment with the real dendro 0.2.17 SDK (made by scripts/test.sh)."""
+    venv = Path(os.environ.get("DENDRO_SDK_VENV", REPO / ".venv-sdk"))
+    if not (venv / "bin" / "dendro").exists():
+        pytest.fail(f"no dendro SDK in {venv}: run `bash scripts/test.sh`, which creates it")
+    return venv / "bin"
+
+
+@pytest.fixture
+def central(tmp_path: Path):
+    with running_central(tmp_path / "central") as admin:
+        yield admin
+
+
+@pytest.fixture
+def mock_pubsub_central(tmp_path: Path):
+    with running_central(tmp_path / "central", mock_pubsub=True) as admin:
+        yield admin
+
+
+@dataclass
+class Resource:
+    id: str
+    private_key: str
+    client: CentralClient
+
+
+def register(admin: CentralAdmin) -> Resource:
+    resource_id, private_key = generate_keypair()
+    admin.approve(resource_id, make_resource_code(private_key))
+    return Resource(resource_id, private_key, CentralClient(admin.url, resource_id, private_key, retry_deadline=5))
+
+
+@pytest.fixture
+def resource(central: CentralAdmin) -> Resource:
+    return register(central)
+
+
+def letter_count_spec() -> dict:
+    return json.loads((LETTER_COUNT_APP / "spec.json").read_text())
+
+
+def create_letter_count_job(admin: CentralAdmin, resource_id: str, text: str = "hello dendro world",
+                            letter: str = "o", **overrides) -> str:
+    project_id = admin.create_project("test")
+    admin.upload_file(project_id, "in.txt", text.encode())
+    request = {
+        "computeResourceId": resource_id,
+        "projectId": project_id,
+        "processorName": "letter_count",
+        "inputFiles": [{"name": "input", "fileName": "in.txt"}],
+        "outputFiles": [{"name": "output", "fileName": "out.json"}],
+        "inputParameters": [{"name": "letter", "value": letter}],
+        "processorSpec": letter_count_spec()["processors"][0],
+        "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 60},
+        "runMethod": "local",
+    }
+    request.update(overrides)
+    return admin.create_job(request)
