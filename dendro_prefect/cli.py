@@ -50,11 +50,12 @@ def demo(
     workdir: Path = typer.Option(Path(".demo"), help="Scratch directory of the demo (wiped at start)."),
     sdk_venv: Path = typer.Option(Path(".venv-sdk"), help="Virtual environment with the dendro SDK for the app."),
     timeout: float = typer.Option(300, help="Seconds to wait for the job."),
+    keep_running: bool = typer.Option(False, help="Keep the servers and workers running after the job."),
 ) -> None:
-    """Run one real Dendro job from submitted to completed on this machine."""
+    """Run one real Dendro job from submitted to completed through Prefect on this machine."""
     from .demo import run_demo
 
-    run_demo(workdir, sdk_venv, timeout)
+    run_demo(workdir, sdk_venv, timeout, keep_running)
 
 
 if __name__ == "__main__":

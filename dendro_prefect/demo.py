@@ -1,16 +1,19 @@
-"""`dendro-prefect demo`: one real Dendro job from submitted to completed on this machine.
+"""`dendro-prefect demo`: one real Dendro job from submitted to completed through Prefect.
 
-Starts the stand-in central, registers a compute resource with it, submits a letter_count job
-(an app written with the real dendro SDK) and follows the job's status at the central until it ends.
+On this machine alone: a Prefect server (SQLite), the central stand-in, a registered compute resource,
+the `dendro-controller` and `local` work pools with the deployments of prefect.yaml, a process worker
+running the subscription flow and a `dendro-local` worker; then a letter_count job (an app written
+with the real dendro SDK) is submitted at the central and followed until it ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
-import subprocess
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
@@ -18,77 +21,129 @@ import typer
 from .central.admin_client import CentralAdmin
 from .central.process import running_central
 from .config import ComputeResourceConfig
-from .protocol.client import CentralClient
+from .embedded import prefect_cli, prefect_server, prefect_worker
 from .protocol.signing import generate_keypair, make_resource_code
 
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "apps" / "letter_count"
 DEMO_TEXT = "Dendro runs neurophysiology analyses; dendro-prefect runs Dendro jobs on Prefect.\n"
+SUBSCRIPTION_DEPLOYMENT = "dendro-subscription/subscription"
 
 
-def follow_job(admin: CentralAdmin, job_id: str, timeout: float, process: subprocess.Popen) -> dict:
+def follow_job(admin: CentralAdmin, job_id: str, timeout: float) -> dict:
     """Print each status the job passes through, with the time since submission, until it ends."""
     started, seen = time.monotonic(), None
     while True:
-        exit_code = process.poll()
         job = admin.job(job_id)
         if job["status"] != seen:
             seen = job["status"]
             typer.echo(f"  {time.monotonic() - started:6.2f} s  {seen}")
         if seen in ("completed", "failed"):
             return job
-        if exit_code is not None:
-            raise typer.Exit(f"the app exited with code {exit_code} but left job {job_id} {seen}")
         if time.monotonic() - started > timeout:
             raise typer.Exit(f"job {job_id} still {seen} after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def register_resource(admin: CentralAdmin, workdir: Path, container_method: str) -> ComputeResourceConfig:
+    resource_id, private_key = generate_keypair()
+    config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
+                                   central_url=admin.url, container_method=container_method)
+    config.write(workdir / ".dendro_compute_resource.json")
+    admin.approve(resource_id, make_resource_code(private_key), "demo")
+    admin.set_apps(resource_id, [{"name": "letter_count", "specUri": (APP_DIR / "spec.json").as_uri()}])
+    return config
+
+
+def submit_letter_count(admin: CentralAdmin, resource_id: str) -> str:
+    project_id = admin.create_project("demo")
+    admin.upload_file(project_id, "text.txt", DEMO_TEXT.encode())
+    spec = json.loads((APP_DIR / "spec.json").read_text())
+    return admin.create_job({
+        "computeResourceId": resource_id, "projectId": project_id, "processorName": "letter_count",
+        "inputFiles": [{"name": "input", "fileName": "text.txt"}],
+        "outputFiles": [{"name": "output", "fileName": "count.json"}],
+        "inputParameters": [{"name": "letter", "value": "e"}],
+        "processorSpec": spec["processors"][0],
+        "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 120},
+        "runMethod": "local",
+    })
+
+
+def start_subscription(api_url: str, config_file: Path, poll_interval_sec: float) -> str:
+    os.environ["PREFECT_API_URL"] = api_url
+    from prefect.deployments import arun_deployment
+
+    flow_run = asyncio.run(arun_deployment(
+        SUBSCRIPTION_DEPLOYMENT, parameters={"config_file": str(config_file), "poll_interval_sec": poll_interval_sec},
+        timeout=0, as_subflow=False,
+    ))
+    return str(flow_run.id)
+
+
+def wait_for_controller(admin: CentralAdmin, resource_id: str, timeout: float) -> None:
+    """The subscription flow reports the apps' spec once it has subscribed: wait for that."""
+    deadline = time.monotonic() + timeout
+    while admin.resource(resource_id)["spec"] is None:
+        if time.monotonic() > deadline:
+            raise typer.Exit("the subscription flow did not start; see the controller worker's log")
         time.sleep(0.1)
 
 
-def launch_with_sdk(client: CentralClient, job_id: str, workdir: Path, sdk_venv: Path) -> subprocess.Popen:
-    """Run the job as the `none` container method does: set `starting`, start the app process."""
-    job = next(j for j in client.get_unfinished_jobs() if j["jobId"] == job_id)
-    client.set_job_status(job_id, job["jobPrivateKey"], "starting")
-    executable = str(APP_DIR / "main.py")
-    env = dict(
-        os.environ, PATH=f"{sdk_venv.resolve() / 'bin'}{os.pathsep}{os.environ['PATH']}", JOB_ID=job_id,
-        JOB_PRIVATE_KEY=job["jobPrivateKey"], APP_EXECUTABLE=executable, DENDRO_URL=client.central_url,
-        JOB_TIMEOUT_SEC=str(int(job["requiredResources"]["timeSec"])), PYTHONUNBUFFERED="1",
-    )
-    workdir.mkdir(parents=True)
-    return subprocess.Popen([executable], env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def final_flow_run(api_url: str, job_id: str, timeout: float) -> str:
+    """The job's flow run once it is in a final state, as a line with its URL."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    async def read() -> str:
+        deadline = time.monotonic() + timeout
+        async with get_client() as client:
+            while True:
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"job:{job_id}"])))
+                if runs and runs[0].state and runs[0].state.is_final():
+                    run = runs[0]
+                    return f"{run.name}: {run.state.name} ({api_url.removesuffix('/api')}/runs/flow-run/{run.id})"
+                if time.monotonic() > deadline:
+                    return f"no final flow run for job {job_id} after {timeout:.0f} s"
+                await asyncio.sleep(0.2)
+
+    return asyncio.run(read())
 
 
-def run_demo(workdir: Path, sdk_venv: Path, timeout: float) -> None:
+def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    with running_central(workdir / "central") as admin:
-        typer.echo(f"Central stand-in: {admin.url}")
-        resource_id, private_key = generate_keypair()
-        config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                                       central_url=admin.url, container_method="none")
-        config.write(workdir / ".dendro_compute_resource.json")
-        admin.approve(resource_id, make_resource_code(private_key), "demo")
-        typer.echo(f"Compute resource {resource_id} registered")
-        admin.set_apps(resource_id, [{"name": "letter_count", "specUri": (APP_DIR / "spec.json").as_uri()}])
-        project_id = admin.create_project("demo")
-        admin.upload_file(project_id, "text.txt", DEMO_TEXT.encode())
-        spec = json.loads((APP_DIR / "spec.json").read_text())
-        job_id = admin.create_job({
-            "computeResourceId": resource_id, "projectId": project_id, "processorName": "letter_count",
-            "inputFiles": [{"name": "input", "fileName": "text.txt"}],
-            "outputFiles": [{"name": "output", "fileName": "count.json"}],
-            "inputParameters": [{"name": "letter", "value": "e"}],
-            "processorSpec": spec["processors"][0],
-            "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 120},
-            "runMethod": "local",
-        })
+    home = workdir / "prefect"
+    with ExitStack() as stack:
+        typer.echo("Starting a Prefect server (SQLite) and the Dendro central stand-in …")
+        api_url = stack.enter_context(prefect_server(home))
+        admin = stack.enter_context(running_central(workdir / "central"))
+        config = register_resource(admin, workdir, "none")
+        typer.echo(f"Prefect UI: {api_url.removesuffix('/api')}   central: {admin.url}")
+        typer.echo(f"Compute resource {config.compute_resource_id} registered with app letter_count")
+        prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")
+        prefect_cli(home, api_url, "work-pool", "create", "local", "--type", "dendro-local")
+        prefect_cli(home, api_url, "deploy", "--all", cwd=REPO)
+        typer.echo("Work pools dendro-controller and local created; deployments of prefect.yaml applied")
+        stack.enter_context(prefect_worker(home, api_url, "dendro-controller", "process", REPO, "controller-worker.log"))
+        sdk_path = f"{sdk_venv.resolve() / 'bin'}{os.pathsep}{os.environ['PATH']}"
+        stack.enter_context(prefect_worker(home, api_url, "local", "dendro-local", workdir, "local-worker.log",
+                                           {"PATH": sdk_path}))
+        start_subscription(api_url, workdir / ".dendro_compute_resource.json", 10.0)
+        wait_for_controller(admin, config.compute_resource_id, timeout)
+        typer.echo("Subscription flow running; workers started")
+        job_id = submit_letter_count(admin, config.compute_resource_id)
         typer.echo(f"Submitted job {job_id}; its statuses at the central:")
-        client = CentralClient(admin.url, resource_id, private_key)
-        process = launch_with_sdk(client, job_id, workdir / "jobs" / job_id, sdk_venv)
-        try:
-            job = follow_job(admin, job_id, timeout, process)
-        finally:
-            process.wait(timeout=30)
+        job = follow_job(admin, job_id, timeout)
+        typer.echo(f"Flow run {final_flow_run(api_url, job_id, 30)}")
         if job["status"] != "completed":
             raise typer.Exit(f"job failed: {job.get('error')}")
         typer.echo(f"Output count.json: {admin.output(job_id, 'output').decode()}")
+        if keep_running:
+            typer.echo("Keeping everything running; press Ctrl-C to stop.")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass

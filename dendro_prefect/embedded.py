@@ -1,0 +1,100 @@
+"""The embedded default: a Prefect server on SQLite and Prefect workers as child processes, on
+loopback and free ports, for the demo and the tests. Each is stopped by its PID when done."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import requests
+
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
+    """The environment of our Prefect processes: their own home (database, profiles) and no analytics."""
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_CLI_PROMPT="false", PREFECT_SERVER_LOGGING_LEVEL="WARNING")
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def _stop(process: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 20.0) -> None:
+    """SIGINT first: `prefect worker start` ignores SIGTERM for minutes but stops on SIGINT."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def prefect_server(home: Path, startup_timeout: float = 90.0) -> Iterator[str]:
+    """A Prefect server on a free 127.0.0.1 port with its SQLite database under `home`; yields the API URL."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    log = open(home / "server.log", "ab")
+    process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               env=prefect_env(home), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not _healthy(api_url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = (home / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the Prefect server did not start; its log ends with:\n{tail}")
+            time.sleep(0.2)
+        yield api_url
+    finally:
+        _stop(process)
+        log.close()
+
+
+def _healthy(api_url: str) -> bool:
+    """Our server answers its health check; another one on the port would not have been picked."""
+    try:
+        return requests.get(f"{api_url}/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+@contextmanager
+def prefect_worker(
+    home: Path, api_url: str, pool: str, worker_type: str, cwd: Path, log_name: str, extra_env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen]:
+    """`prefect worker start` for one pool, querying every second so runs start promptly."""
+    env = prefect_env(home, api_url)
+    env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5", **(extra_env or {}))
+    log = open(home / log_name, "ab")
+    process = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--type", worker_type],
+                               cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        _stop(process)
+        log.close()
+
+
+def prefect_cli(home: Path, api_url: str, *args: str, cwd: Path | None = None) -> str:
+    """Run a `prefect` command against our server; its output, or an error with it."""
+    result = subprocess.run([PREFECT, *args], env=prefect_env(home, api_url), cwd=cwd, capture_output=True,
+                            text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout

@@ -1,0 +1,92 @@
+"""The central's PubSub as hints, with polling as the fallback, behind one small interface.
+
+Messages arrive on the `pubnub` SDK's thread and are queued; the controller waits for the next
+messages or for its poll interval, whichever comes first. With the `mock-subscribe-key` (a central
+without PubSub) nothing is subscribed and every wait is a plain poll interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from typing import Any
+
+import anyio
+from pubnub.callbacks import SubscribeCallback
+from pubnub.enums import PNStatusCategory
+from pubnub.pnconfiguration import PNConfiguration
+from pubnub.pubnub import PubNub
+
+from .protocol.models import ProtocolError, PubsubMessage, PubsubSubscription, parse
+
+logger = logging.getLogger(__name__)
+
+
+class _Listener(SubscribeCallback):
+    def __init__(self, hints: "JobHints") -> None:
+        self._hints = hints
+
+    def status(self, pubnub: PubNub, status: Any) -> None:
+        if status.category == PNStatusCategory.PNConnectedCategory:
+            self._hints.connected = True
+        elif status.is_error():
+            logger.warning("PubSub: %s (polling continues)", status.category.name)
+
+    def message(self, pubnub: PubNub, message: Any) -> None:
+        self._hints.receive(message.message)
+
+    def presence(self, pubnub: PubNub, presence: Any) -> None:
+        pass
+
+
+class JobHints:
+    def __init__(self, subscription: PubsubSubscription, compute_resource_id: str) -> None:
+        self.subscription = subscription
+        self.compute_resource_id = compute_resource_id
+        self.connected = False
+        self._queue: queue.Queue[PubsubMessage] = queue.Queue()
+        self._pubnub: PubNub | None = None
+
+    def start(self) -> None:
+        if self.subscription.is_mock:
+            logger.info("PubSub: the central has none (mock-subscribe-key); polling only")
+            return
+        config = PNConfiguration()
+        config.subscribe_key = self.subscription.pubnubSubscribeKey
+        config.user_id = self.subscription.pubnubUser
+        config.daemon = True
+        config.disable_config_locking = False
+        if self.subscription.pubnubOrigin:
+            config.origin = self.subscription.pubnubOrigin
+            config.ssl = not self.subscription.pubnubOrigin.startswith(("127.", "localhost"))
+        self._pubnub = PubNub(config)
+        self._pubnub.add_listener(_Listener(self))
+        self._pubnub.subscribe().channels([self.subscription.pubnubChannel]).execute()
+
+    def stop(self) -> None:
+        if self._pubnub is not None:
+            self._pubnub.unsubscribe_all()
+            self._pubnub.stop()
+            self._pubnub = None
+
+    def receive(self, document: Any) -> None:
+        """Keep well-formed messages for this compute resource; log and drop the rest."""
+        try:
+            message = parse(PubsubMessage, document, "PubSub message")
+        except ProtocolError as error:
+            logger.warning("%s; ignored", error)
+            return
+        if message.computeResourceId != self.compute_resource_id:
+            return
+        self._queue.put(message)
+
+    async def wait(self, timeout: float) -> list[PubsubMessage]:
+        """The messages that arrive within `timeout` seconds (all that are queued, once one is)."""
+        try:
+            first = await anyio.to_thread.run_sync(lambda: self._queue.get(timeout=timeout), abandon_on_cancel=True)
+        except queue.Empty:
+            return []
+        messages = [first]
+        while not self._queue.empty():
+            messages.append(self._queue.get_nowait())
+        return messages

@@ -1,0 +1,304 @@
+"""The one worker shape every dendro-prefect backend shares.
+
+The flow run is the Dendro job. App images hold no Prefect, so the worker itself fetches the job from
+the central, sets it `starting`, has its backend launch the app, records the infrastructure id on the
+flow run, streams the app's output into the flow run's logs, and mirrors the job's end into the flow
+run's state. It also kills the job when the flow run is cancelled in Prefect, when the job is failed
+or deleted at the central, or when it overruns its time limit.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import Abort
+from prefect.states import Cancelled, Completed, Failed, Running, State
+from prefect.utilities.engine import propose_state
+from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
+from pydantic import Field
+
+from ..config import ComputeResourceConfig, ConfigError
+from ..protocol.client import CentralClient, CentralError
+from ..protocol.models import DendroJob, ProtocolError, parse
+from .launch import InfrastructureState, LaunchError, LaunchRequest, Launcher, job_environment
+from .watch import Observation, Watch, WatchedJob
+
+REDACTED = "[redacted]"
+SDK_FAILURE_PREFIX = "Job failed: "
+# The dendro SDK reports `completed` just before it exits; give a finished job this long to exit.
+EXIT_GRACE_SEC = 15.0
+
+
+class DendroJobConfiguration(BaseJobConfiguration):
+    """Per-job settings; the subscription flow fills the app and resources from the Dendro job."""
+
+    config_file: str = Field(default=".dendro_compute_resource.json")
+    app_name: str = Field(default="")
+    app_image: str | None = Field(default=None)
+    app_executable: str = Field(default="")
+    num_cpus: int = Field(default=1)
+    num_gpus: int = Field(default=0)
+    memory_gb: float = Field(default=1.0)
+    time_limit_sec: float | None = Field(default=None)
+    job_root: str = Field(default="dendro-jobs")
+
+
+class DendroVariables(BaseVariables):
+    config_file: str = Field(
+        default=".dendro_compute_resource.json",
+        description="The compute resource's configuration file (written by register-compute-resource), "
+        "relative to the worker's working directory.",
+    )
+    app_name: str = Field(default="", description="Dendro app of the job (set per job).")
+    app_image: str | None = Field(default=None, description="Container image of the app (set per job).")
+    app_executable: str = Field(default="", description="The app's entry point (set per job).")
+    num_cpus: int = Field(default=1, description="CPUs (requiredResources.numCpus of the job).")
+    num_gpus: int = Field(default=0, description="GPUs (requiredResources.numGpus of the job).")
+    memory_gb: float = Field(default=1.0, description="Memory in GB (requiredResources.memoryGb of the job).")
+    time_limit_sec: float | None = Field(default=None, description="Time limit (requiredResources.timeSec).")
+    job_root: str = Field(default="dendro-jobs", description="Directory that holds one working directory per job.")
+
+
+class DendroWorkerResult(BaseWorkerResult):
+    pass
+
+
+class JobRefused(Exception):
+    """The job cannot be launched; the message is the one-line reason given to the central."""
+
+
+class CentralConnection:
+    """A compute resource's configuration, its central client, and the batched status source the
+    watch uses for all jobs of that central."""
+
+    def __init__(self, config: ComputeResourceConfig) -> None:
+        self.config = config
+        self.client = CentralClient(config.central_url, config.compute_resource_id, config.private_key)
+
+    async def statuses(self, job_ids: list[str]) -> dict[str, str | None]:
+        documents = await anyio.to_thread.run_sync(self.client.get_unfinished_jobs)
+        unfinished = {d.get("jobId"): d.get("status") for d in documents if isinstance(d, dict)}
+        return {job_id: unfinished.get(job_id) for job_id in job_ids}
+
+
+class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWorkerResult], abc.ABC):
+    """Subclasses set `type`, the configuration classes, and say which launcher runs a job."""
+
+    job_configuration = DendroJobConfiguration
+    job_configuration_variables = DendroVariables
+    poll_interval_sec = 1.0
+    central_interval_sec = 3.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._watch: Watch | None = None
+        self._connections: dict[str, CentralConnection] = {}
+
+    @abc.abstractmethod
+    def launcher(self, configuration: DendroJobConfiguration) -> Launcher:
+        """The backend that runs jobs of this configuration."""
+
+    # --- Prefect's entry points ------------------------------------------------------------------------------
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: DendroJobConfiguration,
+        task_status: anyio.abc.TaskStatus[str] | None = None,
+    ) -> DendroWorkerResult:
+        run_logger = self.get_flow_run_logger(flow_run)
+        job_id = str(flow_run.parameters.get("job_id", ""))
+        central: CentralConnection | None = None
+        job: DendroJob | None = None
+        try:
+            central = self._central(configuration.config_file)
+            job = await self._fetch_job(central.client, job_id)
+            launcher = self.launcher(configuration)
+            request = self._launch_request(job, configuration, central.config)
+            await anyio.to_thread.run_sync(central.client.set_job_status, job.jobId, job.jobPrivateKey, "starting")
+            infrastructure_id = await launcher.submit(request)
+        except Exception as error:
+            known = (JobRefused, ConfigError, CentralError, LaunchError)
+            reason = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
+            reason = _redactor(job.jobPrivateKey if job else "")(reason)
+            run_logger.error("Job %s not launched: %s", job_id, reason)
+            if task_status is not None:
+                task_status.started(f"not-launched:{job_id}")
+            if central is not None and job is not None:
+                await self._fail_at_central(central.client, job, reason, run_logger)
+            await self._set_state(flow_run, Failed(message=reason))
+            return DendroWorkerResult(identifier=job_id, status_code=0)
+
+        if task_status is not None:
+            task_status.started(infrastructure_id)
+        run_logger.info("Job %s launched as %s", job_id, infrastructure_id)
+        await self._set_state(flow_run, Running())
+        final = await self._follow(flow_run, job, central, launcher, infrastructure_id, configuration, run_logger)
+        await launcher.release(infrastructure_id)
+        await self._set_state(flow_run, final)
+        return DendroWorkerResult(identifier=infrastructure_id, status_code=0)
+
+    async def kill_infrastructure(
+        self, infrastructure_pid: str, configuration: DendroJobConfiguration, grace_seconds: int = 30
+    ) -> None:
+        """Prefect calls this for a run cancelled before it started."""
+        launcher = self.launcher(configuration)
+        await launcher.kill(infrastructure_pid)
+        await launcher.release(infrastructure_pid)
+
+    # --- launching ---------------------------------------------------------------------------------------------
+
+    def _central(self, config_file: str) -> "CentralConnection":
+        if config_file not in self._connections:
+            self._connections[config_file] = CentralConnection(ComputeResourceConfig.read(Path(config_file)))
+        return self._connections[config_file]
+
+    async def _fetch_job(self, client: CentralClient, job_id: str) -> DendroJob:
+        documents = await anyio.to_thread.run_sync(client.get_unfinished_jobs)
+        document = next((d for d in documents if isinstance(d, dict) and d.get("jobId") == job_id), None)
+        if document is None:
+            raise JobRefused(f"job {job_id} is not unfinished at the central (finished or deleted)")
+        try:
+            job = parse(DendroJob, document, f"job {job_id}")
+        except ProtocolError as error:
+            raise JobRefused(str(error)) from None
+        if job.status != "pending":
+            raise JobRefused(f"job {job_id} is {job.status} already: another launch took it")
+        return job
+
+    def _launch_request(
+        self, job: DendroJob, configuration: DendroJobConfiguration, config: ComputeResourceConfig
+    ) -> LaunchRequest:
+        if not configuration.app_executable:
+            raise JobRefused(f"no app executable for processor {job.processorName}")
+        env = {k: v for k, v in configuration.env.items() if v is not None and not k.startswith("PREFECT_")}
+        env.update(job_environment(job.jobId, configuration.app_executable, config.central_url,
+                                   configuration.time_limit_sec))
+        return LaunchRequest(
+            job_id=job.jobId,
+            job_private_key=job.jobPrivateKey,
+            app_name=configuration.app_name,
+            app_image=configuration.app_image or None,
+            app_executable=configuration.app_executable,
+            env=env,
+            num_cpus=configuration.num_cpus,
+            num_gpus=configuration.num_gpus,
+            memory_gb=configuration.memory_gb,
+            time_limit_sec=configuration.time_limit_sec,
+            job_dir=Path(configuration.job_root).resolve() / job.jobId,
+        )
+
+    # --- following a launched job ------------------------------------------------------------------------------
+
+    def _the_watch(self) -> Watch:
+        if self._watch is None:
+            self._watch = Watch(self._cancel_requests, self.poll_interval_sec, self.central_interval_sec)
+        return self._watch
+
+    async def _cancel_requests(self, flow_run_ids: list) -> set:
+        runs = await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=flow_run_ids),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING, StateType.CANCELLED])),
+            )
+        )
+        return {run.id for run in runs}
+
+    async def _follow(self, flow_run, job, central, launcher, infrastructure_id, configuration, run_logger) -> State:
+        client = central.client
+        watched = WatchedJob(flow_run.id, job.jobId, infrastructure_id, launcher, central.statuses)
+        watch = self._the_watch()
+        watch.add(watched)
+        started = time.monotonic()
+        redact = _redactor(job.jobPrivateKey)
+        last_failure: list[str] = []
+        finished_at: float | None = None
+        try:
+            while True:
+                observation = await watched.next_observation()
+                await self._stream_logs(launcher, infrastructure_id, redact, run_logger, last_failure)
+                infrastructure = observation.infrastructure
+                if infrastructure is not None and infrastructure.phase != "running":
+                    await self._stream_logs(launcher, infrastructure_id, redact, run_logger, last_failure)
+                    return await self._ended(client, job, infrastructure, last_failure, run_logger)
+                if observation.cancel_requested:
+                    await launcher.kill(infrastructure_id)
+                    await self._fail_at_central(client, job, "Job canceled: flow run cancelled in Prefect", run_logger)
+                    return Cancelled(message="Cancelled in Prefect; the job was killed and failed at the central")
+                stop = await self._stop_reason(observation, client, job, finished_at)
+                if stop == "finishing":
+                    finished_at = finished_at or time.monotonic()
+                elif stop is not None:
+                    await launcher.kill(infrastructure_id)
+                    return Cancelled(message=stop)
+                limit = configuration.time_limit_sec
+                if limit is not None and time.monotonic() - started > limit + EXIT_GRACE_SEC:
+                    await launcher.kill(infrastructure_id)
+                    reason = f"Job timed out: exceeded its time limit of {limit:.0f} s and was killed"
+                    await self._fail_at_central(client, job, reason, run_logger)
+                    return Failed(message=reason)
+        finally:
+            watch.remove(watched)
+
+    async def _stop_reason(self, observation: Observation, client, job, finished_at) -> str | None:
+        """Why the job must be stopped though its infrastructure runs, 'finishing' while a job that
+        reported its end is given time to exit, or None."""
+        if not observation.central_known or observation.central_status is not None:
+            return None
+        status = await anyio.to_thread.run_sync(client.get_job_status, job.jobId, job.jobPrivateKey)
+        if status is None:
+            return "The job was deleted at the central; its infrastructure was killed"
+        if status == "failed":
+            return "The job was failed at the central; its infrastructure was killed"
+        if finished_at is not None and time.monotonic() - finished_at > EXIT_GRACE_SEC:
+            return f"The job was {status} at the central but its app did not exit; it was killed"
+        return "finishing"
+
+    async def _stream_logs(self, launcher, infrastructure_id, redact, run_logger, last_failure: list[str]) -> None:
+        for line in await launcher.read_logs(infrastructure_id):
+            line = redact(line)
+            run_logger.info(line)
+            if SDK_FAILURE_PREFIX in line:
+                last_failure[:] = [line.split(SDK_FAILURE_PREFIX, 1)[1].strip()]
+
+    async def _ended(self, client, job, infrastructure: InfrastructureState, last_failure, run_logger) -> State:
+        status = await anyio.to_thread.run_sync(client.get_job_status, job.jobId, job.jobPrivateKey)
+        if status == "completed":
+            return Completed(message="The job completed at the central")
+        if status == "failed":
+            return Failed(message=last_failure[0] if last_failure else "The job failed at the central")
+        if status is None:
+            return Cancelled(message="The job was deleted at the central")
+        if infrastructure.phase == "gone":
+            reason = f"The job's infrastructure disappeared without a result ({infrastructure.reason or 'no reason given'})"
+        else:
+            reason = f"The app exited with code {infrastructure.exit_code} without reporting a result"
+        await self._fail_at_central(client, job, reason, run_logger)
+        return Failed(message=reason)
+
+    async def _fail_at_central(self, client, job, reason: str, run_logger) -> None:
+        if client is None or job is None:
+            return
+        try:
+            await anyio.to_thread.run_sync(client.set_job_status, job.jobId, job.jobPrivateKey, "failed", reason)
+        except CentralError as error:
+            run_logger.warning("Could not fail job %s at the central: %s", job.jobId, error)
+
+    async def _set_state(self, flow_run: FlowRun, state: State) -> None:
+        try:
+            await propose_state(self.client, state, flow_run_id=flow_run.id)
+        except Abort as error:
+            self.get_flow_run_logger(flow_run).warning("Prefect refused state %s: %s", state.type.value, error)
+
+
+def _redactor(secret: str):
+    def redact(line: str) -> str:
+        return line.replace(secret, REDACTED) if secret else line
+
+    return redact

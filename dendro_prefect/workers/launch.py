@@ -1,0 +1,71 @@
+"""What a backend is asked to launch, and what it reports back: the one shape every backend shares."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, SecretStr
+
+
+class LaunchError(RuntimeError):
+    """The backend could not start the job; the message is a one-line reason."""
+
+
+class LaunchRequest(BaseModel):
+    """One Dendro job to start. The job private key is kept apart from `env` so that a backend
+    passes it by the safest way its infrastructure has (a file, a secret), never in plain sight."""
+
+    job_id: str
+    job_private_key: SecretStr
+    app_name: str
+    app_image: str | None
+    app_executable: str
+    env: dict[str, str]
+    num_cpus: int
+    num_gpus: int
+    memory_gb: float
+    time_limit_sec: float | None
+    job_dir: Path
+
+
+def job_environment(job_id: str, app_executable: str, central_url: str, time_limit_sec: float | None) -> dict[str, str]:
+    """The environment the dendro SDK expects in a job, less the private key."""
+    env = {"PYTHONUNBUFFERED": "1", "JOB_ID": job_id, "APP_EXECUTABLE": app_executable, "DENDRO_URL": central_url}
+    if time_limit_sec is not None:
+        env["JOB_TIMEOUT_SEC"] = str(int(time_limit_sec))
+    return env
+
+
+@dataclass(frozen=True)
+class InfrastructureState:
+    """`running`, or `exited` with an exit code, or `gone` (nothing is known of it any more)."""
+
+    phase: Literal["running", "exited", "gone"]
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class Launcher(abc.ABC):
+    """A backend: it knows only how to submit, watch, read logs of and kill its infrastructure."""
+
+    @abc.abstractmethod
+    async def submit(self, request: LaunchRequest) -> str:
+        """Start the job; return its infrastructure id."""
+
+    @abc.abstractmethod
+    async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
+        """The state of every given job, in as few calls to the infrastructure as it allows."""
+
+    @abc.abstractmethod
+    async def read_logs(self, infrastructure_id: str) -> list[str]:
+        """The log lines that appeared since the last call."""
+
+    @abc.abstractmethod
+    async def kill(self, infrastructure_id: str) -> None:
+        """Stop the job and everything it started; no error if it is gone already."""
+
+    async def release(self, infrastructure_id: str) -> None:
+        """Free what the job held once it has ended (secrets, containers)."""

@@ -1,0 +1,52 @@
+"""The `dendro-local` worker: Dendro jobs on this machine, in docker, apptainer/singularity, or as
+plain processes (`none`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
+from ..launch import Launcher, LaunchError
+from .apptainer import apptainer_command_builder
+from .docker import DockerLauncher
+from .process import ProcessLauncher, plain_command
+
+CONTAINER_METHODS = ("docker", "apptainer", "singularity", "none")
+
+
+class LocalJobConfiguration(DendroJobConfiguration):
+    container_method: str = Field(default="")
+
+
+class LocalVariables(DendroVariables):
+    container_method: str = Field(
+        default="",
+        description="docker, apptainer, singularity or none (a plain process in the app's own environment); "
+        "empty: the container_method of the compute resource's configuration file.",
+    )
+
+
+class LocalWorker(DendroWorker):
+    type = "dendro-local"
+    job_configuration = LocalJobConfiguration
+    job_configuration_variables = LocalVariables
+    _description = "Runs Dendro jobs on the worker's machine: docker, apptainer/singularity or plain processes."
+    _display_name = "Dendro local"
+    _documentation_url = "https://github.com/flatironinstitute/dendro"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._launchers: dict[str, Launcher] = {}
+
+    def launcher(self, configuration: LocalJobConfiguration) -> Launcher:
+        method = configuration.container_method or self._central(configuration.config_file).config.container_method
+        if method not in CONTAINER_METHODS:
+            raise LaunchError(f"unknown container method {method!r}; use one of {', '.join(CONTAINER_METHODS)}")
+        if method not in self._launchers:
+            if method == "docker":
+                self._launchers[method] = DockerLauncher()
+            elif method == "none":
+                self._launchers[method] = ProcessLauncher("process", plain_command)
+            else:
+                self._launchers[method] = ProcessLauncher(method, apptainer_command_builder(method))
+        return self._launchers[method]

@@ -1,0 +1,38 @@
+"""The apptainer/singularity command line of a job, after their documented `exec` CLI.
+
+Every environment variable, the job private key included, goes through `--env-file` (mode 0600 in
+the job's secrets directory), so none of them shows in the process list.
+"""
+
+from __future__ import annotations
+
+from ..launch import LaunchError, LaunchRequest
+from .job_dir import JobDirectory
+
+
+def apptainer_command_builder(executable: str):
+    def build(request: LaunchRequest, job_dir: JobDirectory) -> tuple[list[str], dict[str, str]]:
+        if not request.app_image:
+            raise LaunchError(f"app {request.app_name} has no appImage to run with {executable}")
+        env = dict(request.env, JOB_PRIVATE_KEY=request.job_private_key.get_secret_value(),
+                   DENDRO_JOB_CLEANUP_DIR="/tmp", DENDRO_JOB_WORKING_DIR="/tmp/working",
+                   KACHERY_CLOUD_DIR="/tmp/.kachery-cloud")
+        env_file = job_dir.write_secret("env", "".join(f"{k}={_quote(v)}\n" for k, v in env.items()))
+        command = [
+            executable, "exec",
+            "--bind", f"{job_dir.cleanup}:/tmp",
+            "--pwd", "/tmp/working",
+            "--cleanenv", "--contain",
+            "--env-file", str(env_file),
+        ]
+        if request.num_gpus > 0:
+            command.append("--nv")
+        image = request.app_image if "://" in request.app_image else f"docker://{request.app_image}"
+        return [*command, image, request.app_executable], {}
+
+    return build
+
+
+def _quote(value: str) -> str:
+    """Env-file values are shell words: single-quote them."""
+    return "'" + value.replace("'", "'\\''") + "'"

@@ -1,0 +1,149 @@
+"""Jobs as docker containers, through the docker SDK.
+
+The job private key is mounted as a file (read-only, from the job's secrets directory) and read by a
+shell wrapper at start, so it is in neither the container's configuration (`docker inspect`) nor any
+log. Containers use the host network when the central is on this machine's loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlparse
+
+import docker
+from docker.errors import DockerException, ImageNotFound, NotFound
+from docker.types import DeviceRequest
+
+from ..launch import InfrastructureState, LaunchError, LaunchRequest, Launcher
+from ..tail import FileTail
+from .job_dir import JobDirectory
+
+JOB_LABEL = "org.dendro.job-id"
+SECRET_MOUNT = "/run/dendro"
+KEY_WRAPPER = 'JOB_PRIVATE_KEY="$(cat /run/dendro/job_private_key)" exec "$0"'
+STOP_TIMEOUT_SEC = 5
+
+
+def uses_loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
+class DockerLauncher(Launcher):
+    def __init__(self) -> None:
+        self._client: docker.DockerClient | None = None
+        self._log_offsets: dict[str, int] = {}
+        self._tails: dict[str, FileTail] = {}
+        self._directories: dict[str, JobDirectory] = {}
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            try:
+                self._client = docker.from_env()
+            except DockerException as error:
+                raise LaunchError(f"docker engine unreachable: {error}") from None
+        return self._client
+
+    async def submit(self, request: LaunchRequest) -> str:
+        if not request.app_image:
+            raise LaunchError(f"app {request.app_name} has no appImage to run with docker")
+        return await asyncio.to_thread(self._submit, request)
+
+    def _submit(self, request: LaunchRequest) -> str:
+        job_dir = JobDirectory.create(request.job_dir)
+        job_dir.write_secret("job_private_key", request.job_private_key.get_secret_value())
+        env = dict(request.env, DENDRO_JOB_CLEANUP_DIR="/tmp", DENDRO_JOB_WORKING_DIR="/tmp/working",
+                   KACHERY_CLOUD_DIR="/tmp/.kachery-cloud")
+        options: dict = {}
+        if uses_loopback(env.get("DENDRO_URL", "")):
+            options["network_mode"] = "host"
+        if request.num_gpus > 0:
+            options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        try:
+            container = self.client.containers.run(
+                request.app_image,
+                command=["/bin/sh", "-c", KEY_WRAPPER, request.app_executable],
+                detach=True,
+                environment=env,
+                volumes={
+                    str(job_dir.cleanup): {"bind": "/tmp", "mode": "rw"},
+                    str(job_dir.secrets): {"bind": SECRET_MOUNT, "mode": "ro"},
+                },
+                working_dir="/tmp/working",
+                nano_cpus=int(request.num_cpus * 1e9) if request.num_cpus > 0 else None,
+                labels={JOB_LABEL: request.job_id},
+                name=f"dendro-{request.job_id.replace('.', '-')}",
+                **options,
+            )
+        except ImageNotFound:
+            raise LaunchError(f"docker image {request.app_image} not found on this machine") from None
+        except DockerException as error:
+            raise LaunchError(f"docker could not start the job: {_one_line(error)}") from None
+        infrastructure_id = f"docker:{container.id[:12]}"
+        self._log_offsets[infrastructure_id] = 0
+        self._tails[infrastructure_id] = FileTail(job_dir.console_output)
+        self._directories[infrastructure_id] = job_dir
+        return infrastructure_id
+
+    async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
+        """One `docker ps -a` for all of them."""
+        containers = await asyncio.to_thread(self.client.containers.list, all=True, filters={"label": JOB_LABEL})
+        by_id = {f"docker:{c.id[:12]}": c for c in containers}
+        states = {}
+        for infrastructure_id in infrastructure_ids:
+            container = by_id.get(infrastructure_id)
+            if container is None:
+                states[infrastructure_id] = InfrastructureState("gone", reason="container not found")
+            elif container.status in ("created", "running", "restarting", "paused"):
+                states[infrastructure_id] = InfrastructureState("running")
+            else:
+                state = container.attrs.get("State", {})
+                reason = "out of memory" if state.get("OOMKilled") else state.get("Error") or None
+                states[infrastructure_id] = InfrastructureState("exited", state.get("ExitCode"), reason)
+        return states
+
+    async def read_logs(self, infrastructure_id: str) -> list[str]:
+        return await asyncio.to_thread(self._read_logs, infrastructure_id)
+
+    def _read_logs(self, infrastructure_id: str) -> list[str]:
+        lines: list[str] = []
+        try:
+            output = self.client.containers.get(infrastructure_id.split(":", 1)[1]).logs()
+        except NotFound:
+            output = b""
+        offset = self._log_offsets.get(infrastructure_id, 0)
+        if len(output) > offset:
+            new, _, _ = output[offset:].rpartition(b"\n")
+            if new:
+                self._log_offsets[infrastructure_id] = offset + len(new) + 1
+                lines += [line for line in new.decode(errors="replace").split("\n") if line.strip()]
+        tail = self._tails.get(infrastructure_id)
+        return lines + (tail.read_lines() if tail else [])
+
+    async def kill(self, infrastructure_id: str) -> None:
+        def stop() -> None:
+            try:
+                self.client.containers.get(infrastructure_id.split(":", 1)[1]).stop(timeout=STOP_TIMEOUT_SEC)
+            except NotFound:
+                pass
+
+        await asyncio.to_thread(stop)
+
+    async def release(self, infrastructure_id: str) -> None:
+        def remove() -> None:
+            try:
+                self.client.containers.get(infrastructure_id.split(":", 1)[1]).remove(force=True)
+            except NotFound:
+                pass
+
+        await asyncio.to_thread(remove)
+        self._log_offsets.pop(infrastructure_id, None)
+        self._tails.pop(infrastructure_id, None)
+        job_dir = self._directories.pop(infrastructure_id, None)
+        if job_dir is not None:
+            job_dir.remove_secrets()
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:300]

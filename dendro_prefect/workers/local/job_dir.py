@@ -1,0 +1,56 @@
+"""A job's directory on the worker's machine, laid out as the original daemon lays it out.
+
+`tmp/` is mounted as the job's /tmp and is what the SDK cleans up at the end; `tmp/working/` is the
+app's working directory, whose `_dendro/console_output.txt` holds the app's own output; `secrets/`
+(mode 0700) holds the job private key for launchers that pass it as a file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class JobDirectory:
+    root: Path
+
+    @classmethod
+    def create(cls, root: Path) -> "JobDirectory":
+        job_dir = cls(root)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        job_dir.working.mkdir(parents=True, exist_ok=True)
+        return job_dir
+
+    @property
+    def cleanup(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def working(self) -> Path:
+        return self.cleanup / "working"
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / "stdout.log"
+
+    @property
+    def console_output(self) -> Path:
+        return self.working / "_dendro" / "console_output.txt"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets"
+
+    def write_secret(self, name: str, content: str) -> Path:
+        self.secrets.mkdir(mode=0o700, exist_ok=True)
+        path = self.secrets / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+        return path
+
+    def remove_secrets(self) -> None:
+        shutil.rmtree(self.secrets, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""Jobs as local processes: the `none` container method, and apptainer/singularity (whose CLI is a
+process too). Each job gets its own session, so killing it takes its whole process group."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from typing import Callable
+
+from ..launch import InfrastructureState, LaunchError, LaunchRequest, Launcher
+from ..tail import FileTail
+from .job_dir import JobDirectory
+
+# Build the command line of a job from its request and its job directory.
+CommandBuilder = Callable[[LaunchRequest, JobDirectory], tuple[list[str], dict[str, str]]]
+KILL_GRACE_SEC = 5.0
+
+
+def plain_command(request: LaunchRequest, job_dir: JobDirectory) -> tuple[list[str], dict[str, str]]:
+    """The app's executable in the app's own environment, as the original daemon runs it."""
+    env = dict(request.env, JOB_PRIVATE_KEY=request.job_private_key.get_secret_value(),
+               DENDRO_JOB_CLEANUP_DIR=str(job_dir.cleanup))
+    return [request.app_executable], env
+
+
+class ProcessLauncher(Launcher):
+    def __init__(self, kind: str, build_command: CommandBuilder) -> None:
+        self.kind = kind
+        self._build_command = build_command
+        self._processes: dict[str, subprocess.Popen] = {}
+        self._directories: dict[str, JobDirectory] = {}
+        self._tails: dict[str, list[FileTail]] = {}
+
+    async def submit(self, request: LaunchRequest) -> str:
+        job_dir = JobDirectory.create(request.job_dir)
+        command, job_env = self._build_command(request, job_dir)
+        # The worker's own Prefect settings are no business of the app.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(job_env)
+        try:
+            with open(job_dir.stdout, "ab") as stdout:
+                process = subprocess.Popen(
+                    command, cwd=job_dir.working, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                )
+        except OSError as error:
+            raise LaunchError(f"cannot start {command[0]}: {error.strerror}") from None
+        infrastructure_id = f"{self.kind}:{process.pid}"
+        self._processes[infrastructure_id] = process
+        self._directories[infrastructure_id] = job_dir
+        self._tails[infrastructure_id] = [FileTail(job_dir.stdout), FileTail(job_dir.console_output)]
+        return infrastructure_id
+
+    async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
+        states = {}
+        for infrastructure_id in infrastructure_ids:
+            process = self._processes.get(infrastructure_id)
+            if process is None:
+                states[infrastructure_id] = InfrastructureState("gone", reason="not started by this worker")
+            elif (code := process.poll()) is None:
+                states[infrastructure_id] = InfrastructureState("running")
+            else:
+                states[infrastructure_id] = InfrastructureState("exited", exit_code=code)
+        return states
+
+    async def read_logs(self, infrastructure_id: str) -> list[str]:
+        final = infrastructure_id in self._processes and self._processes[infrastructure_id].poll() is not None
+        return [line for tail in self._tails.get(infrastructure_id, []) for line in tail.read_lines(final)]
+
+    async def kill(self, infrastructure_id: str) -> None:
+        process = self._processes.get(infrastructure_id)
+        pid = process.pid if process else _pid_of(infrastructure_id)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return
+            if process is None:
+                return
+            try:
+                await asyncio.wait_for(asyncio.to_thread(process.wait), KILL_GRACE_SEC)
+                return
+            except asyncio.TimeoutError:
+                continue
+
+    async def release(self, infrastructure_id: str) -> None:
+        self._processes.pop(infrastructure_id, None)
+        self._tails.pop(infrastructure_id, None)
+        job_dir = self._directories.pop(infrastructure_id, None)
+        if job_dir is not None:
+            job_dir.remove_secrets()
+
+
+def _pid_of(infrastructure_id: str) -> int:
+    return int(infrastructure_id.rsplit(":", 1)[1])
