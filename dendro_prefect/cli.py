@@ -51,11 +51,12 @@ def demo(
     sdk_venv: Path = typer.Option(Path(".venv-sdk"), help="Virtual environment with the dendro SDK for the app."),
     timeout: float = typer.Option(300, help="Seconds to wait for the job."),
     keep_running: bool = typer.Option(False, help="Keep the servers and workers running after the job."),
+    container_method: str = typer.Option("auto", help="docker, none, or auto: docker where an engine answers."),
 ) -> None:
     """Run one real Dendro job from submitted to completed through Prefect on this machine."""
     from .demo import run_demo
 
-    run_demo(workdir, sdk_venv, timeout, keep_running)
+    run_demo(workdir, sdk_venv, timeout, keep_running, container_method)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "apps" / "letter_count"
 DEMO_TEXT = "Dendro runs neurophysiology analyses; dendro-prefect runs Dendro jobs on Prefect.\n"
 SUBSCRIPTION_DEPLOYMENT = "dendro-subscription/subscription"
+DEMO_IMAGE = "dendro-letter-count:local"
 
 
 def follow_job(admin: CentralAdmin, job_id: str, timeout: float) -> dict:
@@ -45,13 +47,37 @@ def follow_job(admin: CentralAdmin, job_id: str, timeout: float) -> dict:
         time.sleep(0.05)
 
 
+def docker_available() -> bool:
+    import docker
+
+    try:
+        docker.from_env().ping()
+    except docker.errors.DockerException:
+        return False
+    return True
+
+
+def app_spec_uri(workdir: Path, container_method: str) -> str:
+    """The app as it is (a plain process), or built into a local image for docker."""
+    if container_method == "none":
+        return (APP_DIR / "spec.json").as_uri()
+    typer.echo(f"Building the app image {DEMO_IMAGE} (the first build takes a minute or two) …")
+    subprocess.run(["bash", str(REPO / "scripts" / "build-app-image.sh"), str(APP_DIR), DEMO_IMAGE], check=True,
+                   stdout=subprocess.DEVNULL)
+    spec = json.loads((APP_DIR / "spec.json").read_text())
+    spec.update(appImage=DEMO_IMAGE, appExecutable="/app/main.py", executable="/app/main.py")
+    path = workdir / "letter_count_image_spec.json"
+    path.write_text(json.dumps(spec, indent=2))
+    return path.as_uri()
+
+
 def register_resource(admin: CentralAdmin, workdir: Path, container_method: str) -> ComputeResourceConfig:
     resource_id, private_key = generate_keypair()
     config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
                                    central_url=admin.url, container_method=container_method)
     config.write(workdir / ".dendro_compute_resource.json")
     admin.approve(resource_id, make_resource_code(private_key), "demo")
-    admin.set_apps(resource_id, [{"name": "letter_count", "specUri": (APP_DIR / "spec.json").as_uri()}])
+    admin.set_apps(resource_id, [{"name": "letter_count", "specUri": app_spec_uri(workdir, container_method)}])
     return config
 
 
@@ -111,17 +137,20 @@ def final_flow_run(api_url: str, job_id: str, timeout: float) -> str:
     return asyncio.run(read())
 
 
-def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool) -> None:
+def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, container_method: str) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     home = workdir / "prefect"
+    if container_method == "auto":
+        container_method = "docker" if docker_available() else "none"
     with ExitStack() as stack:
         typer.echo("Starting a Prefect server (SQLite) and the Dendro central stand-in …")
         api_url = stack.enter_context(prefect_server(home))
         admin = stack.enter_context(running_central(workdir / "central"))
-        config = register_resource(admin, workdir, "none")
+        config = register_resource(admin, workdir, container_method)
         typer.echo(f"Prefect UI: {api_url.removesuffix('/api')}   central: {admin.url}")
-        typer.echo(f"Compute resource {config.compute_resource_id} registered with app letter_count")
+        typer.echo(f"Compute resource {config.compute_resource_id} registered with app letter_count "
+                   f"(container method {container_method})")
         prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")
         prefect_cli(home, api_url, "work-pool", "create", "local", "--type", "dendro-local")
         prefect_cli(home, api_url, "deploy", "--all", cwd=REPO)

@@ -30,7 +30,7 @@ class _Listener(SubscribeCallback):
         if status.category == PNStatusCategory.PNConnectedCategory:
             self._hints.connected = True
         elif status.is_error():
-            logger.warning("PubSub: %s (polling continues)", status.category.name)
+            self._hints.logger.warning("PubSub: %s (polling continues)", status.category.name)
 
     def message(self, pubnub: PubNub, message: Any) -> None:
         self._hints.receive(message.message)
@@ -40,8 +40,10 @@ class _Listener(SubscribeCallback):
 
 
 class JobHints:
-    def __init__(self, subscription: PubsubSubscription, compute_resource_id: str) -> None:
+    def __init__(self, subscription: PubsubSubscription, compute_resource_id: str,
+                 log: logging.Logger | logging.LoggerAdapter = logger) -> None:
         self.subscription = subscription
+        self.logger = log
         self.compute_resource_id = compute_resource_id
         self.connected = False
         self._queue: queue.Queue[PubsubMessage] = queue.Queue()
@@ -49,7 +51,7 @@ class JobHints:
 
     def start(self) -> None:
         if self.subscription.is_mock:
-            logger.info("PubSub: the central has none (mock-subscribe-key); polling only")
+            self.logger.info("PubSub: the central has none (mock-subscribe-key); polling only")
             return
         config = PNConfiguration()
         config.subscribe_key = self.subscription.pubnubSubscribeKey
@@ -74,7 +76,7 @@ class JobHints:
         try:
             message = parse(PubsubMessage, document, "PubSub message")
         except ProtocolError as error:
-            logger.warning("%s; ignored", error)
+            self.logger.warning("%s; ignored", error)
             return
         if message.computeResourceId != self.compute_resource_id:
             return

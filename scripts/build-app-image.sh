@@ -57,7 +57,9 @@ mkdir -p "$STATE/logs"
 TMPDIRS=()
 cleanup() { local d; for d in "${TMPDIRS[@]}"; do [[ -n "$d" ]] && rm -rf "$d"; done; }
 trap cleanup EXIT
-maketemp() { local d; d="$(mktemp -d "${TMPDIR:-/tmp}/dendro-$1.XXXXXX")"; TMPDIRS+=("$d"); printf '%s\n' "$d"; }
+# maketemp VAR NAME: make a temp dir, removed on exit, and store its path in VAR (no subshell, so
+# the cleanup list sees it).
+maketemp() { local d; d="$(mktemp -d "${TMPDIR:-/tmp}/dendro-$2.XXXXXX")"; TMPDIRS+=("$d"); printf -v "$1" '%s' "$d"; }
 
 T_START="$(now)"
 # Serialize the base image and wheel cache steps between concurrent builds.
@@ -78,10 +80,11 @@ ensure_base_image() {
         log "installing debootstrap"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq >/dev/null || die "apt-get update failed"
-        apt-get install -y -qq --no-install-recommends debootstrap >/dev/null || die "apt-get install debootstrap failed"
+        apt-get install -y -qq --no-install-recommends debootstrap >"$STATE/logs/apt-debootstrap.log" 2>&1 \
+            || { tail -n 20 "$STATE/logs/apt-debootstrap.log" >&2; die "apt-get install debootstrap failed"; }
         hash -r
     fi
-    tmp="$(maketemp base)"
+    maketemp tmp base
     rootfs="$tmp/rootfs"
     debootstrap_log="$STATE/logs/debootstrap.log"
     local mirror=()
@@ -136,7 +139,7 @@ done
 
 CACHE="$STATE/wheels/$PYTAG-$ARCH"
 mkdir -p "$CACHE"
-CTX="$(maketemp app-ctx)"
+maketemp CTX app-ctx
 mkdir -p "$CTX/wheels" "$CTX/app"
 
 # Resolve from the cache alone (no network, no pip config): copies exactly the needed wheels into the context.

@@ -71,7 +71,7 @@ LOGFILE="$STATE/dockerd.log"
 exec 9>"$STATE/dockerd.lock"
 flock -w $((TIMEOUT + 30)) 9 || die "another start-dockerd.sh holds $STATE/dockerd.lock"
 if engine_answers; then
-    log "a Docker engine answers (started concurrently); nothing to start"
+    log "a Docker engine answers now (started meanwhile); nothing to start"
     describe_engine
     exit 0
 fi
@@ -141,18 +141,20 @@ start_dockerd() {   # $1 = network mode (none|bridge); sets STARTED_PID
     STARTED_PID=$!
 }
 
+LOG_OFFSET="$(stat -c %s "$LOGFILE" 2>/dev/null || echo 0)"
+new_log_lines() { tail -c +$((LOG_OFFSET + 1)) "$LOGFILE" | grep -v '^$' | tail -n "$1"; }
 t0="$(now)"
 first_mode="$NETWORK_MODE"; [[ "$first_mode" == auto ]] && first_mode=bridge
 start_dockerd "$first_mode"
 rc=0; wait_for_engine "$STARTED_PID" || rc=$?
 if ((rc == 2)) && [[ "$NETWORK_MODE" == auto ]]; then
     log "dockerd with default bridge networking exited while starting (last log lines below); retrying without bridge/iptables"
-    tail -n 5 "$LOGFILE" >&2
+    new_log_lines 5 >&2
     start_dockerd none
     rc=0; wait_for_engine "$STARTED_PID" || rc=$?
 fi
 if ((rc != 0)); then
-    tail -n 25 "$LOGFILE" >&2
+    new_log_lines 25 >&2
     if ((rc == 2)); then
         die "dockerd exited while starting (log: $LOGFILE)"
     fi

@@ -103,7 +103,7 @@ class Controller:
         """Run until cancelled (or for `run_for_sec`): hints and polls drive intake. It subscribes
         before it reports the apps' spec, so a job created once the spec is reported is heard."""
         subscription = await anyio.to_thread.run_sync(self.client.get_pubsub_subscription)
-        hints = JobHints(subscription, self.config.compute_resource_id)
+        hints = JobHints(subscription, self.config.compute_resource_id, self.logger)
         hints.start()
         await self.load_apps()
         deadline = None if run_for_sec is None else time.monotonic() + run_for_sec

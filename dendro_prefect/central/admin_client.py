@@ -57,6 +57,9 @@ class CentralAdmin:
     def set_apps(self, resource_id: str, apps: list[dict]) -> None:
         self._call("PUT", f"/api/admin/compute_resources/{resource_id}/apps", json={"apps": apps})
 
+    def publish(self, resource_id: str, message: object) -> None:
+        self._call("POST", f"/api/admin/compute_resources/{resource_id}/publish", json=message)
+
     def create_project(self, name: str) -> str:
         return self._call("POST", "/api/admin/projects", json={"name": name})["projectId"]
 

@@ -11,7 +11,7 @@ import hmac
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
@@ -312,6 +312,11 @@ def _admin_routes(central: Central) -> APIRouter:
     def set_apps(resource_id: str, body: SetAppsRequest) -> dict:
         central.set_apps(resource_id, [a.model_dump(mode="json") for a in body.apps])
         return {"success": True}
+
+    @router.post("/api/admin/compute_resources/{resource_id}/publish")
+    def publish(resource_id: str, message: Any = Body(...)) -> dict:
+        """Publish any message to the resource's channel: to replay or forge PubSub traffic in tests."""
+        return {"timetoken": central.hub.publish(resource_id, message), "success": True}
 
     @router.post("/api/admin/projects")
     def create_project(body: CreateProjectRequest) -> dict:

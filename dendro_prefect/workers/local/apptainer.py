@@ -27,7 +27,9 @@ def apptainer_command_builder(executable: str):
         ]
         if request.num_gpus > 0:
             command.append("--nv")
-        image = request.app_image if "://" in request.app_image else f"docker://{request.app_image}"
+        image = request.app_image
+        if "://" not in image and not image.endswith(".sif"):
+            image = f"docker://{image}"
         return [*command, image, request.app_executable], {}
 
     return build

@@ -51,8 +51,8 @@ class DockerLauncher(Launcher):
         return await asyncio.to_thread(self._submit, request)
 
     def _submit(self, request: LaunchRequest) -> str:
+        self._ensure_image(request.app_image)
         job_dir = JobDirectory.create(request.job_dir)
-        job_dir.write_secret("job_private_key", request.job_private_key.get_secret_value())
         env = dict(request.env, DENDRO_JOB_CLEANUP_DIR="/tmp", DENDRO_JOB_WORKING_DIR="/tmp/working",
                    KACHERY_CLOUD_DIR="/tmp/.kachery-cloud")
         options: dict = {}
@@ -60,6 +60,7 @@ class DockerLauncher(Launcher):
             options["network_mode"] = "host"
         if request.num_gpus > 0:
             options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        job_dir.write_secret("job_private_key", request.job_private_key.get_secret_value())
         try:
             container = self.client.containers.run(
                 request.app_image,
@@ -76,15 +77,26 @@ class DockerLauncher(Launcher):
                 name=f"dendro-{request.job_id.replace('.', '-')}",
                 **options,
             )
-        except ImageNotFound:
-            raise LaunchError(f"docker image {request.app_image} not found on this machine") from None
         except DockerException as error:
+            job_dir.remove_secrets()
             raise LaunchError(f"docker could not start the job: {_one_line(error)}") from None
         infrastructure_id = f"docker:{container.id[:12]}"
         self._log_offsets[infrastructure_id] = 0
         self._tails[infrastructure_id] = FileTail(job_dir.console_output)
         self._directories[infrastructure_id] = job_dir
         return infrastructure_id
+
+    def _ensure_image(self, image: str) -> None:
+        """Use the local image; pull it only when it is missing, and say so when that fails."""
+        try:
+            self.client.images.get(image)
+        except ImageNotFound:
+            try:
+                self.client.images.pull(image)
+            except DockerException as error:
+                reason = getattr(error, "explanation", None) or str(error)
+                raise LaunchError(f"docker image {image} is not on this machine and could not be pulled: "
+                                  f"{_one_line(reason)}") from None
 
     async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
         """One `docker ps -a` for all of them."""

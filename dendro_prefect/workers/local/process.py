@@ -46,6 +46,7 @@ class ProcessLauncher(Launcher):
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )
         except OSError as error:
+            job_dir.remove_secrets()
             raise LaunchError(f"cannot start {command[0]}: {error.strerror}") from None
         infrastructure_id = f"{self.kind}:{process.pid}"
         self._processes[infrastructure_id] = process

@@ -1,0 +1,77 @@
+"""The docker container method on the local pool: a real docker engine (scripts/test.sh starts one)
+runs an image of the letter_count app built here (no registry is reachable: scripts/build-app-image.sh
+builds it from a debootstrapped base and the dendro SDK's wheels)."""
+
+import json
+import subprocess
+
+import docker
+import pytest
+
+from dendro_prefect.workers.local.docker import JOB_LABEL
+from tests.conftest import REPO, create_letter_count_job
+from tests.e2e.conftest import (
+    final_flow_run,
+    finished_job,
+    letter_count_spec_uri,
+    running_controller,
+    wait_for,
+    wait_for_log,
+)
+
+IMAGE = "dendro-letter-count:local"
+
+
+@pytest.fixture(scope="module")
+def docker_client():
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as error:
+        pytest.skip(f"no docker engine on this machine ({error}); scripts/test.sh starts one")
+    subprocess.run(["bash", str(REPO / "scripts" / "build-app-image.sh"), str(REPO / "apps" / "letter_count"), IMAGE],
+                   check=True, capture_output=True, timeout=900)
+    return client
+
+
+@pytest.fixture(scope="module")
+def docker_controller(prefect_stack, tmp_path_factory, sdk_bin, docker_client):
+    workdir = tmp_path_factory.mktemp("docker")
+    apps = [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir, image=IMAGE)}]
+    with running_controller(prefect_stack, workdir, sdk_bin, container_method="docker", apps=apps) as controller:
+        yield controller
+
+
+def test_docker_job_completes_without_its_key_in_the_container_config(docker_controller, docker_client):
+    controller = docker_controller
+    job_id = create_letter_count_job(
+        controller.admin, controller.resource_id, text="hello dendro world",
+        inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 3}],
+    )
+    container = wait_for(lambda: next(iter(docker_client.containers.list(filters={"label": f"{JOB_LABEL}={job_id}"})), None),
+                         "the job's container")
+    attrs = container.attrs
+    assert attrs["HostConfig"]["NetworkMode"] == "host"  # the central listens on loopback
+    assert attrs["Config"]["Image"] == IMAGE
+    assert f"JOB_ID={job_id}" in attrs["Config"]["Env"]
+    assert not any(e.startswith("JOB_PRIVATE_KEY") for e in attrs["Config"]["Env"])
+    job = finished_job(controller.admin, job_id)
+    assert job["status"] == "completed", job.get("error")
+    assert json.loads(controller.admin.output(job_id, "output")) == {"letter": "o", "count": 3}
+    flow_run = final_flow_run(job_id)
+    assert flow_run.state.is_completed()
+    log = wait_for_log(flow_run.id, "letter_count: 'o' appears 3 times in 18 characters", "launched as docker:")
+    assert "(Job private key: [redacted])" in log
+    wait_for(lambda: not docker_client.containers.list(all=True, filters={"label": f"{JOB_LABEL}={job_id}"}),
+             "the job's container to be removed")
+    assert not (controller.workdir / "dendro-jobs" / job_id / "secrets").exists()
+
+
+def test_missing_image_fails_the_job_with_a_clear_reason(prefect_stack, tmp_path, sdk_bin, docker_client):
+    apps = [{"name": "letter_count", "specUri": letter_count_spec_uri(tmp_path, image="no-such-image:latest")}]
+    with running_controller(prefect_stack, tmp_path / "missing", sdk_bin, container_method="docker", apps=apps) as controller:
+        job_id = create_letter_count_job(controller.admin, controller.resource_id)
+        job = finished_job(controller.admin, job_id)
+        reason = "docker image no-such-image:latest is not on this machine and could not be pulled: "
+        assert job["status"] == "failed" and job["error"].startswith(reason) and "\n" not in job["error"]
+        assert final_flow_run(job_id).state.message == job["error"]
