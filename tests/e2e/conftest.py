@@ -20,6 +20,9 @@ from prefect.deployments import arun_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
+from prefect.client.schemas.actions import WorkPoolCreate
+
+from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.central.admin_client import CentralAdmin
 from dendro_prefect.central.process import running_central
 from dendro_prefect.config import ComputeResourceConfig
@@ -132,10 +135,28 @@ def letter_count_spec_uri(workdir: Path, image: str | None = None) -> str:
     return path.as_uri()
 
 
+def create_job_pool(pool: str) -> str:
+    """A dendro-local work pool with a `dendro-job/<pool>` deployment; returns the deployment's name.
+    Each controller of the tests has its own, so that no worker of another takes its jobs."""
+    async def create() -> None:
+        async with get_client() as client:
+            await client.create_work_pool(WorkPoolCreate(name=pool, type="dendro-local"), overwrite=True)
+            flow_id = await client.create_flow_from_name("dendro-job")
+            await client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool,
+                                           entrypoint="flows/dendro_job.py:dendro_job")
+
+    run(create())
+    return f"dendro-job/{pool}"
+
+
 @contextmanager
 def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, container_method: str = "none",
-                       apps: list[dict] | None = None, poll_interval_sec: float = 2.0, mock_pubsub: bool = False):
+                       apps: list[dict] | None = None, poll_interval_sec: float = 2.0, mock_pubsub: bool = False,
+                       pool: str | None = None):
+    """A controller whose jobs go to `pool` (by default a pool of its own; `local` is prefect.yaml's)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    pool = pool or f"local-{workdir.name}"
+    deployments = dict(DEFAULT_DEPLOYMENTS, local=f"dendro-job/{pool}" if pool == "local" else create_job_pool(pool))
     with ExitStack() as stack:
         admin = stack.enter_context(running_central(workdir / "central", mock_pubsub=mock_pubsub))
         resource_id, private_key = generate_keypair()
@@ -147,12 +168,13 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
         admin.set_apps(resource_id, apps or [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir)}])
         stack.enter_context(prefect_worker(prefect.home, prefect.api_url, "dendro-controller", "process", REPO,
                                            f"controller-{workdir.name}.log"))
-        stack.enter_context(prefect_worker(prefect.home, prefect.api_url, "local", "dendro-local", workdir,
+        stack.enter_context(prefect_worker(prefect.home, prefect.api_url, pool, "dendro-local", workdir,
                                            f"local-{workdir.name}.log",
                                            {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}"}))
         flow_run = run(arun_deployment(
             "dendro-subscription/subscription", timeout=0, as_subflow=False,
-            parameters={"config_file": str(config_file), "poll_interval_sec": poll_interval_sec},
+            parameters={"config_file": str(config_file), "poll_interval_sec": poll_interval_sec,
+                        "deployments": deployments},
         ))
         try:
             wait_for(lambda: admin.resource(resource_id)["spec"] is not None, "the subscription flow to report the spec")
@@ -169,5 +191,5 @@ async def _read_state(flow_run_id):
 
 @pytest.fixture(scope="module")
 def controller(prefect_stack, tmp_path_factory, sdk_bin) -> Controller:
-    with running_controller(prefect_stack, tmp_path_factory.mktemp("controller"), sdk_bin) as running:
+    with running_controller(prefect_stack, tmp_path_factory.mktemp("controller"), sdk_bin, pool="local") as running:
         yield running

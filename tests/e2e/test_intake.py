@@ -4,14 +4,22 @@ while the controller keeps running."""
 import logging
 
 import pytest
-from prefect.client.orchestration import get_client
 
 from dendro_prefect.bridge.controller import Controller as Bridge
 from dendro_prefect.protocol.models import parse, DendroJob
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from dendro_prefect.config import ComputeResourceConfig
 from tests.conftest import create_letter_count_job, letter_count_spec
-from tests.e2e.conftest import final_flow_run, finished_job, flow_run_log, flow_runs_of_job, run, running_controller, wait_for_log
+from tests.e2e.conftest import (
+    create_job_pool,
+    final_flow_run,
+    finished_job,
+    flow_run_log,
+    flow_runs_of_job,
+    run,
+    running_controller,
+    wait_for_log,
+)
 
 
 def test_job_announced_twice_and_polled_again_has_one_flow_run_and_one_launch(controller):
@@ -31,14 +39,7 @@ def test_restarted_controllers_reuse_the_flow_run_of_a_job(controller, tmp_path)
     """Two fresh controllers (no memory of each other) submit the same pending job: Prefect's
     idempotency key (the job id) gives both the same flow run. The job is routed to a deployment on
     a pool without workers so that nothing runs it."""
-    async def park() -> None:
-        async with get_client() as client:
-            from prefect.client.schemas.actions import WorkPoolCreate
-            await client.create_work_pool(WorkPoolCreate(name="parking", type="dendro-local"), overwrite=True)
-            flow_id = await client.create_flow_from_name("dendro-job")
-            await client.create_deployment(flow_id=flow_id, name="parking", work_pool_name="parking",
-                                           entrypoint="flows/dendro_job.py:dendro_job")
-    run(park())
+    parking = create_job_pool("parking")
     resource_id, private_key = generate_keypair()
     controller.admin.approve(resource_id, make_resource_code(private_key))
     controller.admin.set_apps(resource_id, [{"name": "letter_count", "specUri": controller.admin.resource(
@@ -48,7 +49,7 @@ def test_restarted_controllers_reuse_the_flow_run_of_a_job(controller, tmp_path)
     job_id = create_letter_count_job(controller.admin, resource_id)
     flow_run_ids = []
     for _ in range(2):
-        bridge = Bridge(config, {"local": "dendro-job/parking"}, logging.getLogger("test"))
+        bridge = Bridge(config, {"local": parking}, logging.getLogger("test"))
         run(bridge.load_apps())
         assert run(bridge.intake()) == 1
         flow_run_ids.append(bridge.flow_runs[job_id])

@@ -121,7 +121,7 @@ class DockerLauncher(Launcher):
     def _read_logs(self, infrastructure_id: str) -> list[str]:
         lines: list[str] = []
         try:
-            output = self.client.containers.get(infrastructure_id.split(":", 1)[1]).logs()
+            output = self.client.containers.get(_container_id(infrastructure_id)).logs()
         except NotFound:
             output = b""
         offset = self._log_offsets.get(infrastructure_id, 0)
@@ -134,27 +134,26 @@ class DockerLauncher(Launcher):
         return lines + (tail.read_lines() if tail else [])
 
     async def kill(self, infrastructure_id: str) -> None:
-        def stop() -> None:
-            try:
-                self.client.containers.get(infrastructure_id.split(":", 1)[1]).stop(timeout=STOP_TIMEOUT_SEC)
-            except NotFound:
-                pass
-
-        await asyncio.to_thread(stop)
+        await asyncio.to_thread(self._on_container, infrastructure_id, "stop", timeout=STOP_TIMEOUT_SEC)
 
     async def release(self, infrastructure_id: str) -> None:
-        def remove() -> None:
-            try:
-                self.client.containers.get(infrastructure_id.split(":", 1)[1]).remove(force=True)
-            except NotFound:
-                pass
-
-        await asyncio.to_thread(remove)
+        await asyncio.to_thread(self._on_container, infrastructure_id, "remove", force=True)
         self._log_offsets.pop(infrastructure_id, None)
         self._tails.pop(infrastructure_id, None)
         job_dir = self._directories.pop(infrastructure_id, None)
         if job_dir is not None:
             job_dir.remove_secrets()
+
+    def _on_container(self, infrastructure_id: str, action: str, **options) -> None:
+        """Stop or remove a job's container; one that is gone already needs nothing."""
+        try:
+            getattr(self.client.containers.get(_container_id(infrastructure_id)), action)(**options)
+        except NotFound:
+            pass
+
+
+def _container_id(infrastructure_id: str) -> str:
+    return infrastructure_id.split(":", 1)[1]
 
 
 def _one_line(error: Exception) -> str:
