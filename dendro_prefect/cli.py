@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from .config import CONFIG_FILE_NAME, ComputeResourceConfig, ConfigError, config_from_node_yaml
 from .central.cli import central_app
+from .config import CONFIG_FILE_NAME, ComputeResourceConfig, ConfigError, config_from_node_yaml
 from .protocol.signing import generate_keypair, make_resource_code
 
 app = typer.Typer(no_args_is_help=True, help="A Dendro compute resource built on Prefect.")

@@ -153,8 +153,9 @@ def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, 
                    f"(container method {container_method})")
         prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")
         prefect_cli(home, api_url, "work-pool", "create", "local", "--type", "dendro-local")
+        prefect_cli(home, api_url, "work-pool", "create", "slurm", "--type", "dendro-slurm")
         prefect_cli(home, api_url, "deploy", "--all", cwd=REPO)
-        typer.echo("Work pools dendro-controller and local created; deployments of prefect.yaml applied")
+        typer.echo("Work pools dendro-controller, local and slurm created; deployments of prefect.yaml applied")
         stack.enter_context(prefect_worker(home, api_url, "dendro-controller", "process", REPO, "controller-worker.log"))
         sdk_path = f"{sdk_venv.resolve() / 'bin'}{os.pathsep}{os.environ['PATH']}"
         stack.enter_context(prefect_worker(home, api_url, "local", "dendro-local", workdir, "local-worker.log",

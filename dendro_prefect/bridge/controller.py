@@ -27,6 +27,9 @@ from ..protocol.models import (
 from ..pubsub import JobHints
 from .routing import FlowRunPlan, RoutingError, plan_flow_run
 
+# Flow runs created at once: enough to hide the server's latency, few enough for SQLite.
+SUBMIT_CONCURRENCY = 4
+
 
 class Controller:
     def __init__(self, config: ComputeResourceConfig, deployments: dict[str, str], logger: logging.Logger | logging.LoggerAdapter) -> None:
@@ -52,20 +55,26 @@ class Controller:
         self.logger.info("Loaded %d app(s): %s", len(self.catalog.apps), ", ".join(a.name for a in self.catalog.apps) or "none")
 
     async def intake(self) -> int:
-        """Submit every pending job that has no flow run yet; return how many were submitted."""
+        """Submit every pending job that has no flow run yet, a few at a time; return how many."""
         documents = await anyio.to_thread.run_sync(self.client.get_unfinished_jobs)
+        jobs = [job for job in [await self._parse(d) for d in documents]
+                if job is not None and job.status == "pending" and job.jobId not in self.flow_runs]
         submitted = 0
-        for document in documents:
-            job = await self._parse(document)
-            if job is None or job.status != "pending" or job.jobId in self.flow_runs:
-                continue
-            try:
-                app = self.catalog.for_processor(job.processorName)
-                plan = plan_flow_run(job, app, self.deployments)
-                await self._submit(job, plan)
-                submitted += 1
-            except (AppSpecError, RoutingError) as error:
-                await self._fail(job.jobId, job.jobPrivateKey, str(error))
+        limiter = anyio.CapacityLimiter(SUBMIT_CONCURRENCY)
+
+        async def take(job: DendroJob) -> None:
+            nonlocal submitted
+            async with limiter:
+                try:
+                    app = self.catalog.for_processor(job.processorName)
+                    await self._submit(job, plan_flow_run(job, app, self.deployments))
+                    submitted += 1
+                except (AppSpecError, RoutingError) as error:
+                    await self._fail(job.jobId, job.jobPrivateKey, str(error))
+
+        async with anyio.create_task_group() as group:
+            for job in jobs:
+                group.start_soon(take, job)
         return submitted
 
     async def _parse(self, document: object) -> DendroJob | None:

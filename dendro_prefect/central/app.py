@@ -10,8 +10,8 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from fastapi.exceptions import RequestValidationError
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel
 

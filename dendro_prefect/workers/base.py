@@ -10,15 +10,24 @@ or deleted at the central, or when it overruns its time limit.
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    WorkPoolFilter,
+    WorkPoolFilterName,
+)
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import Abort
-from prefect.states import Cancelled, Completed, Failed, Running, State
+from prefect.states import Cancelled, Completed, Crashed, Failed, Running, State
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field
@@ -26,13 +35,17 @@ from pydantic import Field
 from ..config import ComputeResourceConfig, ConfigError
 from ..protocol.client import CentralClient, CentralError
 from ..protocol.models import DendroJob, ProtocolError, parse
-from .launch import InfrastructureState, LaunchError, LaunchRequest, Launcher, job_environment
+from .job_dir import JobDirectory
+from .launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, job_environment
 from .watch import Observation, Watch, WatchedJob
 
 REDACTED = "[redacted]"
+NOT_LAUNCHED = "not-launched:"  # the infrastructure id of a run whose job was refused
 SDK_FAILURE_PREFIX = "Job failed: "
 # The dendro SDK reports `completed` just before it exits; give a finished job this long to exit.
 EXIT_GRACE_SEC = 15.0
+ORPHAN_CHECK_INTERVAL_SEC = 5.0
+CANCEL_PAGE = 200  # Prefect's default page size
 
 
 class DendroJobConfiguration(BaseJobConfiguration):
@@ -74,17 +87,30 @@ class JobRefused(Exception):
 
 
 class CentralConnection:
-    """A compute resource's configuration, its central client, and the batched status source the
-    watch uses for all jobs of that central."""
+    """A compute resource's configuration and central client. Its unfinished jobs are read once for
+    everyone who asks within a short while: many launches and the watch share one call."""
 
-    def __init__(self, config: ComputeResourceConfig) -> None:
+    def __init__(self, config: ComputeResourceConfig, max_age_sec: float = 0.5) -> None:
         self.config = config
         self.client = CentralClient(config.central_url, config.compute_resource_id, config.private_key)
+        self.max_age_sec = max_age_sec
+        self._documents: dict[str, dict] = {}
+        self._read_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def unfinished(self, newer_than: float) -> dict[str, dict]:
+        """The unfinished jobs by id, as read at `newer_than` (a monotonic time) or later."""
+        async with self._lock:
+            if self._read_at < newer_than:
+                started = time.monotonic()
+                documents = await anyio.to_thread.run_sync(self.client.get_unfinished_jobs)
+                self._documents = {d["jobId"]: d for d in documents if isinstance(d, dict) and "jobId" in d}
+                self._read_at = started
+            return self._documents
 
     async def statuses(self, job_ids: list[str]) -> dict[str, str | None]:
-        documents = await anyio.to_thread.run_sync(self.client.get_unfinished_jobs)
-        unfinished = {d.get("jobId"): d.get("status") for d in documents if isinstance(d, dict)}
-        return {job_id: unfinished.get(job_id) for job_id in job_ids}
+        unfinished = await self.unfinished(time.monotonic())
+        return {job_id: unfinished.get(job_id, {}).get("status") for job_id in job_ids}
 
 
 class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWorkerResult], abc.ABC):
@@ -94,15 +120,24 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
     job_configuration_variables = DendroVariables
     poll_interval_sec = 1.0
     central_interval_sec = 3.0
+    # How long past its time limit a job may run before the worker kills it: the SDK stops the app
+    # at the limit, and infrastructure with limits of its own (Slurm) is given time to enforce them.
+    overrun_grace_sec = EXIT_GRACE_SEC
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._watch: Watch | None = None
         self._connections: dict[str, CentralConnection] = {}
+        self._following: set = set()  # flow run ids this worker follows
+        self._orphans_checked_at = float("-inf")
 
     @abc.abstractmethod
     def launcher(self, configuration: DendroJobConfiguration) -> Launcher:
         """The backend that runs jobs of this configuration."""
+
+    def job_time_limit(self, configuration: DendroJobConfiguration) -> float | None:
+        """The time limit the infrastructure enforces for a job (the job's timeSec by default)."""
+        return configuration.time_limit_sec
 
     # --- Prefect's entry points ------------------------------------------------------------------------------
 
@@ -118,7 +153,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         job: DendroJob | None = None
         try:
             central = self._central(configuration.config_file)
-            job = await self._fetch_job(central.client, job_id)
+            job = await self._fetch_job(central, job_id)
             launcher = self.launcher(configuration)
             request = self._launch_request(job, configuration, central.config)
             await anyio.to_thread.run_sync(central.client.set_job_status, job.jobId, job.jobPrivateKey, "starting")
@@ -129,7 +164,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             reason = _redactor(job.jobPrivateKey if job else "")(reason)
             run_logger.error("Job %s not launched: %s", job_id, reason)
             if task_status is not None:
-                task_status.started(f"not-launched:{job_id}")
+                task_status.started(f"{NOT_LAUNCHED}{job_id}")
             if central is not None and job is not None:
                 await self._fail_at_central(central.client, job, reason, run_logger)
             await self._set_state(flow_run, Failed(message=reason))
@@ -138,11 +173,85 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         if task_status is not None:
             task_status.started(infrastructure_id)
         run_logger.info("Job %s launched as %s", job_id, infrastructure_id)
+        self._following.add(flow_run.id)
         await self._set_state(flow_run, Running())
-        final = await self._follow(flow_run, job, central, launcher, infrastructure_id, configuration, run_logger)
-        await launcher.release(infrastructure_id)
-        await self._set_state(flow_run, final)
+        await self._follow_to_the_end(flow_run, job, central, launcher, infrastructure_id, configuration, run_logger)
         return DendroWorkerResult(identifier=infrastructure_id, status_code=0)
+
+    async def get_and_submit_flow_runs(self):
+        """Every few polls, take up the jobs that a lost worker of this pool had launched."""
+        if time.monotonic() - self._orphans_checked_at >= ORPHAN_CHECK_INTERVAL_SEC:
+            self._orphans_checked_at = time.monotonic()
+            try:
+                await self._reattach_orphans()
+            except Exception as error:  # never let this stop the worker from polling
+                self._logger.warning("Could not look for orphaned jobs: %s", error)
+        return await super().get_and_submit_flow_runs()
+
+    async def _reattach_orphans(self) -> None:
+        """Running flow runs of this pool whose worker is offline: their jobs still run (or have
+        ended) on the infrastructure recorded on the run; follow them instead of launching again."""
+        runs = await self.client.read_flow_runs(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
+        )
+        online = {w.name for w in await self.client.read_workers_for_work_pool(self._work_pool_name)
+                  if w.status and w.status.value == "ONLINE"} | {self.name}
+        for flow_run in runs:
+            owner = (flow_run.labels or {}).get("prefect.worker.name")
+            if flow_run.id not in self._following and owner not in online and flow_run.infrastructure_pid \
+                    and not flow_run.infrastructure_pid.startswith(NOT_LAUNCHED):
+                self._following.add(flow_run.id)
+                self._runs_task_group.start_soon(self._reattach, flow_run)
+
+    async def _reattach(self, flow_run: FlowRun) -> None:
+        run_logger = self.get_flow_run_logger(flow_run)
+        infrastructure_id = flow_run.infrastructure_pid
+        job_id = str(flow_run.parameters.get("job_id", ""))
+        try:
+            configuration = await self.job_configuration.resolve_for_flow_run(
+                flow_run, client=self.client, work_pool=self.work_pool, worker_name=self.name,
+                worker_id=self.backend_id,
+            )
+            central = self._central(configuration.config_file)
+            launcher = self.launcher(configuration)
+            if (await central.unfinished(time.monotonic())).get(job_id) is None:
+                await launcher.kill(infrastructure_id)
+                await self._set_state(flow_run, self._ended_unwatched(configuration, job_id))
+                return
+            job = await self._fetch_job(central, job_id, statuses=("starting", "running"))
+            await launcher.attach(infrastructure_id, self._launch_request(job, configuration, central.config))
+        except Exception as error:
+            reason = f"cannot take up job {job_id} again after a worker restart: {error}"
+            run_logger.error(reason)
+            await self._set_state(flow_run, Crashed(message=reason))
+            return
+        run_logger.info("Job %s taken up again as %s after a worker restart", job_id, infrastructure_id)
+        await self._follow_to_the_end(flow_run, job, central, launcher, infrastructure_id, configuration, run_logger)
+
+    async def _follow_to_the_end(self, flow_run, job, central, launcher, infrastructure_id, configuration,
+                                 run_logger) -> None:
+        self._following.add(flow_run.id)
+        try:
+            final = await self._follow(flow_run, job, central, launcher, infrastructure_id, configuration, run_logger)
+            await launcher.release(infrastructure_id)
+            await self._set_state(flow_run, final)
+        finally:
+            self._following.discard(flow_run.id)
+
+    def _ended_unwatched(self, configuration: DendroJobConfiguration, job_id: str) -> State:
+        """A job that ended while no worker watched it: its key is gone with it, so the central cannot
+        be asked; the dendro SDK's last word in the job's output says how it ended."""
+        ending = None
+        with contextlib.suppress(OSError):
+            for line in JobDirectory(Path(configuration.job_root).resolve() / job_id).stdout.read_text().splitlines():
+                if line.startswith("Job completed") or line.startswith(SDK_FAILURE_PREFIX):
+                    ending = line
+        if ending is None:
+            return Cancelled(message=f"Job {job_id} ended at the central while no worker watched it")
+        if ending.startswith("Job completed"):
+            return Completed(message="The job completed while no worker watched it")
+        return Failed(message=ending.removeprefix(SDK_FAILURE_PREFIX))
 
     async def kill_infrastructure(
         self, infrastructure_pid: str, configuration: DendroJobConfiguration, grace_seconds: int = 30
@@ -159,17 +268,20 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             self._connections[config_file] = CentralConnection(ComputeResourceConfig.read(Path(config_file)))
         return self._connections[config_file]
 
-    async def _fetch_job(self, client: CentralClient, job_id: str) -> DendroJob:
-        documents = await anyio.to_thread.run_sync(client.get_unfinished_jobs)
-        document = next((d for d in documents if isinstance(d, dict) and d.get("jobId") == job_id), None)
+    async def _fetch_job(self, central: CentralConnection, job_id: str,
+                         statuses: tuple[str, ...] = ("pending",)) -> DendroJob:
+        """The job as the central has it now (a read shared with launches that ask at the same time)."""
+        document = (await central.unfinished(time.monotonic() - central.max_age_sec)).get(job_id)
+        if document is None:  # newer than the shared read, perhaps
+            document = (await central.unfinished(time.monotonic())).get(job_id)
         if document is None:
             raise JobRefused(f"job {job_id} is not unfinished at the central (finished or deleted)")
         try:
             job = parse(DendroJob, document, f"job {job_id}")
         except ProtocolError as error:
             raise JobRefused(str(error)) from None
-        if job.status != "pending":
-            raise JobRefused(f"job {job_id} is {job.status} already: another launch took it")
+        if job.status not in statuses:
+            raise JobRefused(f"job {job_id} is {job.status}, not {' or '.join(statuses)}")
         return job
 
     def _launch_request(
@@ -202,13 +314,20 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         return self._watch
 
     async def _cancel_requests(self, flow_run_ids: list) -> set:
-        runs = await self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                id=FlowRunFilterId(any_=flow_run_ids),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.CANCELLING, StateType.CANCELLED])),
+        """The watched runs that were cancelled in Prefect, in pages the API serves in one call each."""
+        cancelled = set()
+        for start in range(0, len(flow_run_ids), CANCEL_PAGE):
+            page = flow_run_ids[start:start + CANCEL_PAGE]
+            runs = await self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    id=FlowRunFilterId(any_=page),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.CANCELLING, StateType.CANCELLED])),
+                ),
+                limit=CANCEL_PAGE,
             )
-        )
-        return {run.id for run in runs}
+            cancelled.update(run.id for run in runs)
+        return cancelled
 
     async def _follow(self, flow_run, job, central, launcher, infrastructure_id, configuration, run_logger) -> State:
         client = central.client
@@ -237,8 +356,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
                 elif stop is not None:
                     await launcher.kill(infrastructure_id)
                     return Cancelled(message=stop)
-                limit = configuration.time_limit_sec
-                if limit is not None and time.monotonic() - started > limit + EXIT_GRACE_SEC:
+                limit = self.job_time_limit(configuration)
+                if limit is not None and time.monotonic() - started > limit + self.overrun_grace_sec:
                     await launcher.kill(infrastructure_id)
                     reason = f"Job timed out: exceeded its time limit of {limit:.0f} s and was killed"
                     await self._fail_at_central(client, job, reason, run_logger)
@@ -279,6 +398,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             reason = f"The job's infrastructure disappeared without a result ({infrastructure.reason or 'no reason given'})"
         else:
             reason = f"The app exited with code {infrastructure.exit_code} without reporting a result"
+            if infrastructure.reason:
+                reason += f" ({infrastructure.reason})"
         await self._fail_at_central(client, job, reason, run_logger)
         return Failed(message=reason)
 

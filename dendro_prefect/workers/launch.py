@@ -40,6 +40,16 @@ def job_environment(job_id: str, app_executable: str, central_url: str, time_lim
 
 
 @dataclass(frozen=True)
+class AppCommand:
+    """How to start a job's app: its command line and environment. The environment never holds the
+    job private key; `key_in_env` says whether the launcher must add it there (from a safe place)."""
+
+    argv: list[str]
+    env: dict[str, str]
+    key_in_env: bool
+
+
+@dataclass(frozen=True)
 class InfrastructureState:
     """`running`, or `exited` with an exit code, or `gone` (nothing is known of it any more)."""
 
@@ -69,3 +79,6 @@ class Launcher(abc.ABC):
 
     async def release(self, infrastructure_id: str) -> None:
         """Free what the job held once it has ended (secrets, containers)."""
+
+    async def attach(self, infrastructure_id: str, request: LaunchRequest) -> None:
+        """Take up watching a job that an earlier worker launched (after a restart)."""

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
-
-from prefect.client.schemas.actions import WorkPoolCreate
 
 from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.central.admin_client import CentralAdmin
@@ -43,6 +42,7 @@ def prefect_stack(tmp_path_factory) -> PrefectStack:
     with prefect_server(home) as api_url, temporary_settings({PREFECT_API_URL: api_url}):
         prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")
         prefect_cli(home, api_url, "work-pool", "create", "local", "--type", "dendro-local")
+        prefect_cli(home, api_url, "work-pool", "create", "slurm", "--type", "dendro-slurm")
         prefect_cli(home, api_url, "deploy", "--all", cwd=REPO)
         yield PrefectStack(home, api_url)
 
@@ -55,6 +55,10 @@ class Controller:
     config: ComputeResourceConfig
     workdir: Path
     subscription_run_id: str
+    pool: str
+    worker_type: str
+    worker_env: dict
+    processes: list  # the job pool's worker process
 
     @property
     def resource_id(self) -> str:
@@ -135,15 +139,16 @@ def letter_count_spec_uri(workdir: Path, image: str | None = None) -> str:
     return path.as_uri()
 
 
-def create_job_pool(pool: str) -> str:
-    """A dendro-local work pool with a `dendro-job/<pool>` deployment; returns the deployment's name.
-    Each controller of the tests has its own, so that no worker of another takes its jobs."""
+def create_job_pool(pool: str, worker_type: str = "dendro-local", job_variables: dict | None = None) -> str:
+    """A work pool with a `dendro-job/<pool>` deployment; returns the deployment's name. Each
+    controller of the tests has its own, so that no worker of another takes its jobs."""
     async def create() -> None:
         async with get_client() as client:
-            await client.create_work_pool(WorkPoolCreate(name=pool, type="dendro-local"), overwrite=True)
+            await client.create_work_pool(WorkPoolCreate(name=pool, type=worker_type), overwrite=True)
             flow_id = await client.create_flow_from_name("dendro-job")
             await client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool,
-                                           entrypoint="flows/dendro_job.py:dendro_job")
+                                           entrypoint="flows/dendro_job.py:dendro_job",
+                                           job_variables=job_variables or {})
 
     run(create())
     return f"dendro-job/{pool}"
@@ -152,11 +157,14 @@ def create_job_pool(pool: str) -> str:
 @contextmanager
 def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, container_method: str = "none",
                        apps: list[dict] | None = None, poll_interval_sec: float = 2.0, mock_pubsub: bool = False,
-                       pool: str | None = None):
-    """A controller whose jobs go to `pool` (by default a pool of its own; `local` is prefect.yaml's)."""
+                       pool: str | None = None, worker_type: str = "dendro-local", run_method: str = "local",
+                       job_variables: dict | None = None, worker_env: dict | None = None):
+    """A controller whose jobs of `run_method` go to `pool` (by default a pool of its own; `local` is
+    prefect.yaml's)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    pool = pool or f"local-{workdir.name}"
-    deployments = dict(DEFAULT_DEPLOYMENTS, local=f"dendro-job/{pool}" if pool == "local" else create_job_pool(pool))
+    pool = pool or f"{run_method}-{workdir.name}"
+    deployment = f"dendro-job/{pool}" if pool == "local" else create_job_pool(pool, worker_type, job_variables)
+    deployments = {**DEFAULT_DEPLOYMENTS, run_method: deployment}
     with ExitStack() as stack:
         admin = stack.enter_context(running_central(workdir / "central", mock_pubsub=mock_pubsub))
         resource_id, private_key = generate_keypair()
@@ -168,9 +176,9 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
         admin.set_apps(resource_id, apps or [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir)}])
         stack.enter_context(prefect_worker(prefect.home, prefect.api_url, "dendro-controller", "process", REPO,
                                            f"controller-{workdir.name}.log"))
-        stack.enter_context(prefect_worker(prefect.home, prefect.api_url, pool, "dendro-local", workdir,
-                                           f"local-{workdir.name}.log",
-                                           {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}"}))
+        job_worker_env = {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}", **(worker_env or {})}
+        job_worker = stack.enter_context(prefect_worker(prefect.home, prefect.api_url, pool, worker_type, workdir,
+                                                        f"{pool}.log", job_worker_env))
         flow_run = run(arun_deployment(
             "dendro-subscription/subscription", timeout=0, as_subflow=False,
             parameters={"config_file": str(config_file), "poll_interval_sec": poll_interval_sec,
@@ -178,7 +186,7 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
         ))
         try:
             wait_for(lambda: admin.resource(resource_id)["spec"] is not None, "the subscription flow to report the spec")
-            yield Controller(admin, config, workdir, str(flow_run.id))
+            yield Controller(admin, config, workdir, str(flow_run.id), pool, worker_type, job_worker_env, [job_worker])
         finally:
             cancel_flow_run(flow_run.id)
             wait_for(lambda: run(_read_state(flow_run.id)).is_final(), "the subscription flow run to end", 60)

@@ -6,9 +6,9 @@ import logging
 import pytest
 
 from dendro_prefect.bridge.controller import Controller as Bridge
-from dendro_prefect.protocol.models import parse, DendroJob
-from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from dendro_prefect.config import ComputeResourceConfig
+from dendro_prefect.protocol.models import DendroJob, parse
+from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from tests.conftest import create_letter_count_job, letter_count_spec
 from tests.e2e.conftest import (
     create_job_pool,

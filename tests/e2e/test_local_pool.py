@@ -8,9 +8,9 @@ from tests.e2e.conftest import (
     cancel_flow_run,
     final_flow_run,
     finished_job,
-    wait_for_log,
     flow_runs_of_job,
     wait_for,
+    wait_for_log,
 )
 
 

@@ -3,8 +3,8 @@ import json
 import pytest
 
 from dendro_prefect.protocol.models import (
-    AppSpec,
     AppsChangedMessage,
+    AppSpec,
     DendroJob,
     NewPendingJobMessage,
     ProtocolError,

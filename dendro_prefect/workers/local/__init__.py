@@ -6,10 +6,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
+from ..commands import command_builder
 from ..launch import Launcher, LaunchError
-from .apptainer import apptainer_command_builder
 from .docker import DockerLauncher
-from .process import ProcessLauncher, plain_command
+from .process import ProcessLauncher
 
 CONTAINER_METHODS = ("docker", "apptainer", "singularity", "none")
 
@@ -45,8 +45,7 @@ class LocalWorker(DendroWorker):
         if method not in self._launchers:
             if method == "docker":
                 self._launchers[method] = DockerLauncher()
-            elif method == "none":
-                self._launchers[method] = ProcessLauncher("process", plain_command)
             else:
-                self._launchers[method] = ProcessLauncher(method, apptainer_command_builder(method))
+                self._launchers[method] = ProcessLauncher("process" if method == "none" else method,
+                                                          command_builder(method))
         return self._launchers[method]

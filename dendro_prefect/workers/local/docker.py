@@ -14,9 +14,9 @@ import docker
 from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
-from ..launch import InfrastructureState, LaunchError, LaunchRequest, Launcher
+from ..job_dir import JobDirectory
+from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 from ..tail import FileTail
-from .job_dir import JobDirectory
 
 JOB_LABEL = "org.dendro.job-id"
 SECRET_MOUNT = "/run/dendro"

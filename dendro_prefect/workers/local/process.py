@@ -7,22 +7,13 @@ import asyncio
 import os
 import signal
 import subprocess
-from typing import Callable
 
-from ..launch import InfrastructureState, LaunchError, LaunchRequest, Launcher
+from ..commands import CommandBuilder
+from ..job_dir import JobDirectory
+from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 from ..tail import FileTail
-from .job_dir import JobDirectory
 
-# Build the command line of a job from its request and its job directory.
-CommandBuilder = Callable[[LaunchRequest, JobDirectory], tuple[list[str], dict[str, str]]]
 KILL_GRACE_SEC = 5.0
-
-
-def plain_command(request: LaunchRequest, job_dir: JobDirectory) -> tuple[list[str], dict[str, str]]:
-    """The app's executable in the app's own environment, as the original daemon runs it."""
-    env = dict(request.env, JOB_PRIVATE_KEY=request.job_private_key.get_secret_value(),
-               DENDRO_JOB_CLEANUP_DIR=str(job_dir.cleanup))
-    return [request.app_executable], env
 
 
 class ProcessLauncher(Launcher):
@@ -32,33 +23,45 @@ class ProcessLauncher(Launcher):
         self._processes: dict[str, subprocess.Popen] = {}
         self._directories: dict[str, JobDirectory] = {}
         self._tails: dict[str, list[FileTail]] = {}
+        self._adopted: dict[str, int] = {}  # processes an earlier worker started: no exit code to wait for
 
     async def submit(self, request: LaunchRequest) -> str:
         job_dir = JobDirectory.create(request.job_dir)
-        command, job_env = self._build_command(request, job_dir)
+        command = self._build_command(request, job_dir)
         # The worker's own Prefect settings are no business of the app.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update(job_env)
+        env.update(command.env)
+        if command.key_in_env:
+            env["JOB_PRIVATE_KEY"] = request.job_private_key.get_secret_value()
         try:
             with open(job_dir.stdout, "ab") as stdout:
                 process = subprocess.Popen(
-                    command, cwd=job_dir.working, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                    command.argv, cwd=job_dir.working, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )
         except OSError as error:
             job_dir.remove_secrets()
-            raise LaunchError(f"cannot start {command[0]}: {error.strerror}") from None
+            raise LaunchError(f"cannot start {command.argv[0]}: {error.strerror}") from None
         infrastructure_id = f"{self.kind}:{process.pid}"
         self._processes[infrastructure_id] = process
+        self._watch_files(infrastructure_id, job_dir)
+        return infrastructure_id
+
+    async def attach(self, infrastructure_id: str, request: LaunchRequest) -> None:
+        self._adopted[infrastructure_id] = _pid_of(infrastructure_id)
+        self._watch_files(infrastructure_id, JobDirectory(request.job_dir))
+
+    def _watch_files(self, infrastructure_id: str, job_dir: JobDirectory) -> None:
         self._directories[infrastructure_id] = job_dir
         self._tails[infrastructure_id] = [FileTail(job_dir.stdout), FileTail(job_dir.console_output)]
-        return infrastructure_id
 
     async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
         states = {}
         for infrastructure_id in infrastructure_ids:
             process = self._processes.get(infrastructure_id)
-            if process is None:
+            if infrastructure_id in self._adopted:
+                states[infrastructure_id] = _adopted_state(self._adopted[infrastructure_id])
+            elif process is None:
                 states[infrastructure_id] = InfrastructureState("gone", reason="not started by this worker")
             elif (code := process.poll()) is None:
                 states[infrastructure_id] = InfrastructureState("running")
@@ -88,10 +91,22 @@ class ProcessLauncher(Launcher):
 
     async def release(self, infrastructure_id: str) -> None:
         self._processes.pop(infrastructure_id, None)
+        self._adopted.pop(infrastructure_id, None)
         self._tails.pop(infrastructure_id, None)
         job_dir = self._directories.pop(infrastructure_id, None)
         if job_dir is not None:
             job_dir.remove_secrets()
+
+
+def _adopted_state(pid: int) -> InfrastructureState:
+    """Alive unless gone or a zombie; its exit code went to the worker that started it."""
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        state = "X"
+    if state in ("Z", "X"):
+        return InfrastructureState("exited", reason="exit code unknown: started by an earlier worker")
+    return InfrastructureState("running")
 
 
 def _pid_of(infrastructure_id: str) -> int:

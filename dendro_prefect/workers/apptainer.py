@@ -6,12 +6,14 @@ the job's secrets directory), so none of them shows in the process list.
 
 from __future__ import annotations
 
-from ..launch import LaunchError, LaunchRequest
 from .job_dir import JobDirectory
+from .launch import AppCommand, LaunchError, LaunchRequest
 
 
 def apptainer_command_builder(executable: str):
-    def build(request: LaunchRequest, job_dir: JobDirectory) -> tuple[list[str], dict[str, str]]:
+    """For `apptainer` or `singularity`: the same CLI under either name."""
+
+    def build(request: LaunchRequest, job_dir: JobDirectory) -> AppCommand:
         if not request.app_image:
             raise LaunchError(f"app {request.app_name} has no appImage to run with {executable}")
         env = dict(request.env, JOB_PRIVATE_KEY=request.job_private_key.get_secret_value(),
@@ -30,7 +32,7 @@ def apptainer_command_builder(executable: str):
         image = request.app_image
         if "://" not in image and not image.endswith(".sif"):
             image = f"docker://{image}"
-        return [*command, image, request.app_executable], {}
+        return AppCommand([*command, image, request.app_executable], {}, key_in_env=False)
 
     return build
 

@@ -41,6 +41,11 @@ class JobDirectory:
         return self.working / "_dendro" / "console_output.txt"
 
     @property
+    def exit_code(self) -> Path:
+        """Written by a batch script when the app exits: how a job that left the queue ended."""
+        return self.root / "exit_code"
+
+    @property
     def secrets(self) -> Path:
         return self.root / "secrets"
 

@@ -1,0 +1,74 @@
+"""The `dendro-slurm` worker: each Dendro job a Slurm batch job on the cluster this worker submits to.
+
+The cluster settings live in the work pool's base job template, editable in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
+from ..commands import command_builder
+from ..launch import Launcher
+from .launcher import SlurmLauncher, SlurmSettings
+
+
+class SlurmJobConfiguration(DendroJobConfiguration):
+    partition: str = Field(default="")
+    gpu_partition: str = Field(default="")
+    account: str = Field(default="")
+    qos: str = Field(default="")
+    extra_sbatch_lines: list[str] = Field(default_factory=list)
+    setup_lines: list[str] = Field(default_factory=list)
+    container_method: str = Field(default="")
+    time_margin_sec: float = Field(default=60.0)
+
+
+class SlurmVariables(DendroVariables):
+    partition: str = Field(default="", description="Partition of CPU jobs (empty: the cluster's default).")
+    gpu_partition: str = Field(default="", description="Partition of jobs that ask for GPUs (empty: partition).")
+    account: str = Field(default="", description="--account to charge.")
+    qos: str = Field(default="", description="--qos of the jobs.")
+    extra_sbatch_lines: list[str] = Field(default_factory=list,
+                                          description="More #SBATCH options, one per line, e.g. --constraint=ib.")
+    setup_lines: list[str] = Field(default_factory=list,
+                                   description="Shell lines run before the app, e.g. `module load apptainer`.")
+    container_method: str = Field(
+        default="", description="none, apptainer or singularity on the compute nodes; empty: the configuration file's.")
+    time_margin_sec: float = Field(
+        default=60.0, description="Added to the job's timeSec for Slurm's --time: the dendro SDK stops the app at "
+        "timeSec and reports it; Slurm's limit is the backstop.")
+    job_root: str = Field(default="dendro-jobs",
+                          description="Job directories: must be on a file system the compute nodes share.")
+
+
+class SlurmWorker(DendroWorker):
+    type = "dendro-slurm"
+    job_configuration = SlurmJobConfiguration
+    job_configuration_variables = SlurmVariables
+    _description = "Runs Dendro jobs as Slurm batch jobs (sbatch), watched with one squeue call per poll."
+    _display_name = "Dendro Slurm"
+    _documentation_url = "https://github.com/flatironinstitute/dendro"
+    # Slurm checks time limits about once a minute and then gives KillWait: let it end the job itself.
+    overrun_grace_sec = 180.0
+
+    def job_time_limit(self, configuration: SlurmJobConfiguration) -> float | None:
+        limit = configuration.time_limit_sec
+        return None if limit is None else limit + configuration.time_margin_sec
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._launchers: dict[tuple, Launcher] = {}
+
+    def launcher(self, configuration: SlurmJobConfiguration) -> Launcher:
+        method = configuration.container_method or self._central(configuration.config_file).config.container_method
+        settings = SlurmSettings(
+            partition=configuration.partition, gpu_partition=configuration.gpu_partition,
+            account=configuration.account, qos=configuration.qos,
+            extra_sbatch_lines=list(configuration.extra_sbatch_lines), setup_lines=list(configuration.setup_lines),
+            time_margin_sec=configuration.time_margin_sec,
+        )
+        key = (method, repr(settings))
+        if key not in self._launchers:
+            self._launchers[key] = SlurmLauncher(command_builder(method), settings)
+        return self._launchers[key]

@@ -1,0 +1,151 @@
+"""Dendro jobs as real Slurm jobs: a one-node cluster of Debian's Slurm on this machine
+(scripts/test.sh starts it with scripts/start-slurm.sh), a `dendro-slurm` worker, the real SDK."""
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from contextlib import ExitStack
+
+import pytest
+
+from dendro_prefect.embedded import prefect_worker
+from tests.conftest import FIXTURES, create_letter_count_job
+from tests.e2e.conftest import (
+    cancel_flow_run,
+    final_flow_run,
+    finished_job,
+    flow_runs_of_job,
+    letter_count_spec_uri,
+    running_controller,
+    wait_for,
+    wait_for_log,
+)
+
+SLEEPER = FIXTURES / "apps" / "sleeper"
+
+
+def slurm(*args: str) -> str:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=30, check=True).stdout
+
+
+def slurm_state(slurm_job_id: str) -> str:
+    return slurm("squeue", "--noheader", "--states=all", f"--jobs={slurm_job_id}", "--format=%T").strip()
+
+
+@pytest.fixture(scope="module")
+def slurm_controller(prefect_stack, tmp_path_factory, sdk_bin):
+    if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
+        pytest.skip("no Slurm cluster answers here; scripts/test.sh starts one")
+    workdir = tmp_path_factory.mktemp("slurm")
+    apps = [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir)},
+            {"name": "sleeper", "specUri": (SLEEPER / "spec.json").as_uri()}]
+    with running_controller(prefect_stack, workdir, sdk_bin, apps=apps, worker_type="dendro-slurm",
+                            run_method="slurm", job_variables={"time_margin_sec": 0, "partition": "debug"},
+                            worker_env={"PREFECT_WORKER_HEARTBEAT_SECONDS": "2"}) as controller:
+        yield controller
+
+
+def slurm_job(controller, **changes) -> str:
+    return create_letter_count_job(controller.admin, controller.resource_id, runMethod="slurm", **changes)
+
+
+def slurm_id_of(job_id: str) -> str:
+    run = wait_for(lambda: next((r for r in flow_runs_of_job(job_id) if r.infrastructure_pid), None),
+                   f"the Slurm job id of {job_id} on its flow run")
+    assert run.infrastructure_pid.startswith("slurm:")
+    return run.infrastructure_pid.split(":", 1)[1]
+
+
+def test_job_runs_as_a_slurm_job_and_its_key_is_nowhere_in_slurm(slurm_controller):
+    controller = slurm_controller
+    job_id = slurm_job(controller, text="hello dendro world",
+                       inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 2}])
+    slurm_job_id = slurm_id_of(job_id)
+    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
+    key_file = controller.workdir / "dendro-jobs" / job_id / "secrets" / "job_private_key"
+    key = key_file.read_text()
+    assert key_file.stat().st_mode & 0o077 == 0
+    shown = slurm("scontrol", "show", "job", "-dd", slurm_job_id)
+    assert f"JobName=dendro-{job_id}" in shown and key not in shown
+    script = slurm("scontrol", "write", "batch_script", slurm_job_id, "-")
+    assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --mem=1024M" in script
+    assert "#SBATCH --time=0-00:01:00" in script and key not in script
+    job = finished_job(controller.admin, job_id)
+    assert job["status"] == "completed", job.get("error")
+    assert json.loads(controller.admin.output(job_id, "output")) == {"letter": "o", "count": 3}
+    flow_run = final_flow_run(job_id)
+    assert flow_run.state.is_completed()
+    log = wait_for_log(flow_run.id, "letter_count: 'o' appears 3 times in 18 characters")
+    assert key not in log
+    assert slurm_state(slurm_job_id) == "COMPLETED"
+    assert not key_file.exists()
+
+
+def sleeper_job(controller, time_sec: float) -> str:
+    spec = json.loads((SLEEPER / "spec.json").read_text())["processors"][0]
+    return slurm_job(controller, processorName="sleeper", processorSpec=spec, inputFiles=[], outputFiles=[],
+                     inputParameters=[], requiredResources={"numCpus": 1, "numGpus": 0, "memoryGb": 0.5,
+                                                            "timeSec": time_sec})
+
+
+def test_job_over_its_time_limit_ends_timeout_and_is_failed_with_that_reason(slurm_controller):
+    """The sleeper app has no SDK to stop it at its time limit: Slurm does."""
+    controller = slurm_controller
+    job_id = sleeper_job(controller, time_sec=2)
+    job = finished_job(controller.admin, job_id, timeout=150)
+    assert job["status"] == "failed"
+    assert "Slurm state TIMEOUT" in job["error"] and "\n" not in job["error"]
+    assert "Slurm state TIMEOUT" in final_flow_run(job_id).state.message
+
+
+def test_cancel_in_prefect_scancels_the_job_within_5_seconds(slurm_controller):
+    controller = slurm_controller
+    job_id = slurm_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 120}])
+    slurm_job_id = slurm_id_of(job_id)
+    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
+    cancel_flow_run(flow_runs_of_job(job_id)[0].id)
+    started = time.monotonic()
+    wait_for(lambda: slurm_state(slurm_job_id) == "CANCELLED", "scancel", timeout=10, interval=0.1)
+    assert time.monotonic() - started < 5
+    assert finished_job(controller.admin, job_id)["error"] == "Job canceled: flow run cancelled in Prefect"
+    assert final_flow_run(job_id).state.is_cancelled()
+
+
+def test_job_deleted_at_the_central_is_scancelled_within_5_seconds(slurm_controller):
+    """The sleeper app has no SDK to notice the deletion itself: only the worker can stop it."""
+    controller = slurm_controller
+    job_id = sleeper_job(controller, time_sec=600)
+    slurm_job_id = slurm_id_of(job_id)
+    wait_for(lambda: slurm_state(slurm_job_id) == "RUNNING", "the Slurm job to run")
+    controller.admin.delete_job(job_id)
+    started = time.monotonic()
+    wait_for(lambda: slurm_state(slurm_job_id) == "CANCELLED", "scancel", timeout=10, interval=0.1)
+    assert time.monotonic() - started < 5
+    flow_run = final_flow_run(job_id)
+    assert flow_run.state.is_cancelled() and "deleted at the central" in flow_run.state.message
+
+
+def test_restarted_worker_takes_up_a_running_job_and_it_completes_once(slurm_controller, prefect_stack):
+    """The worker is killed (SIGKILL) while the job runs; a new worker of the pool finds the run by its
+    recorded Slurm job id and follows it to the end: no second sbatch."""
+    controller = slurm_controller
+    job_id = slurm_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 30}])
+    slurm_id_of(job_id)
+    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
+    workers = [p for p in controller.processes if p.args[-1] == "dendro-slurm"]
+    assert len(workers) == 1
+    workers[0].send_signal(signal.SIGKILL)
+    workers[0].wait()
+    with ExitStack() as stack:
+        stack.enter_context(prefect_worker(prefect_stack.home, prefect_stack.api_url, controller.pool,
+                                           controller.worker_type, controller.workdir, "restarted.log",
+                                           controller.worker_env))
+        job = finished_job(controller.admin, job_id, timeout=120)
+        assert job["status"] == "completed", job.get("error")
+        flow_run = final_flow_run(job_id)
+        assert flow_run.state.is_completed()
+        wait_for_log(flow_run.id, f"Job {job_id} taken up again as slurm:")
+    sbatched = slurm("squeue", "--noheader", "--states=all", f"--name=dendro-{job_id}", "--format=%i").split()
+    assert len(sbatched) == 1

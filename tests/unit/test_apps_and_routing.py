@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from dendro_prefect.apps import AppCatalog, AppSpecError, LoadedApp, load_spec, raw_spec_url
+from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS, RoutingError, plan_flow_run
+from dendro_prefect.protocol.models import AppSpec, ComputeResourceApp, DendroJob, parse
+from dendro_prefect.workers.tail import FileTail
+from tests.conftest import FIXTURES, LETTER_COUNT_APP
+from tests.unit.test_models import job_document
+
+
+def test_github_blob_urls_become_raw_urls():
+    url = raw_spec_url("https://github.com/scratchrealm/pc-spike-sorting/blob/main/mountainsort5/spec.json")
+    assert url.startswith("https://raw.githubusercontent.com/scratchrealm/pc-spike-sorting/main/mountainsort5/spec.json?cachebust=")
+    assert raw_spec_url("file:///x/spec.json") == "file:///x/spec.json"
+
+
+def test_executables_resolve_as_the_original_daemon_resolves_them():
+    local = AppCatalog.load([ComputeResourceApp(name="letter_count", specUri=(LETTER_COUNT_APP / "spec.json").as_uri())])
+    assert local.for_processor("letter_count").executable == str(LETTER_COUNT_APP / "main.py")
+    spec, _ = load_spec((FIXTURES / "specs" / "pc-spike-sorting_mountainsort5_spec.json").as_uri())
+    assert LoadedApp("ms5", "uri", spec, None).executable == "/app/main.py"
+    no_image = spec.model_copy(update={"appImage": "", "appExecutable": None, "executable": None})
+    with pytest.raises(AppSpecError, match="app ms5 has neither appImage nor appExecutable"):
+        _ = LoadedApp("ms5", "uri", no_image, None).executable
+
+
+def test_a_broken_spec_is_skipped_and_named(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"name": "bad", "processors": [{"name": "p"}]}))
+    catalog = AppCatalog.load([
+        ComputeResourceApp(name="letter_count", specUri=(LETTER_COUNT_APP / "spec.json").as_uri()),
+        ComputeResourceApp(name="bad", specUri=(tmp_path / "bad.json").as_uri()),
+        ComputeResourceApp(name="ftp", specUri="ftp://example/spec.json"),
+    ])
+    assert [a.name for a in catalog.apps] == ["letter_count"]
+    assert "processors.0.inputs: Field required" in catalog.errors["bad"]
+    assert catalog.errors["ftp"] == "spec URI ftp://example/spec.json is neither file:// nor http(s)://"
+    with pytest.raises(AppSpecError, match=r"no app of this compute resource has processor ms5 \(apps not loaded: bad: "):
+        catalog.for_processor("ms5")
+
+
+def test_plan_carries_resources_but_never_the_key():
+    job = parse(DendroJob, job_document(), "job")
+    app = LoadedApp("letter_count", "uri", parse(AppSpec, json.loads((LETTER_COUNT_APP / "spec.json").read_text()), "s"),
+                    LETTER_COUNT_APP)
+    plan = plan_flow_run(job, app, DEFAULT_DEPLOYMENTS)
+    assert plan.deployment == "dendro-job/slurm"
+    assert plan.parameters == {"job_id": "p1.abcdefgh"}
+    assert plan.job_variables == {"app_name": "letter_count", "app_image": None,
+                                  "app_executable": str(LETTER_COUNT_APP / "main.py"),
+                                  "num_cpus": 1, "num_gpus": 0, "memory_gb": 1.0, "time_limit_sec": 60.0}
+    assert job.jobPrivateKey not in plan.model_dump_json()
+    with pytest.raises(RoutingError, match="no deployment for runMethod slurm"):
+        plan_flow_run(job, app, {"local": "dendro-job/local"})
+    with pytest.raises(RoutingError, match="has no runMethod"):
+        plan_flow_run(job.model_copy(update={"runMethod": None}), app, DEFAULT_DEPLOYMENTS)
+
+
+def test_file_tail_returns_whole_new_lines_and_the_last_state_of_progress_lines(tmp_path):
+    path = tmp_path / "out.txt"
+    tail = FileTail(path)
+    assert tail.read_lines() == []
+    path.write_bytes(b"first\nprogress 10%\rprogress 100%\npart")
+    assert tail.read_lines() == ["first", "progress 100%"]
+    with open(path, "ab") as handle:
+        handle.write(b"ial\nlast")
+    assert tail.read_lines() == ["partial"]
+    assert tail.read_lines(final=True) == ["last"]
