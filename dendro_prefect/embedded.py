@@ -4,8 +4,10 @@ loopback and free ports, for the demo and the tests. Each is stopped by its PID 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -44,15 +46,68 @@ def _stop(process: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 
             process.wait()
 
 
+POSTGRES_BIN = Path("/usr/lib/postgresql")
+
+
+def _postgres_tool(name: str) -> str:
+    """Debian's PostgreSQL server programs are not on PATH: take the newest installed version's."""
+    versions = sorted(POSTGRES_BIN.glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    if not versions:
+        raise RuntimeError("PostgreSQL is not installed (Debian package `postgresql`)")
+    return str(versions[-1] / name)
+
+
 @contextmanager
-def prefect_server(home: Path, startup_timeout: float = 90.0) -> Iterator[str]:
-    """A Prefect server on a free 127.0.0.1 port with its SQLite database under `home`; yields the API URL."""
+def postgres_database(home: Path, startup_timeout: float = 60.0) -> Iterator[str]:
+    """A PostgreSQL server of our own on a free 127.0.0.1 port, data under `home` (run as user
+    postgres, trust authentication on loopback); yields Prefect's database URL for it."""
+    data, sockets = home / "pgdata", home / "pgsocket"
+    home.mkdir(parents=True, exist_ok=True)
+    sockets.mkdir(exist_ok=True)
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres")
+        shutil.chown(sockets, "postgres")
+        for parent in home.resolve().parents:  # let postgres through our own (temporary) directories
+            if parent.stat().st_uid == 0 and not parent.stat().st_mode & stat.S_IXOTH:
+                parent.chmod(parent.stat().st_mode | stat.S_IXOTH)
+    if not data.exists():
+        subprocess.run([*as_postgres, _postgres_tool("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"],
+                       check=True, capture_output=True)
+    port = free_port()
+    log = open(home / "postgres.log", "ab")
+    process = subprocess.Popen(
+        [*as_postgres, _postgres_tool("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+         "-k", str(sockets), "-c", "max_connections=200", "-c", "fsync=off"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while subprocess.run([_postgres_tool("pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start; see {home / 'postgres.log'}")
+            time.sleep(0.1)
+        subprocess.run([_postgres_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "prefect"],
+                       capture_output=True)
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
+    finally:
+        _stop(process, signal.SIGTERM)
+        log.close()
+
+
+@contextmanager
+def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str | None = None) -> Iterator[str]:
+    """A Prefect server on a free 127.0.0.1 port with its database under `home` (SQLite), or at
+    `database_url` (PostgreSQL, for volume); yields the API URL."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
+    env = prefect_env(home)
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     log = open(home / "server.log", "ab")
     process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               env=prefect_env(home), stdout=log, stderr=subprocess.STDOUT)
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + startup_timeout
         while not _healthy(api_url):

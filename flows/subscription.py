@@ -17,9 +17,12 @@ async def subscription(
     poll_interval_sec: float = 10.0,
     deployments: dict[str, str] = DEFAULT_DEPLOYMENTS,
     run_for_sec: float | None = None,
+    submit_concurrency: int = 1,
 ) -> None:
     """Turn every pending Dendro job of this compute resource into one flow run of the deployment
     its runMethod names; PubSub messages wake it at once, polling every `poll_interval_sec` covers
-    lost messages. Runs until cancelled, or for `run_for_sec` seconds."""
-    controller = Controller(ComputeResourceConfig.read(Path(config_file)), dict(deployments), get_run_logger())
+    lost messages. Runs until cancelled, or for `run_for_sec` seconds. `submit_concurrency` flow runs
+    are created at once: keep 1 on a SQLite Prefect server, raise it on PostgreSQL."""
+    controller = Controller(ComputeResourceConfig.read(Path(config_file)), dict(deployments), get_run_logger(),
+                            submit_concurrency)
     await controller.run(poll_interval_sec, run_for_sec)

@@ -22,22 +22,13 @@
 #   DEBOOTSTRAP_MIRROR                Debian mirror for debootstrap (default: debootstrap's own)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE="${DENDRO_PREFECT_STATE:-$ROOT/.state}"
+SCRIPT_NAME=build-app-image
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 DENDRO_REQUIREMENT="${DENDRO_PREFECT_DENDRO_REQUIREMENT:-dendro==0.2.17}"
 BASE_IMAGE="${DENDRO_PREFECT_BASE_IMAGE:-dendro-python-base:bookworm}"
 SUITE=bookworm
 DOCKERFILE="$ROOT/scripts/app-image.Dockerfile"
-
-for d in /usr/local/sbin /usr/sbin /sbin; do   # debootstrap lives in /usr/sbin
-    case ":$PATH:" in *":$d:"*) ;; *) PATH="$PATH:$d";; esac
-done
-export PATH
-
-log() { printf '[build-app-image] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 [[ $# -eq 2 ]] || { echo "usage: $0 APP_DIR TAG   (e.g. $0 apps/letter_count dendro-letter-count:local)" >&2; exit 2; }
 APP_DIR="$1"

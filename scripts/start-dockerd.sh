@@ -23,22 +23,12 @@
 #   DENDRO_PREFECT_DOCKERD_TIMEOUT  seconds to wait for the engine to answer (default 60)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE="${DENDRO_PREFECT_STATE:-$ROOT/.state}"
+SCRIPT_NAME=start-dockerd
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 NETWORK_MODE="${DENDRO_PREFECT_DOCKERD_NETWORK:-none}"
 TIMEOUT="${DENDRO_PREFECT_DOCKERD_TIMEOUT:-60}"
 POLL_INTERVAL=0.2
-
-# dockerd and containerd look up runc, iptables, etc. on PATH; make sure the sbin dirs are there.
-for d in /usr/local/sbin /usr/sbin /sbin; do
-    case ":$PATH:" in *":$d:"*) ;; *) PATH="$PATH:$d";; esac
-done
-export PATH
-
-log() { printf '[start-dockerd] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 case "$NETWORK_MODE" in none|bridge|auto) ;; *) die "DENDRO_PREFECT_DOCKERD_NETWORK must be none, bridge or auto (got '$NETWORK_MODE')";; esac
 

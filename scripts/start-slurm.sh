@@ -42,25 +42,15 @@
 #   DENDRO_PREFECT_SLURM_TIMEOUT  seconds to wait for the cluster to become ready (default 60)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE="${DENDRO_PREFECT_STATE:-$ROOT/.state}"
+SCRIPT_NAME=start-slurm
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 TIMEOUT="${DENDRO_PREFECT_SLURM_TIMEOUT:-60}"
 POLL_INTERVAL=0.2
 CLUSTER=dendro
 ETC_CONF=/etc/slurm/slurm.conf
 MARKER="# dendro-prefect: written by scripts/start-slurm.sh"
 MUNGE_SOCKET=/run/munge/munge.socket.2
-
-# The daemons live in /usr/sbin; make sure the sbin dirs are on PATH.
-for d in /usr/local/sbin /usr/sbin /sbin; do
-    case ":$PATH:" in *":$d:"*) ;; *) PATH="$PATH:$d";; esac
-done
-export PATH
-
-log() { printf '[start-slurm] %s\n' "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 # Every process (including ones that never see this script's environment) uses /etc/slurm/slurm.conf.
 if [[ -n "${SLURM_CONF:-}" && "$SLURM_CONF" != "$ETC_CONF" ]]; then
@@ -86,8 +76,6 @@ CTLD_LOG="$SDIR/log/slurmctld.log"
 SLURMD_LOG="$SDIR/log/slurmd.log"
 MUNGED_LOG="$MUNGE_DIR/munged.log"
 
-# Running, and not a zombie left unreaped by whatever adopted it.
-alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
 # pid_is NAME PID: PID is alive and runs NAME (the Debian binaries are NAME-wlm behind symlinks).
 pid_is() {
     local comm

@@ -8,14 +8,11 @@
 #                                       dockerd itself gives running containers 15 s)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE="${DENDRO_PREFECT_STATE:-$ROOT/.state}"
+SCRIPT_NAME=stop-dockerd
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PIDFILE="$STATE/dockerd.pid"
 TIMEOUT="${DENDRO_PREFECT_DOCKERD_STOP_TIMEOUT:-30}"
-
-log() { printf '[stop-dockerd] %s\n' "$*" >&2; }
-# Running, and not a zombie left unreaped by whatever adopted it.
-alive() { kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
 
 if [[ ! -s "$PIDFILE" ]]; then
     log "no dockerd recorded in $PIDFILE; nothing to stop"

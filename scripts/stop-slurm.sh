@@ -13,15 +13,13 @@
 #   DENDRO_PREFECT_SLURM_STOP_TIMEOUT seconds to wait for each daemon to exit (default 30)
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE="${DENDRO_PREFECT_STATE:-$ROOT/.state}"
+SCRIPT_NAME=stop-slurm
+# shellcheck source=scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 SDIR="$STATE/slurm"
 ENVFILE="$SDIR/cluster.env"
 TIMEOUT="${DENDRO_PREFECT_SLURM_STOP_TIMEOUT:-30}"
 
-log() { printf '[stop-slurm] %s\n' "$*" >&2; }
-# Running, and not a zombie left unreaped by whatever adopted it.
-alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null && [[ "$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" != Z ]]; }
 read_pid() { { tr -dc '0-9' < "$1"; } 2>/dev/null || true; }
 recorded() { if [[ -r "$ENVFILE" ]]; then sed -n "s/^$1=//p" "$ENVFILE" | tail -n 1; fi; }
 

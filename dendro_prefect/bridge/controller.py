@@ -1,17 +1,19 @@
 """The controller's loop: on every PubSub hint or poll interval, turn each pending Dendro job into
 exactly one flow run; fail at the central, with a one-line reason, every job that cannot run.
 
-Idempotency comes from Prefect: the flow run's idempotency key is the job id, so a job announced
-twice, polled again or seen by a restarted controller still has one flow run.
+Idempotency comes from Prefect: the flow run's idempotency key is the job id (unique per flow, and all
+job deployments share the `dendro-job` flow), so a job announced twice, polled again or seen by a
+restarted controller still has one flow run.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from uuid import UUID
 
 import anyio
-from prefect.deployments import arun_deployment
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
 
 from ..apps import AppCatalog, AppSpecError
@@ -27,18 +29,19 @@ from ..protocol.models import (
 from ..pubsub import JobHints
 from .routing import FlowRunPlan, RoutingError, plan_flow_run
 
-# Flow runs created at once: enough to hide the server's latency, few enough for SQLite.
-SUBMIT_CONCURRENCY = 4
-
 
 class Controller:
-    def __init__(self, config: ComputeResourceConfig, deployments: dict[str, str], logger: logging.Logger | logging.LoggerAdapter) -> None:
+    def __init__(self, config: ComputeResourceConfig, deployments: dict[str, str],
+                 logger: logging.Logger | logging.LoggerAdapter, submit_concurrency: int = 1) -> None:
         self.config = config
         self.deployments = deployments
         self.logger = logger
         self.client = CentralClient(config.central_url, config.compute_resource_id, config.private_key)
         self.catalog = AppCatalog()
         self.flow_runs: dict[str, str] = {}  # job id -> flow run id, for jobs this controller submitted
+        # Flow runs created at once: 1 suits SQLite (concurrent writers wait on its lock); more pays
+        # off on PostgreSQL.
+        self.submit_concurrency = submit_concurrency
 
     async def load_apps(self) -> None:
         """Load the apps' specs and report them to the central, as the original daemon does."""
@@ -60,21 +63,23 @@ class Controller:
         jobs = [job for job in [await self._parse(d) for d in documents]
                 if job is not None and job.status == "pending" and job.jobId not in self.flow_runs]
         submitted = 0
-        limiter = anyio.CapacityLimiter(SUBMIT_CONCURRENCY)
+        limiter = anyio.CapacityLimiter(self.submit_concurrency)
+        deployment_ids: dict[str, UUID] = {}
 
-        async def take(job: DendroJob) -> None:
+        async def take(client: PrefectClient, job: DendroJob) -> None:
             nonlocal submitted
             async with limiter:
                 try:
                     app = self.catalog.for_processor(job.processorName)
-                    await self._submit(job, plan_flow_run(job, app, self.deployments))
+                    await self._submit(client, job, plan_flow_run(job, app, self.deployments), deployment_ids)
                     submitted += 1
                 except (AppSpecError, RoutingError) as error:
                     await self._fail(job.jobId, job.jobPrivateKey, str(error))
 
-        async with anyio.create_task_group() as group:
-            for job in jobs:
-                group.start_soon(take, job)
+        if jobs:
+            async with get_client() as client, anyio.create_task_group() as group:
+                for job in jobs:
+                    group.start_soon(take, client, job)
         return submitted
 
     async def _parse(self, document: object) -> DendroJob | None:
@@ -89,14 +94,18 @@ class Controller:
                 self.logger.error("Unusable job from the central: %s", error)
             return None
 
-    async def _submit(self, job: DendroJob, plan: FlowRunPlan) -> None:
+    async def _submit(self, client: PrefectClient, job: DendroJob, plan: FlowRunPlan,
+                      deployment_ids: dict[str, UUID]) -> None:
+        """Create the job's flow run, as `run_deployment(timeout=0)` does, on one shared client."""
         try:
-            flow_run = await arun_deployment(
-                plan.deployment, parameters=plan.parameters, job_variables=plan.job_variables,
-                flow_run_name=plan.name, tags=plan.tags, idempotency_key=job.jobId, timeout=0, as_subflow=False,
-            )
+            if plan.deployment not in deployment_ids:
+                deployment_ids[plan.deployment] = (await client.read_deployment_by_name(plan.deployment)).id
         except ObjectNotFound:
             raise RoutingError(f"no deployment {plan.deployment} for runMethod {job.runMethod}") from None
+        flow_run = await client.create_flow_run_from_deployment(
+            deployment_ids[plan.deployment], parameters=plan.parameters, job_variables=plan.job_variables,
+            name=plan.name, tags=plan.tags, idempotency_key=job.jobId,
+        )
         self.flow_runs[job.jobId] = str(flow_run.id)
         self.logger.info("Job %s → flow run %s (%s)", job.jobId, flow_run.name, plan.deployment)
 
