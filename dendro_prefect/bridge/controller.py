@@ -60,8 +60,8 @@ class Controller:
     async def intake(self) -> int:
         """Submit every pending job that has no flow run yet, a few at a time; return how many."""
         documents = await anyio.to_thread.run_sync(self.client.get_unfinished_jobs)
-        jobs = [job for job in [await self._parse(d) for d in documents]
-                if job is not None and job.status == "pending" and job.jobId not in self.flow_runs]
+        fresh = [d for d in documents if not (isinstance(d, dict) and d.get("jobId") in self.flow_runs)]
+        jobs = [job for job in [await self._parse(d) for d in fresh] if job is not None and job.status == "pending"]
         submitted = 0
         limiter = anyio.CapacityLimiter(self.submit_concurrency)
         deployment_ids: dict[str, UUID] = {}

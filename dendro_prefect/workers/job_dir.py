@@ -46,6 +46,11 @@ class JobDirectory:
         return self.root / "exit_code"
 
     @property
+    def slurm_job_ids(self) -> Path:
+        """Every Slurm job id the job was submitted as, the current last (requeues add lines)."""
+        return self.root / "slurm_job_ids"
+
+    @property
     def secrets(self) -> Path:
         return self.root / "secrets"
 

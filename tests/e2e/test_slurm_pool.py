@@ -127,9 +127,31 @@ def test_job_deleted_at_the_central_is_scancelled_within_5_seconds(slurm_control
     assert flow_run.state.is_cancelled() and "deleted at the central" in flow_run.state.message
 
 
+def test_job_lost_with_its_node_is_submitted_again_and_completes(slurm_controller):
+    """The node goes down under a running job (NODE_FAIL; the script says --no-requeue so that Slurm
+    leaves the retry to the worker); the worker submits the job again, which runs once the node is
+    back, and the Dendro job completes."""
+    controller = slurm_controller
+    node = slurm("sinfo", "--noheader", "--format=%N").split()[0]
+    job_id = slurm_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 10}])
+    first = slurm_id_of(job_id)
+    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
+    try:
+        slurm("scontrol", "update", f"nodename={node}", "state=down", "reason=dendro-prefect-test")
+        wait_for(lambda: slurm_state(first) == "NODE_FAIL", "NODE_FAIL", timeout=30)
+        job_dir = controller.workdir / "dendro-jobs" / job_id
+        wait_for(lambda: len((job_dir / "slurm_job_ids").read_text().split()) == 2, "the second submission")
+    finally:  # the cluster returns the node to service by itself (ReturnToService=2); make sure
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], capture_output=True)
+    job = finished_job(controller.admin, job_id, timeout=120)
+    assert job["status"] == "completed", job.get("error")
+    assert final_flow_run(job_id).state.is_completed()
+
+
 def test_restarted_worker_takes_up_a_running_job_and_it_completes_once(slurm_controller, prefect_stack):
     """The worker is killed (SIGKILL) while the job runs; a new worker of the pool finds the run by its
-    recorded Slurm job id and follows it to the end: no second sbatch."""
+    recorded Slurm job id and follows it to the end: no second sbatch. (Last in the module: the
+    module's worker does not come back.)"""
     controller = slurm_controller
     job_id = slurm_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 30}])
     slurm_id_of(job_id)

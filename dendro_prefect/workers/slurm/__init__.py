@@ -22,6 +22,7 @@ class SlurmJobConfiguration(DendroJobConfiguration):
     setup_lines: list[str] = Field(default_factory=list)
     container_method: str = Field(default="")
     time_margin_sec: float = Field(default=60.0)
+    max_requeues: int = Field(default=2)
 
 
 class SlurmVariables(DendroVariables):
@@ -38,6 +39,8 @@ class SlurmVariables(DendroVariables):
     time_margin_sec: float = Field(
         default=60.0, description="Added to the job's timeSec for Slurm's --time: the dendro SDK stops the app at "
         "timeSec and reports it; Slurm's limit is the backstop.")
+    max_requeues: int = Field(default=2, description="How often a job preempted or lost with its node "
+                              "(PREEMPTED, NODE_FAIL, BOOT_FAIL) is submitted again before it fails.")
     job_root: str = Field(default="dendro-jobs",
                           description="Job directories: must be on a file system the compute nodes share.")
 
@@ -66,7 +69,7 @@ class SlurmWorker(DendroWorker):
             partition=configuration.partition, gpu_partition=configuration.gpu_partition,
             account=configuration.account, qos=configuration.qos,
             extra_sbatch_lines=list(configuration.extra_sbatch_lines), setup_lines=list(configuration.setup_lines),
-            time_margin_sec=configuration.time_margin_sec,
+            time_margin_sec=configuration.time_margin_sec, max_requeues=configuration.max_requeues,
         )
         key = (method, repr(settings))
         if key not in self._launchers:
