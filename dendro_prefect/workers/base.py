@@ -350,7 +350,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
                     await launcher.kill(infrastructure_id)
                     await self._fail_at_central(client, job, "Job canceled: flow run cancelled in Prefect", run_logger)
                     return Cancelled(message="Cancelled in Prefect; the job was killed and failed at the central")
-                stop = await self._stop_reason(observation, client, job, finished_at)
+                stop = await self._stop_reason(observation, client, job, finished_at, bool(last_failure))
                 if stop == "finishing":
                     finished_at = finished_at or time.monotonic()
                 elif stop is not None:
@@ -365,15 +365,16 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         finally:
             watch.remove(watched)
 
-    async def _stop_reason(self, observation: Observation, client, job, finished_at) -> str | None:
+    async def _stop_reason(self, observation: Observation, client, job, finished_at, app_failed: bool) -> str | None:
         """Why the job must be stopped though its infrastructure runs, 'finishing' while a job that
-        reported its end is given time to exit, or None."""
+        reported its end is given time to exit, or None. A job failed at the central is stopped at
+        once, unless its app said it failed (the SDK prints that just before it reports it)."""
         if not observation.central_known or observation.central_status is not None:
             return None
         status = await anyio.to_thread.run_sync(client.get_job_status, job.jobId, job.jobPrivateKey)
         if status is None:
             return "The job was deleted at the central; its infrastructure was killed"
-        if status == "failed":
+        if status == "failed" and not app_failed:
             return "The job was failed at the central; its infrastructure was killed"
         if finished_at is not None and time.monotonic() - finished_at > EXIT_GRACE_SEC:
             return f"The job was {status} at the central but its app did not exit; it was killed"
