@@ -138,6 +138,7 @@ def final_flow_run(api_url: str, job_id: str, timeout: float) -> str:
 
 
 def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, container_method: str) -> None:
+    workdir = workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     home = workdir / "prefect"
