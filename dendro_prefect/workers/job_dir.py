@@ -12,6 +12,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .tail import FileTail
+
 
 @dataclass(frozen=True)
 class JobDirectory:
@@ -64,3 +66,28 @@ class JobDirectory:
 
     def remove_secrets(self) -> None:
         shutil.rmtree(self.secrets, ignore_errors=True)
+
+
+class WatchedJobFiles:
+    """The job directories a launcher watches: the files tailed into the flow-run log, and the
+    secrets removed when the job is released. One registry for every backend that writes them."""
+
+    def __init__(self) -> None:
+        self._directories: dict[str, JobDirectory] = {}
+        self._tails: dict[str, list[FileTail]] = {}
+
+    def watch(self, infrastructure_id: str, job_dir: JobDirectory, *files: Path) -> None:
+        self._directories[infrastructure_id] = job_dir
+        self._tails[infrastructure_id] = [FileTail(path) for path in files]
+
+    def directory(self, infrastructure_id: str) -> JobDirectory | None:
+        return self._directories.get(infrastructure_id)
+
+    def read_lines(self, infrastructure_id: str, final: bool = False) -> list[str]:
+        return [line for tail in self._tails.get(infrastructure_id, []) for line in tail.read_lines(final)]
+
+    def release(self, infrastructure_id: str) -> None:
+        self._tails.pop(infrastructure_id, None)
+        job_dir = self._directories.pop(infrastructure_id, None)
+        if job_dir is not None:
+            job_dir.remove_secrets()

@@ -14,9 +14,8 @@ import docker
 from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
-from ..job_dir import JobDirectory
+from ..job_dir import JobDirectory, WatchedJobFiles
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
-from ..tail import FileTail
 
 JOB_LABEL = "org.dendro.job-id"
 SECRET_MOUNT = "/run/dendro"
@@ -33,8 +32,7 @@ class DockerLauncher(Launcher):
     def __init__(self) -> None:
         self._client: docker.DockerClient | None = None
         self._log_offsets: dict[str, int] = {}
-        self._tails: dict[str, FileTail] = {}
-        self._directories: dict[str, JobDirectory] = {}
+        self._files = WatchedJobFiles()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -82,8 +80,7 @@ class DockerLauncher(Launcher):
             raise LaunchError(f"docker could not start the job: {_one_line(error)}") from None
         infrastructure_id = f"docker:{container.id[:12]}"
         self._log_offsets[infrastructure_id] = 0
-        self._tails[infrastructure_id] = FileTail(job_dir.console_output)
-        self._directories[infrastructure_id] = job_dir
+        self._files.watch(infrastructure_id, job_dir, job_dir.console_output)
         return infrastructure_id
 
     def _ensure_image(self, image: str) -> None:
@@ -130,8 +127,7 @@ class DockerLauncher(Launcher):
             if new:
                 self._log_offsets[infrastructure_id] = offset + len(new) + 1
                 lines += [line for line in new.decode(errors="replace").split("\n") if line.strip()]
-        tail = self._tails.get(infrastructure_id)
-        return lines + (tail.read_lines() if tail else [])
+        return lines + self._files.read_lines(infrastructure_id)
 
     async def kill(self, infrastructure_id: str) -> None:
         await asyncio.to_thread(self._on_container, infrastructure_id, "stop", timeout=STOP_TIMEOUT_SEC)
@@ -139,10 +135,7 @@ class DockerLauncher(Launcher):
     async def release(self, infrastructure_id: str) -> None:
         await asyncio.to_thread(self._on_container, infrastructure_id, "remove", force=True)
         self._log_offsets.pop(infrastructure_id, None)
-        self._tails.pop(infrastructure_id, None)
-        job_dir = self._directories.pop(infrastructure_id, None)
-        if job_dir is not None:
-            job_dir.remove_secrets()
+        self._files.release(infrastructure_id)
 
     def _on_container(self, infrastructure_id: str, action: str, **options) -> None:
         """Stop or remove a job's container; one that is gone already needs nothing."""

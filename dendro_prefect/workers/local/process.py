@@ -9,9 +9,8 @@ import signal
 import subprocess
 
 from ..commands import CommandBuilder
-from ..job_dir import JobDirectory
+from ..job_dir import JobDirectory, WatchedJobFiles
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
-from ..tail import FileTail
 
 KILL_GRACE_SEC = 5.0
 
@@ -21,8 +20,7 @@ class ProcessLauncher(Launcher):
         self.kind = kind
         self._build_command = build_command
         self._processes: dict[str, subprocess.Popen] = {}
-        self._directories: dict[str, JobDirectory] = {}
-        self._tails: dict[str, list[FileTail]] = {}
+        self._files = WatchedJobFiles()
         self._adopted: dict[str, int] = {}  # processes an earlier worker started: no exit code to wait for
 
     async def submit(self, request: LaunchRequest) -> str:
@@ -52,8 +50,7 @@ class ProcessLauncher(Launcher):
         self._watch_files(infrastructure_id, JobDirectory(request.job_dir))
 
     def _watch_files(self, infrastructure_id: str, job_dir: JobDirectory) -> None:
-        self._directories[infrastructure_id] = job_dir
-        self._tails[infrastructure_id] = [FileTail(job_dir.stdout), FileTail(job_dir.console_output)]
+        self._files.watch(infrastructure_id, job_dir, job_dir.stdout, job_dir.console_output)
 
     async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
         states = {}
@@ -71,7 +68,7 @@ class ProcessLauncher(Launcher):
 
     async def read_logs(self, infrastructure_id: str) -> list[str]:
         final = infrastructure_id in self._processes and self._processes[infrastructure_id].poll() is not None
-        return [line for tail in self._tails.get(infrastructure_id, []) for line in tail.read_lines(final)]
+        return self._files.read_lines(infrastructure_id, final)
 
     async def kill(self, infrastructure_id: str) -> None:
         process = self._processes.get(infrastructure_id)
@@ -92,10 +89,7 @@ class ProcessLauncher(Launcher):
     async def release(self, infrastructure_id: str) -> None:
         self._processes.pop(infrastructure_id, None)
         self._adopted.pop(infrastructure_id, None)
-        self._tails.pop(infrastructure_id, None)
-        job_dir = self._directories.pop(infrastructure_id, None)
-        if job_dir is not None:
-            job_dir.remove_secrets()
+        self._files.release(infrastructure_id)
 
 
 def _adopted_state(pid: int) -> InfrastructureState:

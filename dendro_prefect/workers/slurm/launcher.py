@@ -11,9 +11,8 @@ import subprocess
 from dataclasses import dataclass, field
 
 from ..commands import CommandBuilder
-from ..job_dir import JobDirectory
+from ..job_dir import JobDirectory, WatchedJobFiles
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
-from ..tail import FileTail
 from .script import render_batch_script
 
 # Slurm job states (squeue %T) → whether the job still holds or awaits its allocation.
@@ -58,8 +57,7 @@ class SlurmLauncher(Launcher):
     def __init__(self, build_command: CommandBuilder, settings: SlurmSettings) -> None:
         self._build_command = build_command
         self.settings = settings
-        self._directories: dict[str, JobDirectory] = {}
-        self._tails: dict[str, list[FileTail]] = {}
+        self._files = WatchedJobFiles()
         self._attempts: dict[str, list[str]] = {}  # infrastructure id → Slurm job ids, the current last
 
     async def submit(self, request: LaunchRequest) -> str:
@@ -95,8 +93,7 @@ class SlurmLauncher(Launcher):
 
     async def attach(self, infrastructure_id: str, request: LaunchRequest) -> None:
         job_dir = JobDirectory(request.job_dir)
-        self._directories[infrastructure_id] = job_dir
-        self._tails[infrastructure_id] = [FileTail(job_dir.stdout), FileTail(job_dir.console_output)]
+        self._files.watch(infrastructure_id, job_dir, job_dir.stdout, job_dir.console_output)
         try:
             self._attempts[infrastructure_id] = job_dir.slurm_job_ids.read_text().split()
         except FileNotFoundError:
@@ -129,7 +126,7 @@ class SlurmLauncher(Launcher):
     async def _requeue(self, infrastructure_id: str, state: str) -> InfrastructureState:
         """Submit the same script again. The job already told the central it was running, so the
         new attempt's SDK forces its status updates (the central allows that only when asked)."""
-        job_dir = self._directories[infrastructure_id]
+        job_dir = self._files.directory(infrastructure_id)
         job_dir.exit_code.unlink(missing_ok=True)
         try:
             slurm_job_id = await self._sbatch(job_dir, "--export=ALL,DENDRO_FORCE_STATUS_UPDATES=1")
@@ -155,21 +152,18 @@ class SlurmLauncher(Launcher):
         return InfrastructureState("exited", exit_code, detail)
 
     def _exit_code(self, infrastructure_id: str) -> int | None:
-        job_dir = self._directories.get(infrastructure_id)
+        job_dir = self._files.directory(infrastructure_id)
         try:
             return int(job_dir.exit_code.read_text().strip()) if job_dir else None
         except (FileNotFoundError, ValueError):
             return None
 
     async def read_logs(self, infrastructure_id: str) -> list[str]:
-        return [line for tail in self._tails.get(infrastructure_id, []) for line in tail.read_lines()]
+        return self._files.read_lines(infrastructure_id)
 
     async def kill(self, infrastructure_id: str) -> None:
         await _slurm("scancel", self._current(infrastructure_id))
 
     async def release(self, infrastructure_id: str) -> None:
-        self._tails.pop(infrastructure_id, None)
         self._attempts.pop(infrastructure_id, None)
-        job_dir = self._directories.pop(infrastructure_id, None)
-        if job_dir is not None:
-            job_dir.remove_secrets()
+        self._files.release(infrastructure_id)
