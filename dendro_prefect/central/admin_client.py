@@ -72,6 +72,9 @@ class CentralAdmin:
     def create_job(self, request: dict) -> str:
         return self._call("POST", "/api/admin/jobs", json=request)["jobId"]
 
+    def create_jobs(self, requests: list[dict]) -> list[str]:
+        return self._call("POST", "/api/admin/job_batches", json={"jobs": requests})["jobIds"]
+
     def jobs(self, resource_id: str | None = None) -> list[dict]:
         params = {"computeResourceId": resource_id} if resource_id else None
         return self._call("GET", "/api/admin/jobs", params=params)["jobs"]

@@ -289,6 +289,10 @@ class CreateJobRequest(BaseModel):
     batchId: str | None = None
 
 
+class CreateJobsRequest(BaseModel):
+    jobs: list[CreateJobRequest]
+
+
 def _admin_routes(central: Central) -> APIRouter:
     def authenticate(dendro_admin_token: str = Header("")) -> None:
         if not hmac.compare_digest(dendro_admin_token, central.admin_token):
@@ -337,9 +341,8 @@ def _admin_routes(central: Central) -> APIRouter:
         file_id = central.store.add_file(project_id, file_name, central.blobs.size(key) or 0, key)
         return {"fileId": file_id, "success": True}
 
-    @router.post("/api/admin/jobs")
-    def create_job(body: CreateJobRequest) -> dict:
-        document = central.create_job(
+    def create(body: CreateJobRequest) -> str:
+        return central.create_job(
             compute_resource_id=body.computeResourceId,
             project_id=body.projectId,
             processor_name=body.processorName,
@@ -350,8 +353,16 @@ def _admin_routes(central: Central) -> APIRouter:
             required_resources=body.requiredResources,
             run_method=body.runMethod,
             batch_id=body.batchId,
-        )
-        return {"jobId": document["jobId"], "success": True}
+        )["jobId"]
+
+    @router.post("/api/admin/jobs")
+    def create_job(body: CreateJobRequest) -> dict:
+        return {"jobId": create(body), "success": True}
+
+    @router.post("/api/admin/job_batches")
+    def create_jobs(body: CreateJobsRequest) -> dict:
+        """Many jobs in one call, as the GUI creates a batch (e.g. one spike sort per session)."""
+        return {"jobIds": [create(job) for job in body.jobs], "success": True}
 
     @router.get("/api/admin/jobs")
     def list_jobs(request: Request, computeResourceId: str | None = None) -> dict:

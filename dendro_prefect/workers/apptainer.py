@@ -6,6 +6,7 @@ the job's secrets directory), so none of them shows in the process list.
 
 from __future__ import annotations
 
+from .containers import container_environment
 from .job_dir import JobDirectory
 from .launch import AppCommand, LaunchError, LaunchRequest
 
@@ -16,9 +17,7 @@ def apptainer_command_builder(executable: str):
     def build(request: LaunchRequest, job_dir: JobDirectory) -> AppCommand:
         if not request.app_image:
             raise LaunchError(f"app {request.app_name} has no appImage to run with {executable}")
-        env = dict(request.env, JOB_PRIVATE_KEY=request.job_private_key.get_secret_value(),
-                   DENDRO_JOB_CLEANUP_DIR="/tmp", DENDRO_JOB_WORKING_DIR="/tmp/working",
-                   KACHERY_CLOUD_DIR="/tmp/.kachery-cloud")
+        env = dict(container_environment(request), JOB_PRIVATE_KEY=request.job_private_key.get_secret_value())
         env_file = job_dir.write_secret("env", "".join(f"{k}={_quote(v)}\n" for k, v in env.items()))
         command = [
             executable, "exec",

@@ -45,7 +45,7 @@ SDK_FAILURE_PREFIX = "Job failed: "
 # The dendro SDK reports `completed` just before it exits; give a finished job this long to exit.
 EXIT_GRACE_SEC = 15.0
 ORPHAN_CHECK_INTERVAL_SEC = 5.0
-CANCEL_PAGE = 200  # Prefect's default page size
+RUNS_PAGE = 200  # Prefect's default page size
 
 
 class DendroJobConfiguration(BaseJobConfiguration):
@@ -130,6 +130,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         self._connections: dict[str, CentralConnection] = {}
         self._following: set = set()  # flow run ids this worker follows
         self._orphans_checked_at = float("-inf")
+        self._offline_workers_seen: set[str] | None = None  # None: not looked yet
 
     @abc.abstractmethod
     def launcher(self, configuration: DendroJobConfiguration) -> Launcher:
@@ -190,19 +191,33 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
 
     async def _reattach_orphans(self) -> None:
         """Running flow runs of this pool whose worker is offline: their jobs still run (or have
-        ended) on the infrastructure recorded on the run; follow them instead of launching again."""
-        runs = await self.client.read_flow_runs(
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
-        )
-        online = {w.name for w in await self.client.read_workers_for_work_pool(self._work_pool_name)
-                  if w.status and w.status.value == "ONLINE"} | {self.name}
-        for flow_run in runs:
-            owner = (flow_run.labels or {}).get("prefect.worker.name")
-            if flow_run.id not in self._following and owner not in online and flow_run.infrastructure_pid \
-                    and not flow_run.infrastructure_pid.startswith(NOT_LAUNCHED):
-                self._following.add(flow_run.id)
-                self._runs_task_group.start_soon(self._reattach, flow_run)
+        ended) on the infrastructure recorded on the run; follow them instead of launching again.
+        Runs are read only when a worker has newly gone offline (or this one just started): a run
+        becomes an orphan only then, and reading every running run each time would load the server."""
+        workers = await self.client.read_workers_for_work_pool(self._work_pool_name)
+        online = {w.name for w in workers if w.status and w.status.value == "ONLINE"} | {self.name}
+        offline = {w.name for w in workers} - online
+        if self._offline_workers_seen is not None and offline <= self._offline_workers_seen:
+            self._offline_workers_seen = offline
+            return
+        offset = 0
+        while True:
+            runs = await self.client.read_flow_runs(
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
+                limit=RUNS_PAGE, offset=offset,
+            )
+            for flow_run in runs:
+                owner = (flow_run.labels or {}).get("prefect.worker.name")
+                if flow_run.id not in self._following and owner not in online and flow_run.infrastructure_pid \
+                        and not flow_run.infrastructure_pid.startswith(NOT_LAUNCHED):
+                    self._following.add(flow_run.id)
+                    self._runs_task_group.start_soon(self._reattach, flow_run)
+            if len(runs) < RUNS_PAGE:
+                break
+            offset += RUNS_PAGE
+        self._offline_workers_seen = offline
 
     async def _reattach(self, flow_run: FlowRun) -> None:
         run_logger = self.get_flow_run_logger(flow_run)
@@ -304,6 +319,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             memory_gb=configuration.memory_gb,
             time_limit_sec=configuration.time_limit_sec,
             job_dir=Path(configuration.job_root).resolve() / job.jobId,
+            batch_id=job.batchId,
         )
 
     # --- following a launched job ------------------------------------------------------------------------------
@@ -316,15 +332,15 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
     async def _cancel_requests(self, flow_run_ids: list) -> set:
         """The watched runs that were cancelled in Prefect, in pages the API serves in one call each."""
         cancelled = set()
-        for start in range(0, len(flow_run_ids), CANCEL_PAGE):
-            page = flow_run_ids[start:start + CANCEL_PAGE]
+        for start in range(0, len(flow_run_ids), RUNS_PAGE):
+            page = flow_run_ids[start:start + RUNS_PAGE]
             runs = await self.client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
                     id=FlowRunFilterId(any_=page),
                     state=FlowRunFilterState(
                         type=FlowRunFilterStateType(any_=[StateType.CANCELLING, StateType.CANCELLED])),
                 ),
-                limit=CANCEL_PAGE,
+                limit=RUNS_PAGE,
             )
             cancelled.update(run.id for run in runs)
         return cancelled

@@ -53,6 +53,15 @@ class JobDirectory:
         return self.root / "slurm_job_ids"
 
     @property
+    def batch_script(self) -> Path:
+        return self.root / "batch.sh"
+
+    @property
+    def cancelled(self) -> Path:
+        """Written when a job packed with others is cancelled before its step starts."""
+        return self.root / "cancelled"
+
+    @property
     def secrets(self) -> Path:
         return self.root / "secrets"
 

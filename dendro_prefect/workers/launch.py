@@ -29,6 +29,7 @@ class LaunchRequest(BaseModel):
     memory_gb: float
     time_limit_sec: float | None
     job_dir: Path
+    batch_id: str | None = None
 
 
 def job_environment(job_id: str, app_executable: str, central_url: str, time_limit_sec: float | None) -> dict[str, str]:
@@ -42,11 +43,13 @@ def job_environment(job_id: str, app_executable: str, central_url: str, time_lim
 @dataclass(frozen=True)
 class AppCommand:
     """How to start a job's app: its command line and environment. The environment never holds the
-    job private key; `key_in_env` says whether the launcher must add it there (from a safe place)."""
+    job private key; `key_in_env` says whether the launcher must add it there (from a safe place).
+    `stop_argv` stops an app that a signal to its command does not stop (a docker container)."""
 
     argv: list[str]
     env: dict[str, str]
     key_in_env: bool
+    stop_argv: list[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
@@ -28,6 +30,8 @@ from dendro_prefect.config import ComputeResourceConfig
 from dendro_prefect.embedded import prefect_cli, prefect_server, prefect_worker
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from tests.conftest import LETTER_COUNT_APP, REPO
+
+IMAGE = "dendro-letter-count:local"
 
 
 @dataclass
@@ -201,3 +205,18 @@ async def _read_state(flow_run_id):
 def controller(prefect_stack, tmp_path_factory, sdk_bin) -> Controller:
     with running_controller(prefect_stack, tmp_path_factory.mktemp("controller"), sdk_bin, pool="local") as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A real docker engine (scripts/test.sh starts one) with an image of the letter_count app built
+    here: no registry is reachable, so scripts/build-app-image.sh builds it from a debootstrapped base
+    and the dendro SDK's wheels."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as error:
+        pytest.skip(f"no docker engine on this machine ({error}); scripts/test.sh starts one")
+    subprocess.run(["bash", str(REPO / "scripts" / "build-app-image.sh"), str(REPO / "apps" / "letter_count"), IMAGE],
+                   check=True, capture_output=True, timeout=900)
+    return client

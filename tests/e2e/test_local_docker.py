@@ -3,14 +3,13 @@ runs an image of the letter_count app built here (no registry is reachable: scri
 builds it from a debootstrapped base and the dendro SDK's wheels)."""
 
 import json
-import subprocess
 
-import docker
 import pytest
 
-from dendro_prefect.workers.local.docker import JOB_LABEL
-from tests.conftest import REPO, create_letter_count_job
+from dendro_prefect.workers.containers import JOB_LABEL
+from tests.conftest import create_letter_count_job
 from tests.e2e.conftest import (
+    IMAGE,
     final_flow_run,
     finished_job,
     letter_count_spec_uri,
@@ -18,20 +17,6 @@ from tests.e2e.conftest import (
     wait_for,
     wait_for_log,
 )
-
-IMAGE = "dendro-letter-count:local"
-
-
-@pytest.fixture(scope="module")
-def docker_client():
-    try:
-        client = docker.from_env()
-        client.ping()
-    except docker.errors.DockerException as error:
-        pytest.skip(f"no docker engine on this machine ({error}); scripts/test.sh starts one")
-    subprocess.run(["bash", str(REPO / "scripts" / "build-app-image.sh"), str(REPO / "apps" / "letter_count"), IMAGE],
-                   check=True, capture_output=True, timeout=900)
-    return client
 
 
 @pytest.fixture(scope="module")

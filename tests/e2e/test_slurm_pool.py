@@ -34,10 +34,14 @@ def slurm_state(slurm_job_id: str) -> str:
     return slurm("squeue", "--noheader", "--states=all", f"--jobs={slurm_job_id}", "--format=%T").strip()
 
 
-@pytest.fixture(scope="module")
-def slurm_controller(prefect_stack, tmp_path_factory, sdk_bin):
+def slurm_ready() -> None:
     if shutil.which("sinfo") is None or subprocess.run(["sinfo"], capture_output=True).returncode != 0:
         pytest.skip("no Slurm cluster answers here; scripts/test.sh starts one")
+
+
+@pytest.fixture(scope="module")
+def slurm_controller(prefect_stack, tmp_path_factory, sdk_bin):
+    slurm_ready()
     workdir = tmp_path_factory.mktemp("slurm")
     apps = [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir)},
             {"name": "sleeper", "specUri": (SLEEPER / "spec.json").as_uri()}]

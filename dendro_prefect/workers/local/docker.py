@@ -8,24 +8,16 @@ log. Containers use the host network when the central is on this machine's loopb
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlparse
 
 import docker
 from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
+from ..containers import JOB_LABEL, KEY_WRAPPER, SECRET_MOUNT, container_environment, container_name, uses_loopback
 from ..job_dir import JobDirectory, WatchedJobFiles
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 
-JOB_LABEL = "org.dendro.job-id"
-SECRET_MOUNT = "/run/dendro"
-KEY_WRAPPER = 'JOB_PRIVATE_KEY="$(cat /run/dendro/job_private_key)" exec "$0"'
 STOP_TIMEOUT_SEC = 5
-
-
-def uses_loopback(url: str) -> bool:
-    host = urlparse(url).hostname or ""
-    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 class DockerLauncher(Launcher):
@@ -51,8 +43,7 @@ class DockerLauncher(Launcher):
     def _submit(self, request: LaunchRequest) -> str:
         self._ensure_image(request.app_image)
         job_dir = JobDirectory.create(request.job_dir)
-        env = dict(request.env, DENDRO_JOB_CLEANUP_DIR="/tmp", DENDRO_JOB_WORKING_DIR="/tmp/working",
-                   KACHERY_CLOUD_DIR="/tmp/.kachery-cloud")
+        env = container_environment(request)
         options: dict = {}
         if uses_loopback(env.get("DENDRO_URL", "")):
             options["network_mode"] = "host"
@@ -70,9 +61,10 @@ class DockerLauncher(Launcher):
                     str(job_dir.secrets): {"bind": SECRET_MOUNT, "mode": "ro"},
                 },
                 working_dir="/tmp/working",
+                init=True,  # the app, not PID 1, receives the stop signal: it stops at once
                 nano_cpus=int(request.num_cpus * 1e9) if request.num_cpus > 0 else None,
                 labels={JOB_LABEL: request.job_id},
-                name=f"dendro-{request.job_id.replace('.', '-')}",
+                name=container_name(request.job_id),
                 **options,
             )
         except DockerException as error:

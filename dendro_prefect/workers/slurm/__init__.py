@@ -11,6 +11,7 @@ from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
 from ..commands import command_builder
 from ..launch import Launcher
 from .launcher import SlurmLauncher, SlurmSettings
+from .script import ClusterOptions
 
 
 class SlurmJobConfiguration(DendroJobConfiguration):
@@ -23,6 +24,9 @@ class SlurmJobConfiguration(DendroJobConfiguration):
     container_method: str = Field(default="")
     time_margin_sec: float = Field(default=60.0)
     max_requeues: int = Field(default=2)
+    pack_batches: bool = Field(default=False)
+    pack_window_sec: float = Field(default=2.0)
+    max_jobs_per_allocation: int = Field(default=16)
 
 
 class SlurmVariables(DendroVariables):
@@ -35,12 +39,17 @@ class SlurmVariables(DendroVariables):
     setup_lines: list[str] = Field(default_factory=list,
                                    description="Shell lines run before the app, e.g. `module load apptainer`.")
     container_method: str = Field(
-        default="", description="none, apptainer or singularity on the compute nodes; empty: the configuration file's.")
+        default="", description="none, apptainer, singularity or docker on the compute nodes; empty: the "
+        "configuration file's.")
     time_margin_sec: float = Field(
         default=60.0, description="Added to the job's timeSec for Slurm's --time: the dendro SDK stops the app at "
         "timeSec and reports it; Slurm's limit is the backstop.")
     max_requeues: int = Field(default=2, description="How often a job preempted or lost with its node "
                               "(PREEMPTED, NODE_FAIL, BOOT_FAIL) is submitted again before it fails.")
+    pack_batches: bool = Field(default=False, description="Pack CPU jobs of one Dendro batch (batchId) that ask "
+                               "for the same resources into one allocation, each job a step (srun).")
+    pack_window_sec: float = Field(default=2.0, description="How long a pack waits for more jobs of its batch.")
+    max_jobs_per_allocation: int = Field(default=16, description="The most jobs packed into one allocation.")
     job_root: str = Field(default="dendro-jobs",
                           description="Job directories: must be on a file system the compute nodes share.")
 
@@ -66,12 +75,16 @@ class SlurmWorker(DendroWorker):
     def launcher(self, configuration: SlurmJobConfiguration) -> Launcher:
         method = configuration.container_method or self._central(configuration.config_file).config.container_method
         settings = SlurmSettings(
-            partition=configuration.partition, gpu_partition=configuration.gpu_partition,
-            account=configuration.account, qos=configuration.qos,
-            extra_sbatch_lines=list(configuration.extra_sbatch_lines), setup_lines=list(configuration.setup_lines),
-            time_margin_sec=configuration.time_margin_sec, max_requeues=configuration.max_requeues,
+            cluster=ClusterOptions(
+                partition=configuration.partition, gpu_partition=configuration.gpu_partition,
+                account=configuration.account, qos=configuration.qos,
+                extra_sbatch_lines=tuple(configuration.extra_sbatch_lines),
+                time_margin_sec=configuration.time_margin_sec),
+            setup_lines=tuple(configuration.setup_lines), max_requeues=configuration.max_requeues,
+            pack_batches=configuration.pack_batches, pack_window_sec=configuration.pack_window_sec,
+            max_jobs_per_allocation=configuration.max_jobs_per_allocation,
         )
-        key = (method, repr(settings))
+        key = (method, settings)
         if key not in self._launchers:
-            self._launchers[key] = SlurmLauncher(command_builder(method), settings)
+            self._launchers[key] = SlurmLauncher(command_builder(method, docker=True), settings)
         return self._launchers[key]

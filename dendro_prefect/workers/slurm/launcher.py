@@ -2,18 +2,23 @@
 
 One `squeue` call per poll reports every watched job. A job that has left Slurm's memory is resolved
 from the exit code its batch script wrote into the job directory (on the shared file system).
+
+Infrastructure ids: `slurm:<Slurm job id>` for a job of its own, `slurm:<allocation id>/<job id>` for
+a job packed with others of its batch (it runs as the step named `dendro-<job id>`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 
 from ..commands import CommandBuilder
 from ..job_dir import JobDirectory, WatchedJobFiles
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
-from .script import render_batch_script
+from .packing import BatchPacker, PackedJob
+from .script import ClusterOptions, render_batch_script, render_pack_script
 
 # Slurm job states (squeue %T) → whether the job still holds or awaits its allocation.
 ACTIVE_STATES = frozenset({
@@ -29,16 +34,14 @@ RETRIED_STATES = frozenset({"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"})
 SLURM_COMMAND_TIMEOUT_SEC = 60
 
 
-@dataclass
+@dataclass(frozen=True)
 class SlurmSettings:
-    partition: str = ""
-    gpu_partition: str = ""
-    account: str = ""
-    qos: str = ""
-    extra_sbatch_lines: list[str] = field(default_factory=list)
-    setup_lines: list[str] = field(default_factory=list)
-    time_margin_sec: float = 60.0
+    cluster: ClusterOptions = ClusterOptions()
+    setup_lines: tuple[str, ...] = ()
     max_requeues: int = 2
+    pack_batches: bool = False
+    pack_window_sec: float = 2.0
+    max_jobs_per_allocation: int = 16
 
 
 async def _slurm(*args: str) -> subprocess.CompletedProcess:
@@ -59,36 +62,46 @@ class SlurmLauncher(Launcher):
         self.settings = settings
         self._files = WatchedJobFiles()
         self._attempts: dict[str, list[str]] = {}  # infrastructure id → Slurm job ids, the current last
+        self._packer = BatchPacker(self._submit_pack, settings.pack_window_sec, settings.max_jobs_per_allocation)
 
     async def submit(self, request: LaunchRequest) -> str:
         job_dir = JobDirectory.create(request.job_dir)
-        job_dir.exit_code.unlink(missing_ok=True)
-        settings = self.settings
-        script = render_batch_script(
-            request, job_dir, self._build_command(request, job_dir), partition=settings.partition,
-            gpu_partition=settings.gpu_partition, account=settings.account, qos=settings.qos,
-            extra_sbatch_lines=settings.extra_sbatch_lines, setup_lines=settings.setup_lines,
-            time_margin_sec=settings.time_margin_sec,
-        )
-        (job_dir.root / "batch.sh").write_text(script)
-        job_dir.slurm_job_ids.unlink(missing_ok=True)
+        for stale in (job_dir.exit_code, job_dir.slurm_job_ids, job_dir.cancelled):
+            stale.unlink(missing_ok=True)
+        job_dir.batch_script.write_text(render_batch_script(
+            request, job_dir, self._build_command(request, job_dir), self.settings.cluster,
+            list(self.settings.setup_lines)))
         try:
-            slurm_job_id = await self._sbatch(job_dir)
+            if self._packs(request):
+                infrastructure_id = f"slurm:{await self._packer.add(request, job_dir)}/{request.job_id}"
+            else:
+                infrastructure_id = f"slurm:{await self._sbatch(job_dir.batch_script, [job_dir])}"
         except LaunchError:
             job_dir.remove_secrets()
             raise
-        infrastructure_id = f"slurm:{slurm_job_id}"
         await self.attach(infrastructure_id, request)
         return infrastructure_id
 
-    async def _sbatch(self, job_dir: JobDirectory, *options: str) -> str:
-        """Submit the job's script; record the Slurm job id in the job directory (for a later worker)."""
-        result = await _slurm("sbatch", "--parsable", *options, str(job_dir.root / "batch.sh"))
+    def _packs(self, request: LaunchRequest) -> bool:
+        """Jobs of a batch are packed where the pool enables it; GPU jobs run alone, as in the original."""
+        return self.settings.pack_batches and bool(request.batch_id) and request.num_gpus == 0
+
+    async def _submit_pack(self, batch_id: str, jobs: list[PackedJob]) -> str:
+        packs = jobs[0][1].root.parent / "slurm-packs"
+        packs.mkdir(exist_ok=True)
+        script = packs / f"batch-{uuid.uuid4().hex[:12]}.sh"
+        script.write_text(render_pack_script(batch_id, jobs, str(packs / "slurm-%j.out"), self.settings.cluster))
+        return await self._sbatch(script, [job_dir for _, job_dir in jobs])
+
+    async def _sbatch(self, script, job_dirs: list[JobDirectory], *options: str) -> str:
+        """Submit a script; record the Slurm job id in each job's directory (for a later worker)."""
+        result = await _slurm("sbatch", "--parsable", *options, str(script))
         if result.returncode != 0:
             raise LaunchError(f"sbatch refused the job: {_one_line(result.stderr or result.stdout)}")
         slurm_job_id = result.stdout.strip().split(";")[0]
-        with open(job_dir.slurm_job_ids, "a") as handle:
-            handle.write(slurm_job_id + "\n")
+        for job_dir in job_dirs:
+            with open(job_dir.slurm_job_ids, "a") as handle:
+                handle.write(slurm_job_id + "\n")
         return slurm_job_id
 
     async def attach(self, infrastructure_id: str, request: LaunchRequest) -> None:
@@ -97,17 +110,22 @@ class SlurmLauncher(Launcher):
         try:
             self._attempts[infrastructure_id] = job_dir.slurm_job_ids.read_text().split()
         except FileNotFoundError:
-            self._attempts[infrastructure_id] = [infrastructure_id.split(":", 1)[1]]
+            self._attempts[infrastructure_id] = [_first_slurm_id(infrastructure_id)]
 
     def _current(self, infrastructure_id: str) -> str:
         attempts = self._attempts.get(infrastructure_id)
-        return attempts[-1] if attempts else infrastructure_id.split(":", 1)[1]
+        return attempts[-1] if attempts else _first_slurm_id(infrastructure_id)
+
+    def _in_pack(self, infrastructure_id: str) -> bool:
+        """Whether the job runs as a step of a packed allocation (a resubmission runs alone)."""
+        return "/" in infrastructure_id and len(self._attempts.get(infrastructure_id, ())) <= 1
 
     async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
         """One `squeue` for all of them; finished jobs stay listed for Slurm's MinJobAge. A job
-        preempted or lost with its node is submitted again, up to `max_requeues` times."""
-        slurm_ids = {self._current(i): i for i in infrastructure_ids}
-        result = await _slurm("squeue", "--noheader", "--states=all", f"--jobs={','.join(slurm_ids)}",
+        preempted or lost with its node is submitted again, up to `max_requeues` times. A packed
+        job has ended once its step wrote its exit code, though its allocation may still run."""
+        current = {i: self._current(i) for i in infrastructure_ids}
+        result = await _slurm("squeue", "--noheader", "--states=all", f"--jobs={','.join(set(current.values()))}",
                               "--format=%i|%T|%r")
         listed: dict[str, tuple[str, str]] = {}
         for line in result.stdout.splitlines():
@@ -115,9 +133,12 @@ class SlurmLauncher(Launcher):
             if len(parts) == 3:
                 listed[parts[0]] = (parts[1], parts[2])
         states = {}
-        for slurm_id, infrastructure_id in slurm_ids.items():
+        for infrastructure_id, slurm_id in current.items():
             state = listed.get(slurm_id, ("", ""))[0]
-            if state in RETRIED_STATES and len(self._attempts[infrastructure_id]) <= self.settings.max_requeues:
+            exit_code = self._exit_code(infrastructure_id)
+            if self._in_pack(infrastructure_id) and exit_code is not None:
+                states[infrastructure_id] = InfrastructureState("exited", exit_code)
+            elif state in RETRIED_STATES and len(self._attempts[infrastructure_id]) <= self.settings.max_requeues:
                 states[infrastructure_id] = await self._requeue(infrastructure_id, state)
             else:
                 states[infrastructure_id] = self._state(infrastructure_id, listed.get(slurm_id))
@@ -129,7 +150,8 @@ class SlurmLauncher(Launcher):
         job_dir = self._files.directory(infrastructure_id)
         job_dir.exit_code.unlink(missing_ok=True)
         try:
-            slurm_job_id = await self._sbatch(job_dir, "--export=ALL,DENDRO_FORCE_STATUS_UPDATES=1")
+            slurm_job_id = await self._sbatch(job_dir.batch_script, [job_dir],
+                                              "--export=ALL,DENDRO_FORCE_STATUS_UPDATES=1")
         except LaunchError as error:
             return InfrastructureState("exited", None, f"Slurm state {state}; resubmitting failed: {error}")
         self._attempts[infrastructure_id].append(slurm_job_id)
@@ -144,7 +166,7 @@ class SlurmLauncher(Launcher):
         state, reason = listed
         if state in ACTIVE_STATES and not state.startswith("CANCELLED"):
             return InfrastructureState("running")
-        if state == "COMPLETED":
+        if state == "COMPLETED" and (exit_code is not None or not self._in_pack(infrastructure_id)):
             return InfrastructureState("exited", exit_code if exit_code is not None else 0)
         detail = f"Slurm state {state}" + (f", reason {reason}" if reason and reason != "None" else "")
         if len(self._attempts.get(infrastructure_id, ())) > 1:
@@ -162,8 +184,23 @@ class SlurmLauncher(Launcher):
         return self._files.read_lines(infrastructure_id)
 
     async def kill(self, infrastructure_id: str) -> None:
-        await _slurm("scancel", self._current(infrastructure_id))
+        if not self._in_pack(infrastructure_id):
+            await _slurm("scancel", self._current(infrastructure_id))
+            return
+        # One job of a pack: mark it so that its step never starts, and cancel the step if it runs.
+        job_dir = self._files.directory(infrastructure_id)
+        if job_dir is not None:
+            job_dir.cancelled.touch()
+        allocation, _, job_id = infrastructure_id.split(":", 1)[1].partition("/")
+        result = await _slurm("squeue", "--noheader", "--steps", f"--jobs={allocation}", "--format=%i|%j")
+        steps = [line.split("|")[0] for line in result.stdout.split() if line.endswith(f"|dendro-{job_id}")]
+        if steps:
+            await _slurm("scancel", *steps)
 
     async def release(self, infrastructure_id: str) -> None:
         self._attempts.pop(infrastructure_id, None)
         self._files.release(infrastructure_id)
+
+
+def _first_slurm_id(infrastructure_id: str) -> str:
+    return infrastructure_id.split(":", 1)[1].split("/", 1)[0]

@@ -1,9 +1,12 @@
-"""The batch script of a Dendro job, rendered from `templates/slurm_batch.sh.j2`."""
+"""Batch scripts rendered from template files: `templates/slurm_batch.sh.j2` runs one Dendro job,
+`templates/slurm_pack.sh.j2` runs the scripts of several jobs of one batch as steps of one allocation.
+Both take their cluster options from `templates/slurm_options.j2`."""
 
 from __future__ import annotations
 
 import math
 import shlex
+from dataclasses import dataclass
 from functools import lru_cache
 
 import jinja2
@@ -14,13 +17,36 @@ from ..launch import LaunchRequest
 
 
 @lru_cache(maxsize=1)
-def _template() -> jinja2.Template:
+def _environment() -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("dendro_prefect.workers", "templates"),
         keep_trailing_newline=True, undefined=jinja2.StrictUndefined, autoescape=False,
     )
     environment.filters["shell_quote"] = lambda value: shlex.quote(str(value))
-    return environment.get_template("slurm_batch.sh.j2")
+    return environment
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """The pool's cluster settings that become #SBATCH lines."""
+
+    partition: str = ""
+    gpu_partition: str = ""
+    account: str = ""
+    qos: str = ""
+    extra_sbatch_lines: tuple[str, ...] = ()
+    time_margin_sec: float = 60.0
+
+    def sbatch_options(self, request: LaunchRequest) -> dict:
+        limit = request.time_limit_sec
+        return dict(
+            time_limit=slurm_time(limit + self.time_margin_sec) if limit else None,
+            partition=(self.gpu_partition or self.partition) if request.num_gpus > 0 else self.partition,
+            num_gpus=request.num_gpus,
+            account=self.account,
+            qos=self.qos,
+            extra_sbatch_lines=self.extra_sbatch_lines,
+        )
 
 
 def slurm_time(seconds: float) -> str:
@@ -32,28 +58,42 @@ def slurm_time(seconds: float) -> str:
     return f"{days}-{hours:02d}:{minutes:02d}:{secs:02d}"
 
 
-def render_batch_script(
-    request: LaunchRequest, job_dir: JobDirectory, command: AppCommand, *, partition: str, gpu_partition: str,
-    account: str, qos: str, extra_sbatch_lines: list[str], setup_lines: list[str], time_margin_sec: float,
-) -> str:
+def memory_mb(request: LaunchRequest) -> int:
+    return max(int(request.memory_gb * 1024), 1)
+
+
+def render_batch_script(request: LaunchRequest, job_dir: JobDirectory, command: AppCommand,
+                        options: ClusterOptions, setup_lines: list[str]) -> str:
     key_file = job_dir.write_secret("job_private_key", request.job_private_key.get_secret_value()) \
         if command.key_in_env else None
-    return _template().render(
+    return _environment().get_template("slurm_batch.sh.j2").render(
         job_id=request.job_id,
         app_name=request.app_name,
         output_file=job_dir.stdout,
         working_dir=job_dir.working,
         num_cpus=max(request.num_cpus, 1),
-        memory_mb=max(int(request.memory_gb * 1024), 1),
-        time_limit=slurm_time(request.time_limit_sec + time_margin_sec) if request.time_limit_sec else None,
-        partition=(gpu_partition or partition) if request.num_gpus > 0 else partition,
-        num_gpus=request.num_gpus,
-        account=account,
-        qos=qos,
-        extra_sbatch_lines=extra_sbatch_lines,
+        memory_mb=memory_mb(request),
         setup_lines=setup_lines,
         env=command.env,
         key_file=key_file,
         command=command.argv,
+        stop_command=command.stop_argv,
         exit_code_file=job_dir.exit_code,
+        **options.sbatch_options(request),
+    )
+
+
+def render_pack_script(batch_id: str, jobs: list[tuple[LaunchRequest, JobDirectory]], output_file: str,
+                       options: ClusterOptions) -> str:
+    """One allocation for jobs of one batch that ask for the same resources (the first one's)."""
+    first = jobs[0][0]
+    cpus = max(first.num_cpus, 1)
+    return _environment().get_template("slurm_pack.sh.j2").render(
+        batch_id=batch_id,
+        output_file=output_file,
+        num_cpus=cpus,
+        memory_per_cpu_mb=math.ceil(memory_mb(first) / cpus),
+        jobs=[dict(job_id=request.job_id, cancelled_file=job_dir.cancelled, output_file=job_dir.stdout,
+                   working_dir=job_dir.working, script=job_dir.batch_script) for request, job_dir in jobs],
+        **options.sbatch_options(first),
     )
