@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
 
 from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS  # noqa: E402
 from dendro_prefect.central.process import running_central  # noqa: E402
@@ -61,7 +62,7 @@ def run_once(n: int, workdir: Path, database: str) -> dict:
     with ExitStack() as stack:
         database_url = stack.enter_context(postgres_database(workdir / "postgres")) if database == "postgres" else None
         api_url = stack.enter_context(prefect_server(home, database_url=database_url))
-        os.environ["PREFECT_API_URL"] = api_url
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
         admin = stack.enter_context(running_central(workdir / "central"))
         resource_id, private_key = generate_keypair()
         config_file = workdir / ".dendro_compute_resource.json"
