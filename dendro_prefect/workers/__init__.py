@@ -1,6 +1,7 @@
 """dendro-prefect's Prefect worker types, found by Prefect through the `prefect.collections` entry point."""
 
+from .aws_batch import AwsBatchWorker
 from .local import LocalWorker
 from .slurm import SlurmWorker
 
-__all__ = ["LocalWorker", "SlurmWorker"]
+__all__ = ["AwsBatchWorker", "LocalWorker", "SlurmWorker"]

@@ -44,6 +44,8 @@ NOT_LAUNCHED = "not-launched:"  # the infrastructure id of a run whose job was r
 SDK_FAILURE_PREFIX = "Job failed: "
 # The dendro SDK reports `completed` just before it exits; give a finished job this long to exit.
 EXIT_GRACE_SEC = 15.0
+# A failure the app did not report (yet) gets this long before the job is killed as failed elsewhere.
+UNREPORTED_FAILURE_GRACE_SEC = 2.5
 ORPHAN_CHECK_INTERVAL_SEC = 5.0
 RUNS_PAGE = 200  # Prefect's default page size
 
@@ -119,7 +121,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
     job_configuration = DendroJobConfiguration
     job_configuration_variables = DendroVariables
     poll_interval_sec = 1.0
-    central_interval_sec = 3.0
+    central_interval_sec = 2.0
     # How long past its time limit a job may run before the worker kills it: the SDK stops the app
     # at the limit, and infrastructure with limits of its own (Slurm) is given time to enforce them.
     overrun_grace_sec = EXIT_GRACE_SEC
@@ -353,7 +355,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         started = time.monotonic()
         redact = _redactor(job.jobPrivateKey)
         last_failure: list[str] = []
-        finished_at: float | None = None
+        ending: list = []  # [status at the central, since when] once the job ended there
         try:
             while True:
                 observation = await watched.next_observation()
@@ -366,10 +368,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
                     await launcher.kill(infrastructure_id)
                     await self._fail_at_central(client, job, "Job canceled: flow run cancelled in Prefect", run_logger)
                     return Cancelled(message="Cancelled in Prefect; the job was killed and failed at the central")
-                stop = await self._stop_reason(observation, client, job, finished_at, bool(last_failure))
-                if stop == "finishing":
-                    finished_at = finished_at or time.monotonic()
-                elif stop is not None:
+                stop = await self._stop_reason(observation, client, job, ending, bool(last_failure))
+                if stop is not None:
                     await launcher.kill(infrastructure_id)
                     return Cancelled(message=stop)
                 limit = self.job_time_limit(configuration)
@@ -381,20 +381,25 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         finally:
             watch.remove(watched)
 
-    async def _stop_reason(self, observation: Observation, client, job, finished_at, app_failed: bool) -> str | None:
-        """Why the job must be stopped though its infrastructure runs, 'finishing' while a job that
-        reported its end is given time to exit, or None. A job failed at the central is stopped at
-        once, unless its app said it failed (the SDK prints that just before it reports it)."""
-        if not observation.central_known or observation.central_status is not None:
+    async def _stop_reason(self, observation: Observation, client, job, ending: list, app_failed: bool) -> str | None:
+        """Why the job must be stopped though its infrastructure runs, or None. A job that ended at
+        the central is given time to exit: long when its app reported the end (the SDK reports just
+        before it exits), short for a failure its app did not report, which most likely came from
+        elsewhere, though the app's report may lag behind in logs that arrive late (a cloud's)."""
+        if not ending:
+            if not observation.central_known or observation.central_status is not None:
+                return None
+            status = await anyio.to_thread.run_sync(client.get_job_status, job.jobId, job.jobPrivateKey)
+            if status is None:
+                return "The job was deleted at the central; its infrastructure was killed"
+            ending[:] = [status, time.monotonic()]
+        status, since = ending
+        reported = status != "failed" or app_failed
+        if time.monotonic() - since <= (EXIT_GRACE_SEC if reported else UNREPORTED_FAILURE_GRACE_SEC):
             return None
-        status = await anyio.to_thread.run_sync(client.get_job_status, job.jobId, job.jobPrivateKey)
-        if status is None:
-            return "The job was deleted at the central; its infrastructure was killed"
-        if status == "failed" and not app_failed:
-            return "The job was failed at the central; its infrastructure was killed"
-        if finished_at is not None and time.monotonic() - finished_at > EXIT_GRACE_SEC:
+        if reported:
             return f"The job was {status} at the central but its app did not exit; it was killed"
-        return "finishing"
+        return "The job was failed at the central; its infrastructure was killed"
 
     async def _stream_logs(self, launcher, infrastructure_id, redact, run_logger, last_failure: list[str]) -> None:
         for line in await launcher.read_logs(infrastructure_id):

@@ -9,7 +9,15 @@ makes the app, not PID 1, receive the stop signal, so that it stops at once.
 
 from __future__ import annotations
 
-from .containers import JOB_LABEL, KEY_WRAPPER, SECRET_MOUNT, container_environment, container_name, uses_loopback
+from .containers import (
+    JOB_LABEL,
+    KEY_WRAPPER,
+    SECRET_MOUNT,
+    container_environment,
+    container_name,
+    uses_loopback,
+    wrapped,
+)
 from .job_dir import JobDirectory
 from .launch import AppCommand, LaunchError, LaunchRequest
 
@@ -33,5 +41,5 @@ def docker_command(request: LaunchRequest, job_dir: JobDirectory) -> AppCommand:
         argv += ["--network", "host"]
     if request.num_gpus > 0:
         argv += ["--gpus", "all"]
-    argv += [request.app_image, "/bin/sh", "-c", KEY_WRAPPER, request.app_executable]
+    argv += [request.app_image, *wrapped(KEY_WRAPPER, request.app_executable)]
     return AppCommand(argv, {}, key_in_env=False, stop_argv=["docker", "stop", "--time", "5", name])

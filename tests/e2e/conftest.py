@@ -47,6 +47,7 @@ def prefect_stack(tmp_path_factory) -> PrefectStack:
         prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")
         prefect_cli(home, api_url, "work-pool", "create", "local", "--type", "dendro-local")
         prefect_cli(home, api_url, "work-pool", "create", "slurm", "--type", "dendro-slurm")
+        prefect_cli(home, api_url, "work-pool", "create", "aws-batch", "--type", "dendro-aws-batch")
         prefect_cli(home, api_url, "deploy", "--all", cwd=REPO)
         yield PrefectStack(home, api_url)
 

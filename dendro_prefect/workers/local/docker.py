@@ -13,7 +13,15 @@ import docker
 from docker.errors import DockerException, ImageNotFound, NotFound
 from docker.types import DeviceRequest
 
-from ..containers import JOB_LABEL, KEY_WRAPPER, SECRET_MOUNT, container_environment, container_name, uses_loopback
+from ..containers import (
+    JOB_LABEL,
+    KEY_WRAPPER,
+    SECRET_MOUNT,
+    container_environment,
+    container_name,
+    uses_loopback,
+    wrapped,
+)
 from ..job_dir import JobDirectory, WatchedJobFiles
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 
@@ -53,7 +61,7 @@ class DockerLauncher(Launcher):
         try:
             container = self.client.containers.run(
                 request.app_image,
-                command=["/bin/sh", "-c", KEY_WRAPPER, request.app_executable],
+                command=wrapped(KEY_WRAPPER, request.app_executable),
                 detach=True,
                 environment=env,
                 volumes={

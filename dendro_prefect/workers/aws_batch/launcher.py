@@ -1,0 +1,244 @@
+"""Dendro jobs as AWS Batch jobs, through boto3.
+
+One `describe_jobs` call per 100 watched jobs per poll. The CloudWatch log stream of a job is copied
+into the flow-run log while it runs (every few seconds, where the stream exists) and at its end. A job
+that waits in RUNNABLE too long gets a log line saying why, where AWS tells. Host failures (a spot
+instance reclaimed) are retried by Batch itself (`retryStrategy`), so the Batch job id stays the one on
+the flow run. The job's request, its environment with the job private key included, is never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..containers import WORKING_DIR_WRAPPER, container_environment, wrapped
+from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
+from .credentials import AwsAccess
+from .diagnosis import why_runnable
+from .job_definitions import JobDefinitions
+
+ACTIVE_STATES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"})
+DESCRIBE_PAGE = 100  # describe_jobs takes at most 100 job ids
+LOG_GROUP = "/aws/batch/job"
+HOST_FAILURE = "Host EC2*"  # Batch's statusReason when the instance went away (spot reclaim)
+JOB_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass
+class BatchSettings:
+    access: AwsAccess = AwsAccess()
+    cpu_job_queue: str = "DendroBatchStack-job-queue-cpu"
+    gpu_job_queue: str = "DendroBatchStack-job-queue-gpu"
+    job_definition_name: str = "{app_name}-dendro-jd"
+    job_role_arn: str = ""
+    extra_container_properties: dict = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    memory_fraction: float = 0.9
+    attempt_margin_sec: float = 600.0
+    max_host_retries: int = 2
+    runnable_warning_sec: float = 300.0
+    log_interval_sec: float = 5.0
+
+
+@dataclass
+class _Watched:
+    """What the launcher keeps of one Batch job: where its log is read up to, and its RUNNABLE story."""
+
+    queue: str = ""
+    log_stream: str | None = None
+    log_token: str | None = None
+    logs_read_at: float = float("-inf")
+    ended: bool = False
+    runnable_since: float | None = None
+    runnable_reported: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def job_name(job_id: str) -> str:
+    return JOB_NAME_CHARS.sub("-", f"dendro-{job_id}")[:128]
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:300]
+
+
+class AwsBatchLauncher(Launcher):
+    def __init__(self, settings: BatchSettings) -> None:
+        self.settings = settings
+        self._clients: tuple[Any, Any] | None = None
+        self._definitions: JobDefinitions | None = None
+        self._watched: dict[str, _Watched] = {}
+
+    def _batch(self) -> Any:
+        if self._clients is None:
+            self._clients = self.settings.access.clients()
+        return self._clients[0]
+
+    def _logs(self) -> Any:
+        self._batch()
+        return self._clients[1]
+
+    async def _call(self, what: str, function, *args, **kwargs):
+        """A blocking AWS call in a thread; its failure as a one-line LaunchError naming the call."""
+        try:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        except (ClientError, BotoCoreError) as error:
+            raise LaunchError(f"AWS Batch {what} failed: {_one_line(error)}") from None
+
+    # --- submit --------------------------------------------------------------------------------------------------
+
+    async def submit(self, request: LaunchRequest) -> str:
+        if not request.app_image:
+            raise LaunchError(f"app {request.app_name} has no appImage to run on AWS Batch")
+        definition = await self._call("job definition", self._definition_arn, request.app_name, request.app_image)
+        queue = self.settings.gpu_job_queue if request.num_gpus > 0 else self.settings.cpu_job_queue
+        response = await self._call("submit_job", self._batch().submit_job, **self._submit_request(request, queue,
+                                                                                                     definition))
+        infrastructure_id = f"aws-batch:{response['jobId']}"
+        self._watched[infrastructure_id] = _Watched(queue=queue)
+        return infrastructure_id
+
+    def _definition_arn(self, app_name: str, image: str) -> str:
+        if self._definitions is None:
+            settings = self.settings
+            self._definitions = JobDefinitions(self._batch(), settings.job_definition_name, settings.job_role_arn,
+                                               settings.extra_container_properties, settings.tags)
+        return self._definitions.arn_for(app_name, image)
+
+    def _submit_request(self, request: LaunchRequest, queue: str, definition: str) -> dict:
+        settings = self.settings
+        env = dict(container_environment(request), JOB_PRIVATE_KEY=request.job_private_key.get_secret_value(),
+                   DENDRO_FORCE_STATUS_UPDATES="1" if settings.max_host_retries > 0 else "0")
+        if request.num_gpus > 0:
+            env.update(NVIDIA_DRIVER_CAPABILITIES="all")
+        resources = [
+            {"type": "VCPU", "value": str(max(request.num_cpus, 1))},
+            {"type": "MEMORY", "value": str(max(int(request.memory_gb * 1024 * settings.memory_fraction), 128))},
+        ]
+        if request.num_gpus > 0:
+            resources.append({"type": "GPU", "value": str(request.num_gpus)})
+        submission: dict = {
+            "jobName": job_name(request.job_id),
+            "jobQueue": queue,
+            "jobDefinition": definition,
+            "containerOverrides": {
+                "command": wrapped(WORKING_DIR_WRAPPER, request.app_executable),
+                "environment": [{"name": k, "value": v} for k, v in env.items()],
+                "resourceRequirements": resources,
+            },
+            "tags": {"dendro-job-id": request.job_id, **settings.tags},
+        }
+        if request.time_limit_sec:
+            submission["timeout"] = {"attemptDurationSeconds": max(60, int(request.time_limit_sec
+                                                                           + settings.attempt_margin_sec))}
+        if settings.max_host_retries > 0:
+            submission["retryStrategy"] = {
+                "attempts": 1 + settings.max_host_retries,
+                "evaluateOnExit": [{"onStatusReason": HOST_FAILURE, "action": "RETRY"},
+                                   {"onReason": "*", "action": "EXIT"}],
+            }
+        return submission
+
+    async def attach(self, infrastructure_id: str, request: LaunchRequest) -> None:
+        queue = self.settings.gpu_job_queue if request.num_gpus > 0 else self.settings.cpu_job_queue
+        self._watched.setdefault(infrastructure_id, _Watched(queue=queue))
+
+    # --- watch ---------------------------------------------------------------------------------------------------
+
+    async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
+        by_batch_id = {i.split(":", 1)[1]: i for i in infrastructure_ids}
+        ids = list(by_batch_id)
+        described: dict[str, dict] = {}
+        for start in range(0, len(ids), DESCRIBE_PAGE):
+            page = await self._call("describe_jobs", self._batch().describe_jobs, jobs=ids[start:start + DESCRIBE_PAGE])
+            described.update({job["jobId"]: job for job in page.get("jobs", [])})
+        states = {}
+        for batch_id, infrastructure_id in by_batch_id.items():
+            job = described.get(batch_id)
+            watched = self._watched.setdefault(infrastructure_id, _Watched())
+            if job is None:
+                watched.ended = True
+                states[infrastructure_id] = InfrastructureState("gone", reason="AWS Batch no longer knows the job")
+                continue
+            watched.queue = job.get("jobQueue", watched.queue)
+            watched.log_stream = (job.get("container") or {}).get("logStreamName") or watched.log_stream
+            status = job.get("status", "")
+            await self._note_runnable(watched, status, job)
+            if status in ACTIVE_STATES:
+                states[infrastructure_id] = InfrastructureState("running")
+            else:
+                watched.ended = True
+                states[infrastructure_id] = _ended_state(job)
+        return states
+
+    async def _note_runnable(self, watched: _Watched, status: str, job: dict) -> None:
+        """A job RUNNABLE past `runnable_warning_sec` gets one log line saying why it waits."""
+        if status != "RUNNABLE":
+            watched.runnable_since = None
+            return
+        now = time.monotonic()
+        watched.runnable_since = watched.runnable_since or now
+        if not watched.runnable_reported and now - watched.runnable_since >= self.settings.runnable_warning_sec:
+            watched.runnable_reported = True
+            reason = await asyncio.to_thread(why_runnable, self._batch(), watched.queue, job)
+            watched.notes.append(f"AWS Batch: the job has been RUNNABLE for {now - watched.runnable_since:.0f} s; "
+                                 f"{reason}")
+
+    # --- logs and kill -------------------------------------------------------------------------------------------
+
+    async def read_logs(self, infrastructure_id: str) -> list[str]:
+        """New lines of the job's log stream: every `log_interval_sec` while it runs, all of them once
+        it ended (CloudWatch allows a few reads per second per account)."""
+        watched = self._watched.get(infrastructure_id)
+        if watched is None:
+            return []
+        lines, watched.notes = watched.notes, []
+        now = time.monotonic()
+        if watched.log_stream and (watched.ended or now - watched.logs_read_at >= self.settings.log_interval_sec):
+            watched.logs_read_at = now
+            try:
+                lines += await asyncio.to_thread(self._new_log_lines, watched)
+            except (ClientError, BotoCoreError) as error:
+                if "ResourceNotFoundException" not in str(error):  # the stream appears with the first line
+                    lines.append(f"AWS Batch: cannot read the job's log stream: {_one_line(error)}")
+        return lines
+
+    def _new_log_lines(self, watched: _Watched) -> list[str]:
+        lines: list[str] = []
+        while True:
+            request: dict = {"logGroupName": LOG_GROUP, "logStreamName": watched.log_stream, "startFromHead": True}
+            if watched.log_token:
+                request["nextToken"] = watched.log_token
+            page = self._logs().get_log_events(**request)
+            lines += [event["message"].rstrip("\n") for event in page.get("events", [])]
+            token = page.get("nextForwardToken")
+            if not page.get("events") or token == watched.log_token:
+                watched.log_token = token or watched.log_token
+                return lines
+            watched.log_token = token
+
+    async def kill(self, infrastructure_id: str) -> None:
+        await self._call("terminate_job", self._batch().terminate_job, jobId=infrastructure_id.split(":", 1)[1],
+                         reason="Stopped by dendro-prefect: the job was cancelled, failed or deleted")
+
+    async def release(self, infrastructure_id: str) -> None:
+        self._watched.pop(infrastructure_id, None)
+
+
+def _ended_state(job: dict) -> InfrastructureState:
+    if job.get("status") == "SUCCEEDED":
+        return InfrastructureState("exited", 0)
+    attempts = job.get("attempts") or [{}]
+    container = job.get("container") or attempts[-1].get("container") or {}
+    exit_code = container.get("exitCode")
+    reasons = [r for r in (job.get("statusReason"), container.get("reason")) if r]
+    detail = "AWS Batch status FAILED" + (f": {'; '.join(reasons)}" if reasons else "")
+    if len(attempts) > 1:
+        detail += f" (after {len(attempts)} attempts)"
+    return InfrastructureState("exited", exit_code, detail)

@@ -1,0 +1,73 @@
+"""AWS for the tests: moto's server (AWS itself cannot run here), with its Batch backend running each job
+as a real container from a local image on the docker engine, on the host network so that jobs reach the
+central stand-in on loopback. What moto does differently from AWS (no exit code in describe_jobs, logs
+only once a job ends, jobs never held RUNNABLE) is tolerated by the code, never relied upon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import boto3
+import requests
+
+from dendro_prefect.embedded import free_port
+
+REGION = "us-east-1"
+CPU_QUEUE = "dendro-cpu"
+GPU_QUEUE = "dendro-gpu"
+TRUST = json.dumps({"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"Service": "batch.amazonaws.com"}, "Action": "sts:AssumeRole"}]})
+MOTO_SERVER = Path(sys.executable).parent / "moto_server"
+
+
+@dataclass
+class MotoBatch:
+    url: str
+
+    def client(self, service: str):
+        return boto3.client(service, region_name=REGION, endpoint_url=self.url, aws_access_key_id="testing",
+                            aws_secret_access_key="testing")
+
+
+@contextmanager
+def moto_server(log_file: Path, startup_timeout: float = 30.0) -> Iterator[MotoBatch]:
+    port = free_port()
+    env = dict(os.environ, MOTO_DOCKER_NETWORK_MODE="host")
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            try:
+                if requests.get(f"{url}/moto-api/", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto_server did not start; see {log_file}")
+            time.sleep(0.1)
+        yield MotoBatch(url)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def create_batch_environment(moto: MotoBatch) -> None:
+    """A compute environment (UNMANAGED: moto runs its jobs itself) behind a CPU and a GPU queue."""
+    iam, batch = moto.client("iam"), moto.client("batch")
+    role = iam.create_role(RoleName="dendro-batch-service", AssumeRolePolicyDocument=TRUST)["Role"]["Arn"]
+    batch.create_compute_environment(computeEnvironmentName="dendro-ce", type="UNMANAGED", state="ENABLED",
+                                     serviceRole=role)
+    for queue in (CPU_QUEUE, GPU_QUEUE):
+        batch.create_job_queue(jobQueueName=queue, state="ENABLED", priority=1,
+                               computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "dendro-ce"}])

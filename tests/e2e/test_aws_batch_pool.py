@@ -1,0 +1,206 @@
+"""Dendro jobs as AWS Batch jobs, against moto's server (AWS cannot run here; see aws_stand_in.py): its
+Batch backend runs each job as a real container of the letter_count image on this machine's docker
+engine. Credentials come from a prefect-aws AwsCredentials block that points at moto."""
+
+import signal
+import time
+from contextlib import ExitStack
+
+import pytest
+import requests
+from prefect_aws import AwsClientParameters, AwsCredentials
+
+from dendro_prefect.embedded import prefect_worker
+from dendro_prefect.workers.aws_batch.diagnosis import why_runnable
+from tests.conftest import create_letter_count_job
+from tests.e2e.aws_stand_in import CPU_QUEUE, GPU_QUEUE, REGION, create_batch_environment, moto_server
+from tests.e2e.conftest import (
+    IMAGE,
+    cancel_flow_run,
+    final_flow_run,
+    finished_job,
+    flow_run_log,
+    flow_runs_of_job,
+    letter_count_spec_uri,
+    running_controller,
+    wait_for,
+    wait_for_log,
+)
+
+BLOCK = "moto-batch"
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory, docker_client):
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        create_batch_environment(server)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def batch_controller(prefect_stack, tmp_path_factory, sdk_bin, moto):
+    AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION,
+                   aws_client_parameters=AwsClientParameters(endpoint_url=moto.url)).save(BLOCK, overwrite=True)
+    workdir = tmp_path_factory.mktemp("aws-batch")
+    # Nothing but the block gives the worker AWS access.
+    no_credentials = str(workdir / "no-aws-credentials")
+    with running_controller(prefect_stack, workdir, sdk_bin, worker_type="dendro-aws-batch", run_method="aws_batch",
+                            apps=[{"name": "letter_count", "specUri": letter_count_spec_uri(workdir, image=IMAGE)}],
+                            job_variables={"aws_credentials_block": BLOCK, "cpu_job_queue": CPU_QUEUE,
+                                           "gpu_job_queue": GPU_QUEUE, "runnable_warning_sec": 1},
+                            worker_env={"AWS_SHARED_CREDENTIALS_FILE": no_credentials, "AWS_CONFIG_FILE": no_credentials,
+                                        "PREFECT_WORKER_HEARTBEAT_SECONDS": "2"}) as controller:
+        yield controller
+
+
+def batch_job(controller, **changes) -> str:
+    return create_letter_count_job(controller.admin, controller.resource_id, runMethod="aws_batch", **changes)
+
+
+def batch_id_of(job_id: str) -> str:
+    run = wait_for(lambda: next((r for r in flow_runs_of_job(job_id) if r.infrastructure_pid), None),
+                   f"the Batch job id of {job_id} on its flow run")
+    assert run.infrastructure_pid.startswith("aws-batch:")
+    return run.infrastructure_pid.split(":", 1)[1]
+
+
+def described(moto, batch_id: str) -> dict:
+    return moto.client("batch").describe_jobs(jobs=[batch_id])["jobs"][0]
+
+
+def test_batch_job_completes_with_its_log_and_its_key_in_no_log(batch_controller, moto, prefect_stack):
+    controller = batch_controller
+    job_id = batch_job(controller, text="hello dendro world",
+                       inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 2}])
+    batch_id = batch_id_of(job_id)
+    job = described(moto, batch_id)
+    assert job["jobName"] == "dendro-" + job_id.replace(".", "-")
+    assert job["jobQueue"].endswith(f"job-queue/{CPU_QUEUE}")
+    assert job["timeout"] == {"attemptDurationSeconds": 60 + 600}
+    environment = {e["name"]: e["value"] for e in job["container"]["environment"]}
+    key = environment["JOB_PRIVATE_KEY"]
+    assert environment["JOB_ID"] == job_id and environment["APP_EXECUTABLE"] == "/app/main.py"
+    definitions = moto.client("batch").describe_job_definitions(jobDefinitionName="letter_count-dendro-jd",
+                                                                status="ACTIVE")["jobDefinitions"]
+    assert [d["containerProperties"]["image"] for d in definitions] == [IMAGE]
+
+    finished = finished_job(controller.admin, job_id)
+    assert finished["status"] == "completed", finished.get("error")
+    assert controller.admin.output(job_id, "output") == b'{"letter": "o", "count": 3}'
+    flow_run = final_flow_run(job_id)
+    assert flow_run.state.is_completed()
+    log = wait_for_log(flow_run.id, f"launched as aws-batch:{batch_id}", "Job completed")
+    assert key not in log
+    assert key not in (prefect_stack.home / f"{controller.pool}.log").read_text(errors="replace")
+
+    # A second job of the app reuses its job definition: the image has not changed.
+    second = batch_job(controller)
+    assert finished_job(controller.admin, second)["status"] == "completed"
+    assert described(moto, batch_id_of(second))["jobDefinition"] == job["jobDefinition"]
+
+
+def test_failing_app_fails_the_job_with_its_reason(batch_controller):
+    controller = batch_controller
+    job_id = batch_job(controller, inputParameters=[{"name": "letter", "value": "xy"}])
+    job = finished_job(controller.admin, job_id)
+    assert job["status"] == "failed" and job["error"] == "Error running job: return code 1"  # the SDK's words
+    assert b"letter must be one character, not 'xy'" in controller.admin.output(job_id, "_console_output")
+    flow_run = final_flow_run(job_id)
+    assert flow_run.state.is_failed() and flow_run.state.message == job["error"]
+
+
+def test_gpu_job_goes_to_the_gpu_queue(batch_controller, moto):
+    controller = batch_controller
+    job_id = batch_job(controller, requiredResources={"numCpus": 2, "numGpus": 1, "memoryGb": 4, "timeSec": 300})
+    job = described(moto, batch_id_of(job_id))
+    assert job["jobQueue"].endswith(f"job-queue/{GPU_QUEUE}")
+    environment = {e["name"]: e["value"] for e in job["container"]["environment"]}
+    assert environment["NVIDIA_DRIVER_CAPABILITIES"] == "all"
+    assert finished_job(controller.admin, job_id)["status"] == "completed"
+
+
+@pytest.mark.parametrize("side", ["prefect", "central"])
+def test_cancel_terminates_the_batch_job_within_5_seconds(batch_controller, moto, side):
+    controller = batch_controller
+    job_id = batch_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 120}])
+    batch_id = batch_id_of(job_id)
+    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
+    if side == "prefect":
+        cancel_flow_run(flow_runs_of_job(job_id)[0].id)
+    else:
+        controller.admin.delete_job(job_id)
+    started = time.monotonic()
+    job = wait_for(lambda: (lambda j: j if j.get("statusReason") else None)(described(moto, batch_id)),
+                   "terminate_job", timeout=10)
+    assert time.monotonic() - started < 5
+    assert job["statusReason"].startswith("Stopped by dendro-prefect")
+    wait_for(lambda: described(moto, batch_id)["status"] == "FAILED", "the Batch job to end")
+    assert final_flow_run(job_id).state.is_cancelled()
+    if side == "prefect":
+        assert finished_job(controller.admin, job_id)["error"] == "Job canceled: flow run cancelled in Prefect"
+
+
+def test_a_job_waiting_in_runnable_gets_a_log_line_saying_why(batch_controller, moto):
+    """moto's state manager holds each Batch job state for 2 s, so the job waits RUNNABLE past the pool's
+    runnable_warning_sec (1 s here)."""
+    controller = batch_controller
+    requests.post(f"{moto.url}/moto-api/state-manager/set-transition", timeout=10, json={
+        "model_name": "batch::job", "transition": {"progression": "time", "seconds": 2}}).raise_for_status()
+    try:
+        job_id = batch_job(controller)
+        batch_id_of(job_id)
+        flow_run = flow_runs_of_job(job_id)[0]
+        wait_for_log(flow_run.id, "AWS Batch: the job has been RUNNABLE for", "its queue and compute environments "
+                     "look healthy: it waits for capacity (instances starting, or all vCPUs in use)")
+    finally:
+        requests.post(f"{moto.url}/moto-api/state-manager/unset-transition", timeout=10,
+                      json={"model_name": "batch::job"}).raise_for_status()
+    assert finished_job(controller.admin, job_id)["status"] == "completed"
+
+
+def test_a_queue_that_cannot_run_jobs_is_named_as_the_reason_a_job_waits(moto):
+    """moto runs every job at once, so no job stays RUNNABLE there; the diagnosis the worker logs for one
+    is read from moto's queue and compute environment all the same."""
+    batch = moto.client("batch")
+    batch.update_job_queue(jobQueue=GPU_QUEUE, state="DISABLED")
+    try:
+        reason = why_runnable(batch, GPU_QUEUE, {"container": {"resourceRequirements": [{"type": "VCPU", "value": "4"}]}})
+    finally:
+        batch.update_job_queue(jobQueue=GPU_QUEUE, state="ENABLED")
+    assert reason == f"job queue {GPU_QUEUE} is DISABLED/VALID"
+    assert why_runnable(batch, "no-such-queue", {}) == "its job queue no-such-queue does not exist"
+
+
+def test_missing_credentials_block_fails_the_job_with_a_clear_reason(prefect_stack, tmp_path, sdk_bin, moto):
+    with running_controller(prefect_stack, tmp_path / "no-block", sdk_bin, worker_type="dendro-aws-batch",
+                            run_method="aws_batch",
+                            apps=[{"name": "letter_count", "specUri": letter_count_spec_uri(tmp_path, image=IMAGE)}],
+                            job_variables={"aws_credentials_block": "no-such-block"}) as controller:
+        job_id = batch_job(controller)
+        job = finished_job(controller.admin, job_id)
+        assert job["status"] == "failed"
+        assert job["error"].startswith("AWS credentials block 'no-such-block' cannot be loaded") and "\n" not in job["error"]
+        assert final_flow_run(job_id).state.message == job["error"]
+
+
+def test_restarted_worker_takes_up_a_running_batch_job_and_it_completes_once(batch_controller, moto, prefect_stack):
+    """(Last in the module: the module's worker does not come back.)"""
+    controller = batch_controller
+    job_id = batch_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 20}])
+    batch_id_of(job_id)
+    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
+    worker = controller.processes[0]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    with ExitStack() as stack:
+        stack.enter_context(prefect_worker(prefect_stack.home, prefect_stack.api_url, controller.pool,
+                                           controller.worker_type, controller.workdir, "restarted-batch.log",
+                                           controller.worker_env))
+        job = finished_job(controller.admin, job_id, timeout=120)
+        assert job["status"] == "completed", job.get("error")
+        flow_run = final_flow_run(job_id)
+        assert flow_run.state.is_completed()
+        assert f"Job {job_id} taken up again as aws-batch:" in flow_run_log(flow_run.id)
+    submitted = moto.client("batch").list_jobs(jobQueue=CPU_QUEUE, filters=[
+        {"name": "JOB_NAME", "values": ["dendro-" + job_id.replace(".", "-")]}])["jobSummaryList"]
+    assert len(submitted) == 1
