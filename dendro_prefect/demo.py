@@ -1,8 +1,8 @@
 """`dendro-prefect demo`: one real Dendro job from submitted to completed through Prefect.
 
 On this machine alone: a Prefect server (SQLite), the central stand-in, a registered compute resource,
-the `dendro-controller` and `local` work pools with the deployments of prefect.yaml, a process worker
-running the subscription flow and a `dendro-local` worker; then a letter_count job (an app written
+the work pools and deployments of prefect.yaml, a process worker running the subscription flow and a
+`dendro-local` worker; then a letter_count job (an app written
 with the real dendro SDK) is submitted at the central and followed until it ends.
 """
 
@@ -22,7 +22,7 @@ import typer
 from .central.admin_client import CentralAdmin
 from .central.process import running_central
 from .config import ComputeResourceConfig
-from .embedded import prefect_cli, prefect_server, prefect_worker
+from .embedded import WORK_POOLS, deploy_all, prefect_server, prefect_worker
 from .protocol.signing import generate_keypair, make_resource_code
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,11 +152,8 @@ def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, 
         typer.echo(f"Prefect UI: {api_url.removesuffix('/api')}   central: {admin.url}")
         typer.echo(f"Compute resource {config.compute_resource_id} registered with app letter_count "
                    f"(container method {container_method})")
-        prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")
-        prefect_cli(home, api_url, "work-pool", "create", "local", "--type", "dendro-local")
-        prefect_cli(home, api_url, "work-pool", "create", "slurm", "--type", "dendro-slurm")
-        prefect_cli(home, api_url, "deploy", "--all", cwd=REPO)
-        typer.echo("Work pools dendro-controller, local and slurm created; deployments of prefect.yaml applied")
+        deploy_all(home, api_url, REPO)
+        typer.echo(f"Work pools {', '.join(WORK_POOLS)} created; deployments of prefect.yaml applied")
         stack.enter_context(prefect_worker(home, api_url, "dendro-controller", "process", REPO, "controller-worker.log"))
         sdk_path = f"{sdk_venv.resolve() / 'bin'}{os.pathsep}{os.environ['PATH']}"
         stack.enter_context(prefect_worker(home, api_url, "local", "dendro-local", workdir, "local-worker.log",

@@ -153,3 +153,20 @@ def prefect_cli(home: Path, api_url: str, *args: str, cwd: Path | None = None) -
     if result.returncode != 0:
         raise RuntimeError(f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result.stdout
+
+
+# The work pools that prefect.yaml's deployments name, with their worker types.
+WORK_POOLS = {
+    "dendro-controller": "process",
+    "local": "dendro-local",
+    "slurm": "dendro-slurm",
+    "aws-batch": "dendro-aws-batch",
+    "kubernetes": "dendro-kubernetes",
+}
+
+
+def deploy_all(home: Path, api_url: str, project_dir: Path) -> None:
+    """Create the work pools of prefect.yaml, then `prefect deploy --all` from `project_dir`."""
+    for pool, worker_type in WORK_POOLS.items():
+        prefect_cli(home, api_url, "work-pool", "create", pool, "--type", worker_type)
+    prefect_cli(home, api_url, "deploy", "--all", cwd=project_dir)

@@ -158,7 +158,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             central = self._central(configuration.config_file)
             job = await self._fetch_job(central, job_id)
             launcher = self.launcher(configuration)
-            request = self._launch_request(job, configuration, central.config)
+            request = self._launch_request(job, configuration, central.config, flow_run)
             await anyio.to_thread.run_sync(central.client.set_job_status, job.jobId, job.jobPrivateKey, "starting")
             infrastructure_id = await launcher.submit(request)
         except Exception as error:
@@ -237,7 +237,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
                 await self._set_state(flow_run, self._ended_unwatched(configuration, job_id))
                 return
             job = await self._fetch_job(central, job_id, statuses=("starting", "running"))
-            await launcher.attach(infrastructure_id, self._launch_request(job, configuration, central.config))
+            await launcher.attach(infrastructure_id, self._launch_request(job, configuration, central.config, flow_run))
         except Exception as error:
             reason = f"cannot take up job {job_id} again after a worker restart: {error}"
             run_logger.error(reason)
@@ -302,7 +302,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         return job
 
     def _launch_request(
-        self, job: DendroJob, configuration: DendroJobConfiguration, config: ComputeResourceConfig
+        self, job: DendroJob, configuration: DendroJobConfiguration, config: ComputeResourceConfig,
+        flow_run: FlowRun,
     ) -> LaunchRequest:
         if not configuration.app_executable:
             raise JobRefused(f"no app executable for processor {job.processorName}")
@@ -322,6 +323,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             time_limit_sec=configuration.time_limit_sec,
             job_dir=Path(configuration.job_root).resolve() / job.jobId,
             batch_id=job.batchId,
+            flow_run_id=str(flow_run.id),
         )
 
     # --- following a launched job ------------------------------------------------------------------------------
@@ -418,6 +420,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             return Cancelled(message="The job was deleted at the central")
         if infrastructure.phase == "gone":
             reason = f"The job's infrastructure disappeared without a result ({infrastructure.reason or 'no reason given'})"
+        elif infrastructure.exit_code is None and infrastructure.reason:
+            reason = infrastructure.reason  # the infrastructure ended it (or never started it) and says why
         else:
             reason = f"The app exited with code {infrastructure.exit_code} without reporting a result"
             if infrastructure.reason:

@@ -30,6 +30,7 @@ class LaunchRequest(BaseModel):
     time_limit_sec: float | None
     job_dir: Path
     batch_id: str | None = None
+    flow_run_id: str = ""
 
 
 def job_environment(job_id: str, app_executable: str, central_url: str, time_limit_sec: float | None) -> dict[str, str]:

@@ -27,7 +27,7 @@ from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.central.admin_client import CentralAdmin
 from dendro_prefect.central.process import running_central
 from dendro_prefect.config import ComputeResourceConfig
-from dendro_prefect.embedded import prefect_cli, prefect_server, prefect_worker
+from dendro_prefect.embedded import deploy_all, prefect_server, prefect_worker
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from tests.conftest import LETTER_COUNT_APP, REPO
 
@@ -44,11 +44,7 @@ class PrefectStack:
 def prefect_stack(tmp_path_factory) -> PrefectStack:
     home = tmp_path_factory.mktemp("prefect")
     with prefect_server(home) as api_url, temporary_settings({PREFECT_API_URL: api_url}):
-        prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")
-        prefect_cli(home, api_url, "work-pool", "create", "local", "--type", "dendro-local")
-        prefect_cli(home, api_url, "work-pool", "create", "slurm", "--type", "dendro-slurm")
-        prefect_cli(home, api_url, "work-pool", "create", "aws-batch", "--type", "dendro-aws-batch")
-        prefect_cli(home, api_url, "deploy", "--all", cwd=REPO)
+        deploy_all(home, api_url, REPO)
         yield PrefectStack(home, api_url)
 
 
@@ -133,12 +129,13 @@ def finished_job(admin: CentralAdmin, job_id: str, timeout: float = 90.0) -> dic
                     f"job {job_id} to finish", timeout)
 
 
-def letter_count_spec_uri(workdir: Path, image: str | None = None) -> str:
-    """The letter_count spec as a file: as is for a plain process, or naming a docker image."""
+def letter_count_spec_uri(workdir: Path, image: str | None = None, executable: str = "/app/main.py") -> str:
+    """The letter_count spec as a file: as is for a plain process, or naming a docker image (and the
+    app's executable in it)."""
     if image is None:
         return (LETTER_COUNT_APP / "spec.json").as_uri()
     spec = json.loads((LETTER_COUNT_APP / "spec.json").read_text())
-    spec.update(appImage=image, appExecutable="/app/main.py", executable="/app/main.py")
+    spec.update(appImage=image, appExecutable=executable, executable=executable)
     path = workdir / "letter_count_image_spec.json"
     path.write_text(json.dumps(spec))
     return path.as_uri()
