@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +81,15 @@ def create_letter_count_job(admin: CentralAdmin, resource_id: str, text: str = "
     }
     request.update(overrides)
     return admin.create_job(request)
+
+
+def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
+    """Poll `condition` until it returns something truthy (and return that); fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last value: {value!r}")
+        time.sleep(interval)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import time
 from contextlib import ExitStack, contextmanager
@@ -29,7 +30,7 @@ from dendro_prefect.central.process import running_central
 from dendro_prefect.config import ComputeResourceConfig
 from dendro_prefect.embedded import deploy_all, prefect_server, prefect_worker
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
-from tests.conftest import LETTER_COUNT_APP, REPO
+from tests.conftest import LETTER_COUNT_APP, REPO, wait_for  # noqa: F401 (the e2e modules import it from here)
 
 IMAGE = "dendro-letter-count:local"
 
@@ -68,17 +69,6 @@ class Controller:
 
 def run(coroutine):
     return asyncio.run(coroutine)
-
-
-def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 async def _flow_runs_of_job(job_id: str) -> list[FlowRun]:
@@ -160,13 +150,14 @@ def create_job_pool(pool: str, worker_type: str = "dendro-local", job_variables:
 def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, container_method: str = "none",
                        apps: list[dict] | None = None, poll_interval_sec: float = 2.0, mock_pubsub: bool = False,
                        pool: str | None = None, worker_type: str = "dendro-local", run_method: str = "local",
-                       job_variables: dict | None = None, worker_env: dict | None = None):
+                       job_variables: dict | None = None, worker_env: dict | None = None,
+                       deployments: dict | None = None):
     """A controller whose jobs of `run_method` go to `pool` (by default a pool of its own; `local` is
-    prefect.yaml's)."""
+    prefect.yaml's); `deployments` routes other runMethods elsewhere."""
     workdir.mkdir(parents=True, exist_ok=True)
     pool = pool or f"{run_method}-{workdir.name}"
     deployment = f"dendro-job/{pool}" if pool == "local" else create_job_pool(pool, worker_type, job_variables)
-    deployments = {**DEFAULT_DEPLOYMENTS, run_method: deployment}
+    deployments = {**DEFAULT_DEPLOYMENTS, **(deployments or {}), run_method: deployment}
     with ExitStack() as stack:
         admin = stack.enter_context(running_central(workdir / "central", mock_pubsub=mock_pubsub))
         resource_id, private_key = generate_keypair()
@@ -201,7 +192,10 @@ async def _read_state(flow_run_id):
 
 @pytest.fixture(scope="module")
 def controller(prefect_stack, tmp_path_factory, sdk_bin) -> Controller:
-    with running_controller(prefect_stack, tmp_path_factory.mktemp("controller"), sdk_bin, pool="local") as running:
+    """A controller on prefect.yaml's `local` pool; its runMethod `kubernetes` names a deployment that
+    does not exist, for the tests of jobs that cannot run."""
+    with running_controller(prefect_stack, tmp_path_factory.mktemp("controller"), sdk_bin, pool="local",
+                            deployments={"kubernetes": "dendro-job/no-such-deployment"}) as running:
         yield running
 
 
@@ -218,3 +212,50 @@ def docker_client():
     subprocess.run(["bash", str(REPO / "scripts" / "build-app-image.sh"), str(REPO / "apps" / "letter_count"), IMAGE],
                    check=True, capture_output=True, timeout=900)
     return client
+
+
+def restart_worker_and_finish(controller: Controller, prefect: PrefectStack, job_id: str, infrastructure: str) -> None:
+    """SIGKILL the pool's worker while the job runs; a new worker of the pool must take the job up by
+    the infrastructure id on its flow run (`<infrastructure>:…`) and follow it to completion. The
+    module's own worker does not come back: call this last in a module."""
+    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
+    worker = controller.processes[0]
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    with prefect_worker(prefect.home, prefect.api_url, controller.pool, controller.worker_type, controller.workdir,
+                        f"restarted-{controller.pool}.log", controller.worker_env):
+        job = finished_job(controller.admin, job_id, timeout=120)
+        assert job["status"] == "completed", job.get("error")
+        flow_run = final_flow_run(job_id)
+        assert flow_run.state.is_completed()
+        wait_for_log(flow_run.id, f"Job {job_id} taken up again as {infrastructure}:")
+
+
+def infrastructure_id_of(job_id: str, kind: str) -> str:
+    """What follows `<kind>:` in the infrastructure id on the job's flow run, once the worker recorded it."""
+    run = wait_for(lambda: next((r for r in flow_runs_of_job(job_id) if r.infrastructure_pid), None),
+                   f"the infrastructure id of {job_id} on its flow run")
+    assert run.infrastructure_pid.startswith(f"{kind}:"), run.infrastructure_pid
+    return run.infrastructure_pid.split(":", 1)[1]
+
+
+def cancel_running_job(controller: Controller, job_id: str, side: str) -> float:
+    """Once the job runs, cancel it from `side`: `prefect` cancels its flow run, `central` deletes the
+    job. Returns when (time.monotonic()), to measure how fast its infrastructure goes."""
+    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
+    if side == "prefect":
+        cancel_flow_run(flow_runs_of_job(job_id)[0].id)
+    else:
+        controller.admin.delete_job(job_id)
+    return time.monotonic()
+
+
+def completed_letter_count(controller: Controller, job_id: str) -> str:
+    """Assert that a letter_count job counting 'o' in "hello dendro world" completed, at the central and
+    in Prefect, with its output; return its flow-run log, which has the app's line."""
+    job = finished_job(controller.admin, job_id)
+    assert job["status"] == "completed", job.get("error")
+    assert json.loads(controller.admin.output(job_id, "output")) == {"letter": "o", "count": 3}
+    flow_run = final_flow_run(job_id)
+    assert flow_run.state.is_completed()
+    return wait_for_log(flow_run.id, "letter_count: 'o' appears 3 times in 18 characters")

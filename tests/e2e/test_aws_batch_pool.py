@@ -2,26 +2,24 @@
 Batch backend runs each job as a real container of the letter_count image on this machine's docker
 engine. Credentials come from a prefect-aws AwsCredentials block that points at moto."""
 
-import signal
 import time
-from contextlib import ExitStack
 
 import pytest
 import requests
 from prefect_aws import AwsClientParameters, AwsCredentials
 
-from dendro_prefect.embedded import prefect_worker
 from dendro_prefect.workers.aws_batch.diagnosis import why_runnable
 from tests.conftest import create_letter_count_job
 from tests.e2e.aws_stand_in import CPU_QUEUE, GPU_QUEUE, REGION, create_batch_environment, moto_server
 from tests.e2e.conftest import (
     IMAGE,
-    cancel_flow_run,
+    cancel_running_job,
     final_flow_run,
     finished_job,
-    flow_run_log,
     flow_runs_of_job,
+    infrastructure_id_of,
     letter_count_spec_uri,
+    restart_worker_and_finish,
     running_controller,
     wait_for,
     wait_for_log,
@@ -58,10 +56,7 @@ def batch_job(controller, **changes) -> str:
 
 
 def batch_id_of(job_id: str) -> str:
-    run = wait_for(lambda: next((r for r in flow_runs_of_job(job_id) if r.infrastructure_pid), None),
-                   f"the Batch job id of {job_id} on its flow run")
-    assert run.infrastructure_pid.startswith("aws-batch:")
-    return run.infrastructure_pid.split(":", 1)[1]
+    return infrastructure_id_of(job_id, "aws-batch")
 
 
 def described(moto, batch_id: str) -> dict:
@@ -124,12 +119,7 @@ def test_cancel_terminates_the_batch_job_within_5_seconds(batch_controller, moto
     controller = batch_controller
     job_id = batch_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 120}])
     batch_id = batch_id_of(job_id)
-    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
-    if side == "prefect":
-        cancel_flow_run(flow_runs_of_job(job_id)[0].id)
-    else:
-        controller.admin.delete_job(job_id)
-    started = time.monotonic()
+    started = cancel_running_job(controller, job_id, side)
     job = wait_for(lambda: (lambda j: j if j.get("statusReason") else None)(described(moto, batch_id)),
                    "terminate_job", timeout=10)
     assert time.monotonic() - started < 5
@@ -141,17 +131,17 @@ def test_cancel_terminates_the_batch_job_within_5_seconds(batch_controller, moto
 
 
 def test_a_job_waiting_in_runnable_gets_a_log_line_saying_why(batch_controller, moto):
-    """moto's state manager holds each Batch job state for 2 s, so the job waits RUNNABLE past the pool's
+    """moto's state manager holds each Batch job state for 4 s, so the job waits RUNNABLE past the pool's
     runnable_warning_sec (1 s here)."""
     controller = batch_controller
     requests.post(f"{moto.url}/moto-api/state-manager/set-transition", timeout=10, json={
-        "model_name": "batch::job", "transition": {"progression": "time", "seconds": 2}}).raise_for_status()
+        "model_name": "batch::job", "transition": {"progression": "time", "seconds": 4}}).raise_for_status()
     try:
         job_id = batch_job(controller)
         batch_id_of(job_id)
         flow_run = flow_runs_of_job(job_id)[0]
         wait_for_log(flow_run.id, "AWS Batch: the job has been RUNNABLE for", "its queue and compute environments "
-                     "look healthy: it waits for capacity (instances starting, or all vCPUs in use)")
+                     "look healthy: it waits for capacity (instances starting, or all vCPUs in use)", timeout=90)
     finally:
         requests.post(f"{moto.url}/moto-api/state-manager/unset-transition", timeout=10,
                       json={"model_name": "batch::job"}).raise_for_status()
@@ -186,21 +176,9 @@ def test_missing_credentials_block_fails_the_job_with_a_clear_reason(prefect_sta
 def test_restarted_worker_takes_up_a_running_batch_job_and_it_completes_once(batch_controller, moto, prefect_stack):
     """(Last in the module: the module's worker does not come back.)"""
     controller = batch_controller
-    job_id = batch_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 20}])
+    job_id = batch_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 45}])
     batch_id_of(job_id)
-    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
-    worker = controller.processes[0]
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
-    with ExitStack() as stack:
-        stack.enter_context(prefect_worker(prefect_stack.home, prefect_stack.api_url, controller.pool,
-                                           controller.worker_type, controller.workdir, "restarted-batch.log",
-                                           controller.worker_env))
-        job = finished_job(controller.admin, job_id, timeout=120)
-        assert job["status"] == "completed", job.get("error")
-        flow_run = final_flow_run(job_id)
-        assert flow_run.state.is_completed()
-        assert f"Job {job_id} taken up again as aws-batch:" in flow_run_log(flow_run.id)
+    restart_worker_and_finish(controller, prefect_stack, job_id, "aws-batch")
     submitted = moto.client("batch").list_jobs(jobQueue=CPU_QUEUE, filters=[
         {"name": "JOB_NAME", "values": ["dendro-" + job_id.replace(".", "-")]}])["jobSummaryList"]
     assert len(submitted) == 1

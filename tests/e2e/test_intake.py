@@ -62,7 +62,8 @@ BAD_JOBS = [
                                processorSpec=dict(letter_count_spec()["processors"][0], name="no_such_processor")),
      "no app of this compute resource has processor no_such_processor"),
     ("no runMethod", dict(runMethod=None), "has no runMethod"),
-    ("no deployment", dict(runMethod="kubernetes"), "no deployment dendro-job/kubernetes for runMethod kubernetes"),
+    ("no deployment", dict(runMethod="kubernetes"),
+     "no deployment dendro-job/no-such-deployment for runMethod kubernetes"),
 ]
 
 

@@ -6,25 +6,24 @@ with the real dendro SDK, found on the PATH the pool's `env` gives the pods."""
 import base64
 import json
 import os
-import signal
 import time
-from contextlib import ExitStack
 
 import pytest
 from kubernetes import client, config
 from prefect_kubernetes import KubernetesClusterConfig
 
-from dendro_prefect.embedded import prefect_worker
 from dendro_prefect.workers.kubernetes.watch import ResourceCache
 from tests.conftest import FIXTURES, LETTER_COUNT_APP, create_letter_count_job
 from tests.e2e.conftest import (
     IMAGE,
-    cancel_flow_run,
+    cancel_running_job,
     final_flow_run,
     finished_job,
     flow_run_log,
     flow_runs_of_job,
+    infrastructure_id_of,
     letter_count_spec_uri,
+    restart_worker_and_finish,
     running_controller,
     wait_for,
     wait_for_log,
@@ -72,10 +71,8 @@ def k8s_job(controller, **changes) -> str:
 
 
 def job_name_of(job_id: str) -> str:
-    run = wait_for(lambda: next((r for r in flow_runs_of_job(job_id) if r.infrastructure_pid), None),
-                   f"the Kubernetes job of {job_id} on its flow run")
-    kind, _cluster, namespace, name = run.infrastructure_pid.split(":")
-    assert kind == "kubernetes" and namespace == NAMESPACE
+    _cluster, namespace, name = infrastructure_id_of(job_id, "kubernetes").split(":")
+    assert namespace == NAMESPACE
     return name
 
 
@@ -180,12 +177,7 @@ def test_cancel_deletes_the_job_within_5_seconds(k8s_controller, api_server, sid
     controller = k8s_controller
     job_id = k8s_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 120}])
     name = job_name_of(job_id)
-    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
-    if side == "prefect":
-        cancel_flow_run(flow_runs_of_job(job_id)[0].id)
-    else:
-        controller.admin.delete_job(job_id)
-    started = time.monotonic()
+    started = cancel_running_job(controller, job_id, side)
     wait_for(lambda: not any(j["metadata"]["name"] == name for j in api_server.jobs(NAMESPACE)), "the Job deleted",
              timeout=10)
     assert time.monotonic() - started < 5
@@ -235,19 +227,7 @@ def test_watch_lists_again_after_410_gone_and_misses_nothing(api_server):
 def test_restarted_worker_takes_up_a_running_job_and_it_completes_once(k8s_controller, api_server, prefect_stack):
     """(Last in the module: the module's worker does not come back.)"""
     controller = k8s_controller
-    job_id = k8s_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 20}])
+    job_id = k8s_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 45}])
     name = job_name_of(job_id)
-    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
-    worker = controller.processes[0]
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
-    with ExitStack() as stack:
-        stack.enter_context(prefect_worker(prefect_stack.home, prefect_stack.api_url, controller.pool,
-                                           controller.worker_type, controller.workdir, "restarted-k8s.log",
-                                           controller.worker_env))
-        job = finished_job(controller.admin, job_id, timeout=120)
-        assert job["status"] == "completed", job.get("error")
-        flow_run = final_flow_run(job_id)
-        assert flow_run.state.is_completed()
-        assert f"Job {job_id} taken up again as kubernetes:" in flow_run_log(flow_run.id)
-        no_orphans(api_server, name)
+    restart_worker_and_finish(controller, prefect_stack, job_id, "kubernetes")
+    no_orphans(api_server, name)

@@ -10,14 +10,12 @@ from dendro_prefect.workers.containers import JOB_LABEL
 from tests.conftest import create_letter_count_job
 from tests.e2e.conftest import (
     IMAGE,
-    cancel_flow_run,
+    cancel_running_job,
+    completed_letter_count,
     final_flow_run,
-    finished_job,
-    flow_runs_of_job,
     letter_count_spec_uri,
     running_controller,
     wait_for,
-    wait_for_log,
 )
 from tests.e2e.test_slurm_pool import slurm, slurm_id_of, slurm_ready, slurm_state
 
@@ -50,12 +48,7 @@ def test_docker_job_on_slurm_completes_with_the_key_only_in_a_mounted_file(slurm
     script = slurm("scontrol", "write", "batch_script", slurm_job_id, "-")
     assert "docker run --rm" in script and key not in script
     assert key not in slurm("scontrol", "show", "job", "-dd", slurm_job_id)
-    job = finished_job(controller.admin, job_id)
-    assert job["status"] == "completed", job.get("error")
-    assert json.loads(controller.admin.output(job_id, "output")) == {"letter": "o", "count": 3}
-    flow_run = final_flow_run(job_id)
-    assert flow_run.state.is_completed()
-    log = wait_for_log(flow_run.id, "letter_count: 'o' appears 3 times in 18 characters")
+    log = completed_letter_count(controller, job_id)
     assert key not in log
     wait_for(lambda: not containers_of(docker_client, job_id), "the job's container to be removed")
 
@@ -66,9 +59,7 @@ def test_cancelled_docker_job_on_slurm_leaves_no_container(slurm_docker_controll
     job_id = create_letter_count_job(controller.admin, controller.resource_id, runMethod="slurm",
                                      inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 120}])
     slurm_job_id = slurm_id_of(job_id)
-    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
-    cancel_flow_run(flow_runs_of_job(job_id)[0].id)
-    started = time.monotonic()
+    started = cancel_running_job(controller, job_id, "prefect")
     wait_for(lambda: slurm_state(slurm_job_id) == "CANCELLED", "scancel", timeout=10, interval=0.1)
     assert time.monotonic() - started < 5
     wait_for(lambda: not containers_of(docker_client, job_id), "the job's container to be stopped and removed", 30)

@@ -11,6 +11,7 @@ from tests.e2e.conftest import (
     final_flow_run,
     finished_job,
     flow_runs_of_job,
+    infrastructure_id_of,
     running_controller,
     wait_for,
 )
@@ -27,12 +28,6 @@ def packing_controller(prefect_stack, tmp_path_factory, sdk_bin):
         yield controller
 
 
-def infrastructure_id_of(job_id: str) -> str:
-    run = wait_for(lambda: next((r for r in flow_runs_of_job(job_id) if r.infrastructure_pid), None),
-                   f"the infrastructure id of {job_id}")
-    return run.infrastructure_pid
-
-
 def running_steps(allocation: str) -> list[str]:
     return slurm("squeue", "--noheader", "--steps", f"--jobs={allocation}", "--format=%j").split()
 
@@ -44,11 +39,11 @@ def test_jobs_of_a_batch_share_one_allocation_and_one_is_cancelled_alone(packing
                                            inputParameters=[{"name": "letter", "value": "o"},
                                                             {"name": "delay_sec", "value": delay}])
                    for delay in (8, 300))
-    ids = {job_id: infrastructure_id_of(job_id) for job_id in (quick, slow)}
-    allocations = {infrastructure_id.split(":", 1)[1].split("/")[0] for infrastructure_id in ids.values()}
+    ids = {job_id: infrastructure_id_of(job_id, "slurm") for job_id in (quick, slow)}
+    allocations = {infrastructure_id.split("/")[0] for infrastructure_id in ids.values()}
     assert len(allocations) == 1, ids
     allocation = allocations.pop()
-    assert ids[slow] == f"slurm:{allocation}/{slow}"
+    assert ids[slow] == f"{allocation}/{slow}"
     assert slurm("squeue", "--noheader", "--states=all", f"--jobs={allocation}", "--format=%j").strip() \
         == "dendro-batch-sort-session-1"
     wait_for(lambda: {f"dendro-{quick}", f"dendro-{slow}"} <= set(running_steps(allocation)), "both steps to run")

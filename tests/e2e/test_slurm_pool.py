@@ -3,24 +3,22 @@
 
 import json
 import shutil
-import signal
 import subprocess
 import time
-from contextlib import ExitStack
 
 import pytest
 
-from dendro_prefect.embedded import prefect_worker
 from tests.conftest import FIXTURES, create_letter_count_job
 from tests.e2e.conftest import (
-    cancel_flow_run,
+    cancel_running_job,
+    completed_letter_count,
     final_flow_run,
     finished_job,
-    flow_runs_of_job,
+    infrastructure_id_of,
     letter_count_spec_uri,
+    restart_worker_and_finish,
     running_controller,
     wait_for,
-    wait_for_log,
 )
 
 SLEEPER = FIXTURES / "apps" / "sleeper"
@@ -56,10 +54,7 @@ def slurm_job(controller, **changes) -> str:
 
 
 def slurm_id_of(job_id: str) -> str:
-    run = wait_for(lambda: next((r for r in flow_runs_of_job(job_id) if r.infrastructure_pid), None),
-                   f"the Slurm job id of {job_id} on its flow run")
-    assert run.infrastructure_pid.startswith("slurm:")
-    return run.infrastructure_pid.split(":", 1)[1]
+    return infrastructure_id_of(job_id, "slurm")
 
 
 def test_job_runs_as_a_slurm_job_and_its_key_is_nowhere_in_slurm(slurm_controller):
@@ -76,12 +71,7 @@ def test_job_runs_as_a_slurm_job_and_its_key_is_nowhere_in_slurm(slurm_controlle
     script = slurm("scontrol", "write", "batch_script", slurm_job_id, "-")
     assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --mem=1024M" in script
     assert "#SBATCH --time=0-00:01:00" in script and key not in script
-    job = finished_job(controller.admin, job_id)
-    assert job["status"] == "completed", job.get("error")
-    assert json.loads(controller.admin.output(job_id, "output")) == {"letter": "o", "count": 3}
-    flow_run = final_flow_run(job_id)
-    assert flow_run.state.is_completed()
-    log = wait_for_log(flow_run.id, "letter_count: 'o' appears 3 times in 18 characters")
+    log = completed_letter_count(controller, job_id)
     assert key not in log
     assert slurm_state(slurm_job_id) == "COMPLETED"
     assert not key_file.exists()
@@ -108,9 +98,7 @@ def test_cancel_in_prefect_scancels_the_job_within_5_seconds(slurm_controller):
     controller = slurm_controller
     job_id = slurm_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 120}])
     slurm_job_id = slurm_id_of(job_id)
-    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
-    cancel_flow_run(flow_runs_of_job(job_id)[0].id)
-    started = time.monotonic()
+    started = cancel_running_job(controller, job_id, "prefect")
     wait_for(lambda: slurm_state(slurm_job_id) == "CANCELLED", "scancel", timeout=10, interval=0.1)
     assert time.monotonic() - started < 5
     assert finished_job(controller.admin, job_id)["error"] == "Job canceled: flow run cancelled in Prefect"
@@ -153,25 +141,10 @@ def test_job_lost_with_its_node_is_submitted_again_and_completes(slurm_controlle
 
 
 def test_restarted_worker_takes_up_a_running_job_and_it_completes_once(slurm_controller, prefect_stack):
-    """The worker is killed (SIGKILL) while the job runs; a new worker of the pool finds the run by its
-    recorded Slurm job id and follows it to the end: no second sbatch. (Last in the module: the
-    module's worker does not come back.)"""
+    """No second sbatch. (Last in the module: the module's worker does not come back.)"""
     controller = slurm_controller
     job_id = slurm_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 30}])
     slurm_id_of(job_id)
-    wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
-    workers = [p for p in controller.processes if p.args[-1] == "dendro-slurm"]
-    assert len(workers) == 1
-    workers[0].send_signal(signal.SIGKILL)
-    workers[0].wait()
-    with ExitStack() as stack:
-        stack.enter_context(prefect_worker(prefect_stack.home, prefect_stack.api_url, controller.pool,
-                                           controller.worker_type, controller.workdir, "restarted.log",
-                                           controller.worker_env))
-        job = finished_job(controller.admin, job_id, timeout=120)
-        assert job["status"] == "completed", job.get("error")
-        flow_run = final_flow_run(job_id)
-        assert flow_run.state.is_completed()
-        wait_for_log(flow_run.id, f"Job {job_id} taken up again as slurm:")
+    restart_worker_and_finish(controller, prefect_stack, job_id, "slurm")
     sbatched = slurm("squeue", "--noheader", "--states=all", f"--name=dendro-{job_id}", "--format=%i").split()
     assert len(sbatched) == 1

@@ -13,22 +13,11 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
+from tests.conftest import wait_for
 from tests.k8s_stand_in import ApiServer, running_api_server
 
 MISSING_IMAGE = "registry.invalid/dendro/missing:1.0"
 IMAGE = "busybox:1.36"
-
-
-def wait_for(check, timeout: float = 10.0, what: str = "condition"):
-    """Poll `check` until it returns something truthy; fail with the last value at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {value!r}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Turn a pod's first container into a local process description. A process cannot mount anything, so volumes
 become host directories and every mountPath prefix in command, args, env values and workingDir is rewritten to
-that directory; env comes from the spec (value, secretKeyRef, fieldRef, envFrom secretRef) with $(VAR) expansion."""
+that directory (except a path below a mount that exists on the host, such as a test's app when the repository
+lives under /tmp: kept, being the only copy); env comes from the spec (value, secretKeyRef, fieldRef, envFrom secretRef) with $(VAR) expansion."""
 
 from __future__ import annotations
 
@@ -89,8 +90,16 @@ def mount_rewriter(container: dict, volumes: dict[str, Path]):
     if not mounts:
         return lambda text: text
     alternatives = "|".join(re.escape(path) for path in sorted(mounts, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?![\w.-])")
-    return lambda text: pattern.sub(lambda match: mounts[match.group(1)], text)
+    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?![\w.-])((?:/[^\s'\"]*)?)")
+
+    def rewrite(match: re.Match) -> str:
+        # A path below a mount that exists on the host (a test's app, when the repository lives under /tmp)
+        # would be hidden by the mount in a real container; here it is the only copy, so it is kept.
+        if match.group(2) and Path(match.group(1) + match.group(2)).exists():
+            return match.group(0)
+        return mounts[match.group(1)] + match.group(2)
+
+    return lambda text: pattern.sub(rewrite, text)
 
 
 def expand(text: str, env: dict[str, str]) -> str:
