@@ -90,7 +90,7 @@ def mount_rewriter(container: dict, volumes: dict[str, Path]):
     if not mounts:
         return lambda text: text
     alternatives = "|".join(re.escape(path) for path in sorted(mounts, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?![\w.-])((?:/[^\s'\"]*)?)")
+    pattern = re.compile(rf"(?<![\w./-])({alternatives})(?![\w.-])((?:/[^\s'\":]*)?)")
 
     def rewrite(match: re.Match) -> str:
         # A path below a mount that exists on the host (a test's app, when the repository lives under /tmp)
