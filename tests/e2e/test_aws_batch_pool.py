@@ -115,18 +115,21 @@ def test_gpu_job_goes_to_the_gpu_queue(batch_controller, moto):
 
 
 @pytest.mark.parametrize("side", ["prefect", "central"])
-def test_cancel_terminates_the_batch_job_within_5_seconds(batch_controller, moto, side):
+def test_cancel_stops_the_batch_job_within_5_seconds(batch_controller, moto, side):
+    """Cancelled in Prefect, the worker terminates the Batch job. Deleted at the central, the job is
+    stopped by whichever notices first: the worker (terminate_job) or the dendro SDK in the container,
+    which exits when its job is gone."""
     controller = batch_controller
     job_id = batch_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 120}])
     batch_id = batch_id_of(job_id)
     started = cancel_running_job(controller, job_id, side)
-    job = wait_for(lambda: (lambda j: j if j.get("statusReason") else None)(described(moto, batch_id)),
-                   "terminate_job", timeout=10)
+    job = wait_for(lambda: (lambda j: j if j.get("statusReason") or j["status"] in ("SUCCEEDED", "FAILED") else None)(
+        described(moto, batch_id)), "the Batch job to be stopped", timeout=10)
     assert time.monotonic() - started < 5
-    assert job["statusReason"].startswith("Stopped by dendro-prefect")
-    wait_for(lambda: described(moto, batch_id)["status"] == "FAILED", "the Batch job to end")
+    wait_for(lambda: described(moto, batch_id)["status"] in ("SUCCEEDED", "FAILED"), "the Batch job to end")
     assert final_flow_run(job_id).state.is_cancelled()
     if side == "prefect":
+        assert job["statusReason"].startswith("Stopped by dendro-prefect")
         assert finished_job(controller.admin, job_id)["error"] == "Job canceled: flow run cancelled in Prefect"
 
 

@@ -25,7 +25,7 @@ class AwsBatchJobConfiguration(DendroJobConfiguration):
     tags: dict[str, str] = Field(default_factory=dict)
     memory_fraction: float = Field(default=0.9)
     attempt_margin_sec: float = Field(default=600.0)
-    max_host_retries: int = Field(default=2)
+    max_host_retries: int = Field(default=0)
     runnable_warning_sec: float = Field(default=300.0)
 
 
@@ -46,8 +46,9 @@ class AwsBatchVariables(DendroVariables):
                                    "for the container agent, so a job fits an instance of its nominal size).")
     attempt_margin_sec: float = Field(default=600.0, description="Added to timeSec for the attempt timeout: "
                                       "the dendro SDK stops the app at timeSec, Batch is the backstop.")
-    max_host_retries: int = Field(default=2, description="How often Batch retries a job whose host went away "
-                                  "(spot reclaim) before it fails.")
+    max_host_retries: int = Field(default=0, description="How often Batch retries a job whose host went away "
+                                  "(spot reclaim) before it fails. Retried jobs need DENDRO_FORCE_STATUS_UPDATES=1, "
+                                  "which also lets the app overwrite a failure set at the central: 0 by default.")
     runnable_warning_sec: float = Field(default=300.0, description="A job RUNNABLE this long gets a log line "
                                         "saying why it waits (queue and compute environment status).")
 

@@ -41,7 +41,7 @@ class BatchSettings:
     tags: dict[str, str] = field(default_factory=dict)
     memory_fraction: float = 0.9
     attempt_margin_sec: float = 600.0
-    max_host_retries: int = 2
+    max_host_retries: int = 0
     runnable_warning_sec: float = 300.0
     log_interval_sec: float = 5.0
 
