@@ -42,8 +42,7 @@ class KubernetesSettings:
 @dataclass
 class _Watched:
     namespace: str
-    first_name: str
-    request: LaunchRequest | None
+    request: LaunchRequest
     attempts: list[str] = field(default_factory=list)  # Job names, the current last
     pending_since: float | None = None
     events_seen: set = field(default_factory=set)
@@ -104,8 +103,7 @@ class KubernetesLauncher(Launcher):
         self._watch(namespace)
         self._create(manifest, request, 0)
         infrastructure_id = f"kubernetes:{self._cluster}:{namespace}:{manifest['metadata']['name']}"
-        self._watched[infrastructure_id] = _Watched(namespace, manifest["metadata"]["name"], request,
-                                                    [manifest["metadata"]["name"]])
+        self._watched[infrastructure_id] = _Watched(namespace, request, [manifest["metadata"]["name"]])
         return infrastructure_id
 
     def _create(self, manifest: dict, request: LaunchRequest, attempt: int) -> None:
@@ -147,12 +145,12 @@ class KubernetesLauncher(Launcher):
         attempts = [j.metadata.name for j in sorted(jobs, key=lambda j: int((j.metadata.labels or {})
                                                                              .get(ATTEMPT_LABEL, "0")))]
         self._watch(namespace)
-        self._watched[infrastructure_id] = _Watched(namespace, name, request, attempts or [name])
+        self._watched[infrastructure_id] = _Watched(namespace, request, attempts or [name])
 
     # --- watch ---------------------------------------------------------------------------------------------------
 
     async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
-        return {i: await asyncio.to_thread(self._state, i) for i in infrastructure_ids}
+        return await asyncio.to_thread(lambda: {i: self._state(i) for i in infrastructure_ids})
 
     def _state(self, infrastructure_id: str) -> InfrastructureState:
         state = self._observe(infrastructure_id)
@@ -175,7 +173,7 @@ class KubernetesLauncher(Launcher):
         if job is None:
             return InfrastructureState("gone", reason=f"Job {watched.namespace}/{name} no longer exists")
         if pod is not None and (pod.status.reason == "Evicted"):
-            if len(watched.attempts) <= self.settings.max_evictions and watched.request is not None:
+            if len(watched.attempts) <= self.settings.max_evictions:
                 return self._retry(watched, pod)
             return InfrastructureState("exited", None, f"Kubernetes: pod evicted ({_one_line(pod.status.message)})"
                                        f", attempt {len(watched.attempts)}")
