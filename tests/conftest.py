@@ -93,3 +93,8 @@ def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.1)
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last value: {value!r}")
         time.sleep(interval)
+
+
+# The real-parts stack (Prefect server, controllers, docker) serves the e2e and the fault suites alike:
+# imported here, its session fixtures exist once per test session.
+from tests.stack import controller, docker_client, prefect_stack  # noqa: E402,F401

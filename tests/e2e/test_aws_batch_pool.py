@@ -11,7 +11,7 @@ from prefect_aws import AwsClientParameters, AwsCredentials
 from dendro_prefect.workers.aws_batch.diagnosis import why_runnable
 from tests.conftest import create_letter_count_job
 from tests.e2e.aws_stand_in import CPU_QUEUE, GPU_QUEUE, REGION, create_batch_environment, moto_server
-from tests.e2e.conftest import (
+from tests.stack import (
     IMAGE,
     cancel_running_job,
     final_flow_run,

@@ -10,7 +10,7 @@ from dendro_prefect.config import ComputeResourceConfig
 from dendro_prefect.protocol.models import DendroJob, parse
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from tests.conftest import create_letter_count_job, letter_count_spec
-from tests.e2e.conftest import (
+from tests.stack import (
     create_job_pool,
     final_flow_run,
     finished_job,

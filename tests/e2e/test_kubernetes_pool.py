@@ -14,7 +14,8 @@ from prefect_kubernetes import KubernetesClusterConfig
 
 from dendro_prefect.workers.kubernetes.watch import ResourceCache
 from tests.conftest import FIXTURES, LETTER_COUNT_APP, create_letter_count_job
-from tests.e2e.conftest import (
+from tests.k8s_stand_in import running_api_server
+from tests.stack import (
     IMAGE,
     cancel_running_job,
     final_flow_run,
@@ -28,7 +29,6 @@ from tests.e2e.conftest import (
     wait_for,
     wait_for_log,
 )
-from tests.k8s_stand_in import running_api_server
 
 NAMESPACE = "dendro"
 MISSING_IMAGE = "registry.invalid/no-such-app:1"

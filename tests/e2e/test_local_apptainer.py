@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LETTER_COUNT_APP, REPO, create_letter_count_job
-from tests.e2e.conftest import (
+from tests.stack import (
     final_flow_run,
     finished_job,
     running_controller,

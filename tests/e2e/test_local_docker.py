@@ -8,7 +8,7 @@ import pytest
 
 from dendro_prefect.workers.containers import JOB_LABEL
 from tests.conftest import create_letter_count_job
-from tests.e2e.conftest import (
+from tests.stack import (
     IMAGE,
     final_flow_run,
     finished_job,

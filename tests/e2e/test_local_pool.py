@@ -4,7 +4,7 @@ import json
 import time
 
 from tests.conftest import FIXTURES, create_letter_count_job
-from tests.e2e.conftest import (
+from tests.stack import (
     cancel_flow_run,
     final_flow_run,
     finished_job,

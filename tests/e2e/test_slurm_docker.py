@@ -8,7 +8,8 @@ import pytest
 
 from dendro_prefect.workers.containers import JOB_LABEL
 from tests.conftest import create_letter_count_job
-from tests.e2e.conftest import (
+from tests.e2e.test_slurm_pool import slurm, slurm_id_of, slurm_ready, slurm_state
+from tests.stack import (
     IMAGE,
     cancel_running_job,
     completed_letter_count,
@@ -17,7 +18,6 @@ from tests.e2e.conftest import (
     running_controller,
     wait_for,
 )
-from tests.e2e.test_slurm_pool import slurm, slurm_id_of, slurm_ready, slurm_state
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import time
 import pytest
 
 from tests.conftest import create_letter_count_job
-from tests.e2e.conftest import (
+from tests.e2e.test_slurm_pool import slurm, slurm_ready
+from tests.stack import (
     cancel_flow_run,
     final_flow_run,
     finished_job,
@@ -15,7 +16,6 @@ from tests.e2e.conftest import (
     running_controller,
     wait_for,
 )
-from tests.e2e.test_slurm_pool import slurm, slurm_ready
 
 
 @pytest.fixture(scope="module")

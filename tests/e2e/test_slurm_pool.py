@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import FIXTURES, create_letter_count_job
-from tests.e2e.conftest import (
+from tests.stack import (
     cancel_running_job,
     completed_letter_count,
     final_flow_run,

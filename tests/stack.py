@@ -30,7 +30,7 @@ from dendro_prefect.central.process import running_central
 from dendro_prefect.config import ComputeResourceConfig
 from dendro_prefect.embedded import deploy_all, prefect_server, prefect_worker
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
-from tests.conftest import LETTER_COUNT_APP, REPO, wait_for  # noqa: F401 (the e2e modules import it from here)
+from tests.conftest import LETTER_COUNT_APP, REPO, wait_for  # noqa: F401 (the test modules import it from here)
 
 IMAGE = "dendro-letter-count:local"
 
