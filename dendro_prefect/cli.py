@@ -59,5 +59,25 @@ def demo(
     run_demo(workdir, sdk_venv, timeout, keep_running, container_method)
 
 
+@app.command()
+def status(json_output: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
+    """Work pools, workers, running jobs and controller heartbeats, from the Prefect API (PREFECT_API_URL)."""
+    import asyncio
+
+    from rich.console import Console
+
+    from .status import StatusError, collect_status, render
+
+    try:
+        report = asyncio.run(collect_status())
+    except StatusError as error:
+        typer.echo(f"Error: {error}", err=True)
+        raise typer.Exit(1)
+    if json_output:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        render(report, Console())
+
+
 if __name__ == "__main__":
     app()

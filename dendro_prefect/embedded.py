@@ -96,11 +96,12 @@ def postgres_database(home: Path, startup_timeout: float = 60.0) -> Iterator[str
 
 
 @contextmanager
-def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str | None = None) -> Iterator[str]:
-    """A Prefect server on a free 127.0.0.1 port with its database under `home` (SQLite), or at
-    `database_url` (PostgreSQL, for volume); yields the API URL."""
+def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str | None = None,
+                   port: int | None = None) -> Iterator[str]:
+    """A Prefect server on a free 127.0.0.1 port (or `port`, to restart one) with its database under
+    `home` (SQLite), or at `database_url` (PostgreSQL, for volume); yields the API URL."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = prefect_env(home)
     if database_url:
@@ -132,12 +133,16 @@ def _healthy(api_url: str) -> bool:
 @contextmanager
 def prefect_worker(
     home: Path, api_url: str, pool: str, worker_type: str, cwd: Path, log_name: str, extra_env: dict[str, str] | None = None,
+    name: str | None = None, extra_args: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen]:
-    """`prefect worker start` for one pool, querying every second so runs start promptly."""
+    """`prefect worker start` for one pool, querying every second so runs start promptly. A worker
+    restarted under its name takes up its predecessor's jobs at once. `extra_args`: more options of
+    `prefect worker start` (e.g. `--with-healthcheck`)."""
     env = prefect_env(home, api_url)
     env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5", **(extra_env or {}))
     log = open(home / log_name, "ab")
-    process = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--type", worker_type],
+    process = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--type", worker_type,
+                                *(["--name", name] if name else []), *extra_args],
                                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield process

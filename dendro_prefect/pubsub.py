@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from typing import Any
 
 import anyio
@@ -21,15 +22,20 @@ from .protocol.models import ProtocolError, PubsubMessage, PubsubSubscription, p
 
 logger = logging.getLogger(__name__)
 
+RESUBSCRIBE_AFTER_SEC = 60.0
+
 
 class _Listener(SubscribeCallback):
     def __init__(self, hints: "JobHints") -> None:
         self._hints = hints
 
     def status(self, pubnub: PubNub, status: Any) -> None:
-        if status.category == PNStatusCategory.PNConnectedCategory:
+        if status.category in (PNStatusCategory.PNConnectedCategory, PNStatusCategory.PNReconnectedCategory):
             self._hints.connected = True
-        elif status.is_error():
+        elif status.is_error() or status.category == PNStatusCategory.PNUnexpectedDisconnectCategory:
+            if self._hints.connected or self._hints.lost_at is None:
+                self._hints.lost_at = time.monotonic()
+            self._hints.connected = False
             self._hints.logger.warning("PubSub: %s (polling continues)", status.category.name)
 
     def message(self, pubnub: PubNub, message: Any) -> None:
@@ -46,6 +52,7 @@ class JobHints:
         self.logger = log
         self.compute_resource_id = compute_resource_id
         self.connected = False
+        self.lost_at: float | None = None  # when the subscription was lost, if it was
         self._queue: queue.Queue[PubsubMessage] = queue.Queue()
         self._pubnub: PubNub | None = None
 
@@ -83,7 +90,15 @@ class JobHints:
         self._queue.put(message)
 
     async def wait(self, timeout: float) -> list[PubsubMessage]:
-        """The messages that arrive within `timeout` seconds (all that are queued, once one is)."""
+        """The messages that arrive within `timeout` seconds (all that are queued, once one is). A
+        subscription lost for RESUBSCRIBE_AFTER_SEC is made again: the pubnub SDK stops reconnecting
+        after a few tries, and a PubSub outage must not leave the controller polling for good."""
+        if self._pubnub is not None and not self.connected and self.lost_at is not None \
+                and time.monotonic() - self.lost_at > RESUBSCRIBE_AFTER_SEC:
+            self.logger.warning("PubSub: lost for %.0f s; subscribing again", time.monotonic() - self.lost_at)
+            self.lost_at = time.monotonic()
+            await anyio.to_thread.run_sync(self.stop)
+            self.start()
         try:
             first = await anyio.to_thread.run_sync(lambda: self._queue.get(timeout=timeout), abandon_on_cancel=True)
         except queue.Empty:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect.states import Cancelled, State
 
 from dendro_prefect.bridge.controller import Controller
 from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS
@@ -18,11 +20,14 @@ async def subscription(
     deployments: dict[str, str] = DEFAULT_DEPLOYMENTS,
     run_for_sec: float | None = None,
     submit_concurrency: int = 1,
-) -> None:
+    settle_sec: float = 30.0,
+) -> State | None:
     """Turn every pending Dendro job of this compute resource into one flow run of the deployment
     its runMethod names; PubSub messages wake it at once, polling every `poll_interval_sec` covers
     lost messages. Runs until cancelled, or for `run_for_sec` seconds. `submit_concurrency` flow runs
-    are created at once: keep 1 on a SQLite Prefect server, raise it on PostgreSQL."""
+    are created at once: keep 1 on a SQLite Prefect server, raise it on PostgreSQL. A disagreement
+    between the central and Prefect that a worker would settle itself is acted on after `settle_sec`."""
     controller = Controller(ComputeResourceConfig.read(Path(config_file)), dict(deployments), get_run_logger(),
-                            submit_concurrency)
-    await controller.run(poll_interval_sec, run_for_sec)
+                            submit_concurrency, settle_sec)
+    if await controller.run(poll_interval_sec, run_for_sec, flow_run_id=FlowRunContext.get().flow_run.id):
+        return Cancelled(message="Cancelled in Prefect")

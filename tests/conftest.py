@@ -20,6 +20,11 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LETTER_COUNT_APP = REPO / "apps" / "letter_count"
 
+# The secrets scan: every test report's output is checked for the session's keys and credentials (its
+# asserts rewritten: tests.stack, imported below, imports it before pytest loads the plugin).
+pytest.register_assert_rewrite("tests.secrets_scan")
+pytest_plugins = ["tests.secrets_scan"]
+
 
 @pytest.fixture(scope="session")
 def sdk_bin() -> Path:

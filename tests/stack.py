@@ -31,6 +31,7 @@ from dendro_prefect.config import ComputeResourceConfig
 from dendro_prefect.embedded import deploy_all, prefect_server, prefect_worker
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from tests.conftest import LETTER_COUNT_APP, REPO, wait_for  # noqa: F401 (the test modules import it from here)
+from tests.secrets_scan import assert_no_secrets_leaked, record_central_jobs, record_secret
 
 IMAGE = "dendro-letter-count:local"
 
@@ -47,6 +48,9 @@ def prefect_stack(tmp_path_factory) -> PrefectStack:
     with prefect_server(home) as api_url, temporary_settings({PREFECT_API_URL: api_url}):
         deploy_all(home, api_url, REPO)
         yield PrefectStack(home, api_url)
+        # Before the server stops: no key or credential of the session in Prefect, the job directories or the
+        # workers' logs (a finding fails the session).
+        assert_no_secrets_leaked(home, tmp_path_factory.getbasetemp())
 
 
 @dataclass
@@ -151,7 +155,7 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
                        apps: list[dict] | None = None, poll_interval_sec: float = 2.0, mock_pubsub: bool = False,
                        pool: str | None = None, worker_type: str = "dendro-local", run_method: str = "local",
                        job_variables: dict | None = None, worker_env: dict | None = None,
-                       deployments: dict | None = None):
+                       deployments: dict | None = None, settle_sec: float = 30.0):
     """A controller whose jobs of `run_method` go to `pool` (by default a pool of its own; `local` is
     prefect.yaml's); `deployments` routes other runMethods elsewhere."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +165,7 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
     with ExitStack() as stack:
         admin = stack.enter_context(running_central(workdir / "central", mock_pubsub=mock_pubsub))
         resource_id, private_key = generate_keypair()
+        record_secret(private_key, "compute-resource-key")
         config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
                                        central_url=admin.url, container_method=container_method)
         config_file = workdir / ".dendro_compute_resource.json"
@@ -171,11 +176,11 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
                                            f"controller-{workdir.name}.log"))
         job_worker_env = {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}", **(worker_env or {})}
         job_worker = stack.enter_context(prefect_worker(prefect.home, prefect.api_url, pool, worker_type, workdir,
-                                                        f"{pool}.log", job_worker_env))
+                                                        f"{pool}.log", job_worker_env, name=worker_name(pool)))
         flow_run = run(arun_deployment(
             "dendro-subscription/subscription", timeout=0, as_subflow=False,
             parameters={"config_file": str(config_file), "poll_interval_sec": poll_interval_sec,
-                        "deployments": deployments},
+                        "deployments": deployments, "settle_sec": settle_sec},
         ))
         try:
             wait_for(lambda: admin.resource(resource_id)["spec"] is not None, "the subscription flow to report the spec")
@@ -183,6 +188,11 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
         finally:
             cancel_flow_run(flow_run.id)
             wait_for(lambda: run(_read_state(flow_run.id)).is_final(), "the subscription flow run to end", 60)
+
+
+def worker_name(pool: str) -> str:
+    """The name of a test pool's worker: a worker restarted under it takes up its predecessor's jobs."""
+    return f"{pool}-worker"
 
 
 async def _read_state(flow_run_id):
@@ -223,7 +233,7 @@ def restart_worker_and_finish(controller: Controller, prefect: PrefectStack, job
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     with prefect_worker(prefect.home, prefect.api_url, controller.pool, controller.worker_type, controller.workdir,
-                        f"restarted-{controller.pool}.log", controller.worker_env):
+                        f"restarted-{controller.pool}.log", controller.worker_env, name=worker_name(controller.pool)):
         job = finished_job(controller.admin, job_id, timeout=120)
         assert job["status"] == "completed", job.get("error")
         flow_run = final_flow_run(job_id)
@@ -246,6 +256,7 @@ def cancel_running_job(controller: Controller, job_id: str, side: str) -> float:
     if side == "prefect":
         cancel_flow_run(flow_runs_of_job(job_id)[0].id)
     else:
+        record_central_jobs(controller.workdir / "central")  # its key leaves the store with it
         controller.admin.delete_job(job_id)
     return time.monotonic()
 

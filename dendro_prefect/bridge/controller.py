@@ -1,5 +1,6 @@
 """The controller's loop: on every PubSub hint or poll interval, turn each pending Dendro job into
-exactly one flow run; fail at the central, with a one-line reason, every job that cannot run.
+exactly one flow run; fail at the central, with a one-line reason, every job that cannot run; and
+reconcile the central with Prefect (reconcile.py).
 
 Idempotency comes from Prefect: the flow run's idempotency key is the job id (unique per flow, and all
 job deployments share the `dendro-job` flow), so a job announced twice, polled again or seen by a
@@ -14,6 +15,7 @@ from uuid import UUID
 
 import anyio
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
 from ..apps import AppCatalog, AppSpecError
@@ -27,21 +29,28 @@ from ..protocol.models import (
     parse,
 )
 from ..pubsub import JobHints
+from . import reconcile
+from .heartbeat import ControllerHeartbeat, publish_heartbeat, utcnow
 from .routing import FlowRunPlan, RoutingError, plan_flow_run
 
 
 class Controller:
     def __init__(self, config: ComputeResourceConfig, deployments: dict[str, str],
-                 logger: logging.Logger | logging.LoggerAdapter, submit_concurrency: int = 1) -> None:
+                 logger: logging.Logger | logging.LoggerAdapter, submit_concurrency: int = 1,
+                 settle_sec: float = reconcile.SETTLE_SEC) -> None:
         self.config = config
         self.deployments = deployments
         self.logger = logger
         self.client = CentralClient(config.central_url, config.compute_resource_id, config.private_key)
         self.catalog = AppCatalog()
-        self.flow_runs: dict[str, str] = {}  # job id -> flow run id, for jobs this controller submitted
+        self.flow_runs: dict[str, str] = {}  # job id -> flow run id this controller created; "" if it failed the job
+        self.reconciler = reconcile.Reconciler(config.compute_resource_id, settle_sec)
         # Flow runs created at once: 1 suits SQLite (concurrent writers wait on its lock); more pays
         # off on PostgreSQL.
         self.submit_concurrency = submit_concurrency
+        self.last_contact = self.last_intake = self.last_error_at = None
+        self.last_error: str | None = None
+        self.jobs_submitted = 0
 
     async def load_apps(self) -> None:
         """Load the apps' specs and report them to the central, as the original daemon does."""
@@ -55,31 +64,50 @@ class Controller:
             availableJobRunMethods=self.config.available_job_run_methods,
         )
         await anyio.to_thread.run_sync(self.client.put_spec, spec)
+        self.last_contact = utcnow()
         self.logger.info("Loaded %d app(s): %s", len(self.catalog.apps), ", ".join(a.name for a in self.catalog.apps) or "none")
 
     async def intake(self) -> int:
-        """Submit every pending job that has no flow run yet, a few at a time; return how many."""
+        """One reconciliation: submit every pending job that has no flow run, a few at a time, and
+        settle the disagreements between the central and Prefect (see reconcile.py). Returns how many
+        flow runs were created."""
         documents = await anyio.to_thread.run_sync(self.client.get_unfinished_jobs)
-        fresh = [d for d in documents if not (isinstance(d, dict) and d.get("jobId") in self.flow_runs)]
-        jobs = [job for job in [await self._parse(d) for d in fresh] if job is not None and job.status == "pending"]
+        unfinished_ids = {d["jobId"] for d in documents if isinstance(d, dict) and isinstance(d.get("jobId"), str)}
+        jobs = [job for job in [await self._parse(d) for d in documents if self._worth_parsing(d)] if job is not None]
+        async with get_client() as client:
+            active = await reconcile.active_runs(client, self.config.compute_resource_id)
+            actions = await self.reconciler.decide(client, unfinished_ids, jobs, active)
+            for flow_run, reason in actions.cancel:
+                self.logger.warning("Flow run %s cancelled: %s", flow_run.name, reason)
+                await self.reconciler.cancel(client, flow_run, reason)
+            for job, reason in actions.fail:
+                await self._fail(job.jobId, job.jobPrivateKey, reason)
+            pending = [job for job in jobs if job.status == "pending" and job.jobId not in active]
+            return await self._submit_all(client, pending) if pending else 0
+
+    def _worth_parsing(self, document: object) -> bool:
+        """Jobs already failed by this controller are not parsed (and failed) again while the
+        central still lists them."""
+        return not (isinstance(document, dict) and self.flow_runs.get(document.get("jobId")) == "")
+
+    async def _submit_all(self, client: PrefectClient, jobs: list[DendroJob]) -> int:
         submitted = 0
         limiter = anyio.CapacityLimiter(self.submit_concurrency)
         deployment_ids: dict[str, UUID] = {}
 
-        async def take(client: PrefectClient, job: DendroJob) -> None:
+        async def take(job: DendroJob) -> None:
             nonlocal submitted
             async with limiter:
                 try:
                     app = self.catalog.for_processor(job.processorName)
-                    await self._submit(client, job, plan_flow_run(job, app, self.deployments), deployment_ids)
-                    submitted += 1
+                    if await self._submit(client, job, plan_flow_run(job, app, self.deployments), deployment_ids):
+                        submitted += 1
                 except (AppSpecError, RoutingError) as error:
                     await self._fail(job.jobId, job.jobPrivateKey, str(error))
 
-        if jobs:
-            async with get_client() as client, anyio.create_task_group() as group:
-                for job in jobs:
-                    group.start_soon(take, client, job)
+        async with anyio.create_task_group() as group:
+            for job in jobs:
+                group.start_soon(take, job)
         return submitted
 
     async def _parse(self, document: object) -> DendroJob | None:
@@ -95,8 +123,9 @@ class Controller:
             return None
 
     async def _submit(self, client: PrefectClient, job: DendroJob, plan: FlowRunPlan,
-                      deployment_ids: dict[str, UUID]) -> None:
-        """Create the job's flow run, as `run_deployment(timeout=0)` does, on one shared client."""
+                      deployment_ids: dict[str, UUID]) -> bool:
+        """Create the job's flow run, as `run_deployment(timeout=0)` does, on one shared client; False
+        when the idempotency key gave back a run that already ended: the job is not launched again."""
         try:
             if plan.deployment not in deployment_ids:
                 deployment_ids[plan.deployment] = (await client.read_deployment_by_name(plan.deployment)).id
@@ -106,33 +135,72 @@ class Controller:
             deployment_ids[plan.deployment], parameters=plan.parameters, job_variables=plan.job_variables,
             name=plan.name, tags=plan.tags, idempotency_key=job.jobId,
         )
+        if flow_run.state is not None and flow_run.state.is_final():
+            await self._fail(job.jobId, job.jobPrivateKey, f"not launched again: {reconcile.why_run_ended(flow_run)}")
+            return False
         self.flow_runs[job.jobId] = str(flow_run.id)
         self.logger.info("Job %s → flow run %s (%s)", job.jobId, flow_run.name, plan.deployment)
+        return True
 
     async def _fail(self, job_id: str, job_private_key: str, reason: str) -> None:
         self.logger.error("Job %s failed: %s", job_id, reason)
         try:
             await anyio.to_thread.run_sync(self.client.set_job_status, job_id, job_private_key, "failed", reason)
         except CentralError as error:
-            self.logger.warning("Could not fail job %s at the central: %s", job_id, error)
-        self.flow_runs[job_id] = ""
+            self.logger.warning("Could not fail job %s at the central (will retry): %s", job_id, error)
+        else:
+            self.flow_runs[job_id] = ""
 
-    async def run(self, poll_interval_sec: float, run_for_sec: float | None = None) -> None:
+    def heartbeat(self, hints: JobHints) -> ControllerHeartbeat:
+        return ControllerHeartbeat(
+            compute_resource_id=self.config.compute_resource_id, central_url=self.config.central_url,
+            last_contact=self.last_contact, last_intake=self.last_intake, pubsub_connected=hints.connected,
+            apps_loaded=len(self.catalog.apps), jobs_submitted=self.jobs_submitted,
+            last_error=self.last_error, last_error_at=self.last_error_at)
+
+    async def run(self, poll_interval_sec: float, run_for_sec: float | None = None,
+                  flow_run_id: UUID | None = None) -> bool:
         """Run until cancelled (or for `run_for_sec`): hints and polls drive intake. It subscribes
-        before it reports the apps' spec, so a job created once the spec is reported is heard."""
+        before it reports the apps' spec, so a job created once the spec is reported is heard. With
+        `flow_run_id` (its own flow run) it also stops once that run is cancelled: Prefect's own
+        cancellation of a flow run gives up for good after an outage of the Prefect server. Returns
+        whether it stopped for that."""
         subscription = await anyio.to_thread.run_sync(self.client.get_pubsub_subscription)
         hints = JobHints(subscription, self.config.compute_resource_id, self.logger)
         hints.start()
-        await self.load_apps()
         deadline = None if run_for_sec is None else time.monotonic() + run_for_sec
+        apps_changed = True  # the apps are loaded first, and again whenever the central says they changed
         try:
             while deadline is None or time.monotonic() < deadline:
                 try:
-                    await self.intake()
+                    if apps_changed:
+                        await self.load_apps()
+                        apps_changed = False
+                    self.jobs_submitted += await self.intake()
+                    self.last_contact = self.last_intake = utcnow()
                 except CentralError as error:
                     self.logger.warning("Central unreachable, will retry: %s", error)
+                    self.last_error, self.last_error_at = f"central unreachable: {error}", utcnow()
+                except Exception as error:  # the Prefect API restarting, most likely: the next round retries
+                    self.logger.warning("Intake round failed, will retry: %s: %s", type(error).__name__, error)
+                    self.last_error = f"intake round failed: {type(error).__name__}: {error}"
+                    self.last_error_at = utcnow()
+                if flow_run_id is not None and await _cancelling(flow_run_id):
+                    self.logger.info("The subscription flow run was cancelled in Prefect: the controller stops")
+                    return True
+                await publish_heartbeat(self.heartbeat(hints), min_interval_sec=poll_interval_sec, log=self.logger)
                 messages = await hints.wait(poll_interval_sec)
-                if any(isinstance(m, AppsChangedMessage) for m in messages):
-                    await self.load_apps()
+                apps_changed = apps_changed or any(isinstance(m, AppsChangedMessage) for m in messages)
+            return False
         finally:
             hints.stop()
+
+
+async def _cancelling(flow_run_id: UUID) -> bool:
+    """Whether the flow run is being cancelled (False while the Prefect API cannot say)."""
+    try:
+        async with get_client() as client:
+            state = (await client.read_flow_run(flow_run_id)).state
+    except Exception:
+        return False
+    return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)

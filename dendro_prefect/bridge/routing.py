@@ -16,6 +16,16 @@ DEFAULT_DEPLOYMENTS: dict[RunMethod, str] = {
 }
 
 
+def job_tag(job_id: str) -> str:
+    """The tag that finds a job's flow run."""
+    return f"job:{job_id}"
+
+
+def resource_tag(compute_resource_id: str) -> str:
+    """The tag that finds a compute resource's flow runs (resources may share a Prefect server)."""
+    return f"resource:{compute_resource_id}"
+
+
 class RoutingError(ValueError):
     """The job cannot be routed; the message is the one-line reason."""
 
@@ -54,5 +64,6 @@ def plan_flow_run(job: DendroJob, app: LoadedApp, deployments: dict[str, str]) -
         parameters={"job_id": job.jobId},
         job_variables=job_variables,
         name=f"{app.name}/{job.processorName} {job.jobId}",
-        tags=[f"app:{app.name}", f"processor:{job.processorName}", f"project:{job.projectId}", f"job:{job.jobId}"],
+        tags=[f"app:{app.name}", f"processor:{job.processorName}", f"project:{job.projectId}", job_tag(job.jobId),
+              resource_tag(job.computeResourceId)],
     )

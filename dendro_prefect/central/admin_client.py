@@ -75,6 +75,16 @@ class CentralAdmin:
     def create_jobs(self, requests: list[dict]) -> list[str]:
         return self._call("POST", "/api/admin/job_batches", json={"jobs": requests})["jobIds"]
 
+    def insert_raw_jobs(self, resource_id: str, documents: list) -> list[str]:
+        """Store job documents of the resource unvalidated, as they are (for tests of malformed jobs);
+        returns their ids (a document's jobId when it is a non-empty string)."""
+        return self._call("POST", f"/api/admin/compute_resources/{resource_id}/raw_jobs",
+                          json={"jobs": documents})["jobIds"]
+
+    def raw_job(self, job_id: str) -> object:
+        """A job's stored document without its private key, also a malformed one."""
+        return self._call("GET", f"/api/admin/raw_jobs/{job_id}")["job"]
+
     def jobs(self, resource_id: str | None = None) -> list[dict]:
         params = {"computeResourceId": resource_id} if resource_id else None
         return self._call("GET", "/api/admin/jobs", params=params)["jobs"]
@@ -84,6 +94,16 @@ class CentralAdmin:
 
     def delete_job(self, job_id: str) -> None:
         self._call("DELETE", f"/api/admin/jobs/{job_id}")
+
+    def fail_requests(self, seconds: float, status: int = 503) -> None:
+        """For `seconds` from now every compute-resource and job-side request answers `status`
+        (blobs, admin and PubSub stay up); 0 ends an outage early."""
+        self._call("POST", "/api/admin/faults/fail_requests", json={"seconds": seconds, "status": status})
+
+    def set_pubsub(self, mode: str) -> None:
+        """PubSub "up", "down" (an outage: 503, messages lost) or "duplicate-shuffled" (each message
+        delivered twice, out of order)."""
+        self._call("PUT", "/api/admin/faults/pubsub", json={"mode": mode})
 
     def download(self, url: str) -> bytes:
         response = requests.get(url, timeout=60)

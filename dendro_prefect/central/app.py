@@ -2,7 +2,8 @@
 
 Authentication as the real central does it: compute-resource calls carry an Ed25519 signature over
 the request path; job-side calls carry the job private key. Admin calls (our addition, standing in
-for the GUI) carry the admin token written next to the database.
+for the GUI) carry the admin token written next to the database; they also inject faults: an outage
+of the API (`_OutageMiddleware`) and of PubSub (`PubSubHub.set_mode`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..protocol.models import (
     ComputeResourceApp,
@@ -26,10 +28,14 @@ from ..protocol.models import (
     parse,
 )
 from ..protocol.signing import verify_resource_code, verify_signature_str
+from .pubsub import PubSubMode
 from .service import Central, dendro_uri, output_blob_key
 from .store import NotFound, TransitionError
 
 COMPUTE_RESOURCE_PREFIX = "/api/compute_resource/compute_resources/{resource_id}"
+# What an injected outage takes down: the API of compute resources and of jobs. Blobs, registration,
+# admin and PubSub stay up (PubSub has its own fault switch).
+OUTAGE_PREFIXES = ("/api/compute_resource/", "/api/processor/")
 
 
 def create_app(central: Central) -> FastAPI:
@@ -44,7 +50,26 @@ def create_app(central: Central) -> FastAPI:
     app.include_router(_registration_routes(central))
     app.include_router(_admin_routes(central))
     app.include_router(central.hub.router())
+    app.add_middleware(_OutageMiddleware, central=central)
     return app
+
+
+class _OutageMiddleware:
+    """While an admin-injected outage lasts, every compute-resource and job-side request answers its
+    status (503 by default) before any route sees it, as a central behind a failing gateway would."""
+
+    def __init__(self, app: ASGIApp, central: Central) -> None:
+        self.app = app
+        self.central = central
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(OUTAGE_PREFIXES):
+            status = self.central.failing_status()
+            if status is not None:
+                detail = f"the central is unavailable (injected outage, HTTP {status})"
+                await JSONResponse({"success": False, "detail": detail}, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def _error_handler(status_code: int):
@@ -293,6 +318,19 @@ class CreateJobsRequest(BaseModel):
     jobs: list[CreateJobRequest]
 
 
+class FailRequestsRequest(BaseModel):
+    seconds: float = Field(ge=0)
+    status: int = Field(default=503, ge=400, le=599)
+
+
+class PubSubModeRequest(BaseModel):
+    mode: PubSubMode
+
+
+class RawJobsRequest(BaseModel):
+    jobs: list[Any]
+
+
 def _admin_routes(central: Central) -> APIRouter:
     def authenticate(dendro_admin_token: str = Header("")) -> None:
         if not hmac.compare_digest(dendro_admin_token, central.admin_token):
@@ -364,6 +402,19 @@ def _admin_routes(central: Central) -> APIRouter:
         """Many jobs in one call, as the GUI creates a batch (e.g. one spike sort per session)."""
         return {"jobIds": [create(job) for job in body.jobs], "success": True}
 
+    @router.post("/api/admin/compute_resources/{resource_id}/raw_jobs")
+    def insert_raw_jobs(resource_id: str, body: RawJobsRequest) -> dict:
+        """Store job documents as they are, unvalidated, to serve malformed jobs in tests."""
+        return {"jobIds": [central.store.insert_raw_job(resource_id, job) for job in body.jobs], "success": True}
+
+    @router.get("/api/admin/raw_jobs/{job_id}")
+    def get_raw_job(job_id: str) -> dict:
+        """A job's document as it is stored, without its private key: also a malformed one."""
+        document = central.store.job(job_id)
+        if isinstance(document, dict):
+            document.pop("jobPrivateKey", None)
+        return {"job": document, "success": True}
+
     @router.get("/api/admin/jobs")
     def list_jobs(request: Request, computeResourceId: str | None = None) -> dict:
         jobs = [central.job_view(j["jobId"], _base_url(request)) for j in central.store.jobs(computeResourceId)]
@@ -376,6 +427,18 @@ def _admin_routes(central: Central) -> APIRouter:
     @router.delete("/api/admin/jobs/{job_id}")
     def delete_job(job_id: str) -> dict:
         central.delete_job(job_id)
+        return {"success": True}
+
+    @router.post("/api/admin/faults/fail_requests")
+    def fail_requests(body: FailRequestsRequest) -> dict:
+        """An outage of the API for `seconds` from now (0 ends one): see _OutageMiddleware."""
+        central.fail_requests(body.seconds, body.status)
+        return {"success": True}
+
+    @router.put("/api/admin/faults/pubsub")
+    def set_pubsub(body: PubSubModeRequest) -> dict:
+        """PubSub "up", "down" or "duplicate-shuffled" (see PubSubHub)."""
+        central.hub.set_mode(body.mode)
         return {"success": True}
 
     return router

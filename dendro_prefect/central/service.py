@@ -31,6 +31,21 @@ class Central:
     hub: PubSubHub
     admin_token: str
     mock_pubsub: bool = False
+    # Fault injection (admin only): until this monotonic time, API requests answer `_failing_status`.
+    _failing_until: float = 0.0
+    _failing_status: int = 503
+
+    # --- faults -------------------------------------------------------------------------------------------
+
+    def fail_requests(self, seconds: float, status: int = 503) -> None:
+        """Answer every compute-resource and job-side request with `status` for `seconds` from now
+        (0 ends an outage early): an outage of the central as its clients see it."""
+        self._failing_status = status
+        self._failing_until = time.monotonic() + seconds
+
+    def failing_status(self) -> int | None:
+        """The status API requests answer now, or None when the central is up."""
+        return self._failing_status if time.monotonic() < self._failing_until else None
 
     # --- jobs ---------------------------------------------------------------------------------------------
 
@@ -117,9 +132,11 @@ class Central:
         document["outputFileIds"] = file_ids
 
     def _announce(self, message_type: str, document: dict) -> None:
+        if not isinstance(document.get("computeResourceId"), str):
+            return  # a raw job (admin `raw_jobs`) that names no compute resource has no channel
         message = {
             "type": message_type,
-            "projectId": document["projectId"],
+            "projectId": document.get("projectId"),
             "computeResourceId": document["computeResourceId"],
             "jobId": document["jobId"],
         }

@@ -156,6 +156,27 @@ class Store:
             document["jobId"], document["computeResourceId"], document["status"], json.dumps(document),
         )
 
+    def insert_raw_job(self, resource_id: str, document: Any) -> str:
+        """Store any JSON value verbatim as a job of `resource_id` (admin `raw_jobs`, for tests of
+        malformed jobs); return its id: its `jobId` when that is a non-empty string, else a new one.
+        It is unfinished, as any job, when its `status` is; a value that is not an object has no
+        status and is served as pending."""
+        self._require_resource(resource_id)
+        is_object = isinstance(document, dict)
+        job_id = document.get("jobId") if is_object else None
+        if not isinstance(job_id, str) or not job_id:
+            job_id = f"raw-{new_id(12)}"
+        status = document.get("status") if is_object else "pending"
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?)", (
+                    job_id, resource_id, status if isinstance(status, str) else json.dumps(status),
+                    json.dumps(document),
+                ))
+            except sqlite3.IntegrityError:
+                raise TransitionError(f"job {job_id} exists already") from None
+        return job_id
+
     def job(self, job_id: str) -> dict:
         rows = self._query("SELECT document FROM jobs WHERE id = ?", job_id)
         if not rows:
@@ -184,20 +205,26 @@ class Store:
             resource_id, *UNFINISHED_STATUSES,
         )
         jobs = [json.loads(row[0]) for row in rows]
-        jobs = [j for j in jobs if not j.get("deleted") and not j.get("pendingApproval")]
-        pending_outputs = {
-            (j["projectId"], o["fileName"]): j["jobId"] for j in jobs for o in j.get("outputFiles", [])
-        }
+        jobs = [j for j in jobs if not (isinstance(j, dict) and (j.get("deleted") or j.get("pendingApproval")))]
+        pending_outputs = {key: j["jobId"] for j in jobs for key in _file_keys(j, "outputFiles")}
         return [
             j for j in jobs
-            if not any(pending_outputs.get((j["projectId"], i["fileName"]), j["jobId"]) != j["jobId"]
-                       for i in j.get("inputFiles", []))
+            if not any(pending_outputs.get(key, j["jobId"]) != j["jobId"] for key in _file_keys(j, "inputFiles"))
         ]
 
     def delete_job(self, job_id: str) -> dict:
         document = self.job(job_id)
         self._query("DELETE FROM jobs WHERE id = ?", job_id)
         return document
+
+
+def _file_keys(job: Any, field: str) -> list[tuple[str, str]]:
+    """(projectId, fileName) of a job's input or output files; none of a raw job (admin `raw_jobs`)
+    without a jobId, projectId or list of files."""
+    if not (isinstance(job, dict) and isinstance(job.get("jobId"), str) and isinstance(job.get("projectId"), str)
+            and isinstance(job.get(field), list)):
+        return []
+    return [(job["projectId"], f["fileName"]) for f in job[field] if isinstance(f, dict) and isinstance(f.get("fileName"), str)]
 
 
 def apply_status(document: dict, status: str, error: str | None, force: bool) -> None:

@@ -2,7 +2,10 @@
 
 Compute-resource calls are signed as the protocol says; job-side calls carry the job private key.
 Transient failures (connection errors, timeouts, 429, 502-504) are retried with exponential backoff
-until a deadline. Errors name the method, path and status, never a key or a header that carries one.
+until a deadline, the last try at the deadline itself, so a call survives an outage that ends before
+`retry_deadline` seconds have passed since it began. Errors name the method, path and status, never a
+key or a header that carries one; `CentralError.transient` says whether the central was unreachable
+(worth trying again later) rather than refusing the request.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ TRANSIENT_STATUS_CODES = frozenset({429, 502, 503, 504})
 
 
 class CentralError(RuntimeError):
-    """A request to the central failed; `status_code` is None when no answer came."""
+    """A request to the central failed; `status_code` is None when no answer came. `transient`: the
+    central was unreachable or overloaded until the retry deadline (no answer, 429, 502-504), so the
+    same request may well succeed later; otherwise it answered and refused."""
 
-    def __init__(self, message: str, status_code: int | None = None) -> None:
+    def __init__(self, message: str, status_code: int | None = None, transient: bool = False) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.transient = transient
 
 
 class CentralClient:
@@ -51,8 +57,11 @@ class CentralClient:
 
     # --- transport ---------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, headers: dict[str, str], json_body: Any = None) -> dict:
-        deadline = time.monotonic() + self.retry_deadline
+    def _request(self, method: str, path: str, headers: dict[str, str], json_body: Any = None,
+                 retry_deadline: float | None = None) -> dict:
+        """`retry_deadline` (seconds) overrides the client's for this call; 0 tries once."""
+        retry_deadline = self.retry_deadline if retry_deadline is None else retry_deadline
+        deadline = time.monotonic() + retry_deadline
         delay = 0.25
         while True:
             failure: str
@@ -73,10 +82,13 @@ class CentralClient:
                 failure = f"HTTP {status}: {_detail(response)}"
                 if status not in TRANSIENT_STATUS_CODES:
                     raise CentralError(f"{method} {path}: {failure}", status)
-            if time.monotonic() + delay > deadline:
-                raise CentralError(f"{method} {path}: {failure} (gave up after {self.retry_deadline:.0f} s)", status)
-            logger.warning("%s %s: %s; retrying in %.1f s", method, path, failure, delay)
-            time.sleep(delay)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CentralError(f"{method} {path}: {failure} (gave up after {retry_deadline:.0f} s)", status,
+                                   transient=True)
+            wait = min(delay, left)
+            logger.warning("%s %s: %s; retrying in %.1f s", method, path, failure, wait)
+            time.sleep(wait)
             delay = min(delay * 2, 8.0)
 
     def _compute_resource_request(self, method: str, endpoint: str, json_body: Any = None) -> dict:
@@ -110,18 +122,20 @@ class CentralClient:
     # --- job side --------------------------------------------------------------------------------------
 
     def set_job_status(
-        self, job_id: str, job_private_key: str, status: JobStatus, error: str | None = None
+        self, job_id: str, job_private_key: str, status: JobStatus, error: str | None = None,
+        *, retry_deadline: float | None = None,
     ) -> None:
         body: dict[str, Any] = {"status": status}
         if error is not None:
             body["error"] = error
         path = f"/api/processor/jobs/{job_id}/status"
-        self._request("PUT", path, {"job-private-key": job_private_key}, body)
+        self._request("PUT", path, {"job-private-key": job_private_key}, body, retry_deadline)
 
-    def get_job_status(self, job_id: str, job_private_key: str) -> JobStatus | None:
+    def get_job_status(self, job_id: str, job_private_key: str, *,
+                       retry_deadline: float | None = None) -> JobStatus | None:
         """None when the job was deleted."""
         path = f"/api/processor/jobs/{job_id}/status"
-        return self._request("GET", path, {"job-private-key": job_private_key}).get("status")
+        return self._request("GET", path, {"job-private-key": job_private_key}, retry_deadline=retry_deadline).get("status")
 
 
 def _detail(response: requests.Response) -> str:

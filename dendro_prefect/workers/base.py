@@ -13,6 +13,7 @@ import abc
 import asyncio
 import contextlib
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import Abort
-from prefect.states import Cancelled, Completed, Crashed, Failed, Running, State
+from prefect.states import AwaitingConcurrencySlot, Cancelled, Completed, Crashed, Failed, Running, State
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field
@@ -35,8 +36,10 @@ from pydantic import Field
 from ..config import ComputeResourceConfig, ConfigError
 from ..protocol.client import CentralClient, CentralError
 from ..protocol.models import DendroJob, ProtocolError, parse
+from .concurrency import SlotsTaken, TagSlots
 from .job_dir import JobDirectory
 from .launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, job_environment
+from .outbox import StatusOutbox, set_status_before_launch
 from .watch import Observation, Watch, WatchedJob
 
 REDACTED = "[redacted]"
@@ -133,6 +136,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         self._following: set = set()  # flow run ids this worker follows
         self._orphans_checked_at = float("-inf")
         self._offline_workers_seen: set[str] | None = None  # None: not looked yet
+        self._tag_slots: TagSlots | None = None
+        self._outbox = StatusOutbox()
 
     @abc.abstractmethod
     def launcher(self, configuration: DendroJobConfiguration) -> Launcher:
@@ -151,6 +156,30 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         task_status: anyio.abc.TaskStatus[str] | None = None,
     ) -> DendroWorkerResult:
         run_logger = self.get_flow_run_logger(flow_run)
+        try:
+            lease = await self._slots().acquire(flow_run)
+        except SlotsTaken as taken:
+            return await self._await_slot(flow_run, taken, task_status, run_logger)
+        async with self._slots().held(lease):
+            return await self._launch_and_follow(flow_run, configuration, task_status, run_logger)
+
+    async def _await_slot(self, flow_run: FlowRun, taken: SlotsTaken, task_status, run_logger) -> DendroWorkerResult:
+        """Back to the queue until the limit has room, as Prefect does for deployment limits."""
+        if flow_run.state is None or flow_run.state.name != "AwaitingConcurrencySlot":
+            run_logger.info("Job waits for a slot: %s", taken)
+        if task_status is not None:
+            task_status.started(None)
+        retry_at = datetime.now(timezone.utc) + timedelta(seconds=taken.retry_after)
+        await self._set_state(flow_run, AwaitingConcurrencySlot(scheduled_time=retry_at, message=str(taken)))
+        return DendroWorkerResult(identifier=str(flow_run.id), status_code=0)
+
+    def _slots(self) -> TagSlots:
+        if self._tag_slots is None:
+            self._tag_slots = TagSlots(self.client)
+        return self._tag_slots
+
+    async def _launch_and_follow(self, flow_run: FlowRun, configuration: DendroJobConfiguration, task_status,
+                                 run_logger) -> DendroWorkerResult:
         job_id = str(flow_run.parameters.get("job_id", ""))
         central: CentralConnection | None = None
         job: DendroJob | None = None
@@ -159,7 +188,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             job = await self._fetch_job(central, job_id)
             launcher = self.launcher(configuration)
             request = self._launch_request(job, configuration, central.config, flow_run)
-            await anyio.to_thread.run_sync(central.client.set_job_status, job.jobId, job.jobPrivateKey, "starting")
+            # Never launched before the central has it `starting`; retried while it is unreachable (outbox.py).
+            await set_status_before_launch(central.client, job.jobId, job.jobPrivateKey, "starting", run_logger)
             infrastructure_id = await launcher.submit(request)
         except Exception as error:
             known = (JobRefused, ConfigError, CentralError, LaunchError)
@@ -192,12 +222,15 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         return await super().get_and_submit_flow_runs()
 
     async def _reattach_orphans(self) -> None:
-        """Running flow runs of this pool whose worker is offline: their jobs still run (or have
-        ended) on the infrastructure recorded on the run; follow them instead of launching again.
+        """Running (or cancelling) flow runs of this pool whose worker is offline: their jobs still run
+        (or have ended) on the infrastructure recorded on the run; follow them instead of launching
+        again (a cancelling one is then killed by the follow).
         Runs are read only when a worker has newly gone offline (or this one just started): a run
         becomes an orphan only then, and reading every running run each time would load the server."""
         workers = await self.client.read_workers_for_work_pool(self._work_pool_name)
-        online = {w.name for w in workers if w.status and w.status.value == "ONLINE"} | {self.name}
+        # A run recorded under this worker's name but not followed here is its predecessor's: a
+        # worker restarted under its name need not wait for Prefect to see the old one offline.
+        online = {w.name for w in workers if w.status and w.status.value == "ONLINE"} - {self.name}
         offline = {w.name for w in workers} - online
         if self._offline_workers_seen is not None and offline <= self._offline_workers_seen:
             self._offline_workers_seen = offline
@@ -207,7 +240,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             runs = await self.client.read_flow_runs(
                 work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
                 flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING]))),
                 limit=RUNS_PAGE, offset=offset,
             )
             for flow_run in runs:
@@ -244,7 +278,9 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             await self._set_state(flow_run, Crashed(message=reason))
             return
         run_logger.info("Job %s taken up again as %s after a worker restart", job_id, infrastructure_id)
-        await self._follow_to_the_end(flow_run, job, central, launcher, infrastructure_id, configuration, run_logger)
+        async with self._slots().held(await self._slots().acquire(flow_run, wait=False)):
+            await self._follow_to_the_end(flow_run, job, central, launcher, infrastructure_id, configuration,
+                                          run_logger)
 
     async def _follow_to_the_end(self, flow_run, job, central, launcher, infrastructure_id, configuration,
                                  run_logger) -> None:
@@ -391,7 +427,12 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         if not ending:
             if not observation.central_known or observation.central_status is not None:
                 return None
-            status = await anyio.to_thread.run_sync(client.get_job_status, job.jobId, job.jobPrivateKey)
+            try:
+                status = await anyio.to_thread.run_sync(client.get_job_status, job.jobId, job.jobPrivateKey)
+            except CentralError as error:
+                if not error.transient:
+                    raise
+                return None  # the central is down: ask again next round
             if status is None:
                 return "The job was deleted at the central; its infrastructure was killed"
             ending[:] = [status, time.monotonic()]
@@ -411,7 +452,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
                 last_failure[:] = [line.split(SDK_FAILURE_PREFIX, 1)[1].strip()]
 
     async def _ended(self, client, job, infrastructure: InfrastructureState, last_failure, run_logger) -> State:
-        status = await anyio.to_thread.run_sync(client.get_job_status, job.jobId, job.jobPrivateKey)
+        status = await self._status_once_reachable(client, job, run_logger)
         if status == "completed":
             return Completed(message="The job completed at the central")
         if status == "failed":
@@ -429,13 +470,27 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         await self._fail_at_central(client, job, reason, run_logger)
         return Failed(message=reason)
 
+    @staticmethod
+    async def _status_once_reachable(client, job, run_logger):
+        """The job's status at the central, waiting out an outage of the central: the run's end
+        depends on it."""
+        delay = 2.0
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(client.get_job_status, job.jobId, job.jobPrivateKey)
+            except CentralError as error:
+                if not error.transient:
+                    raise
+                run_logger.warning("Job %s ended; the central cannot say how yet (%s); asking again", job.jobId, error)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
     async def _fail_at_central(self, client, job, reason: str, run_logger) -> None:
+        """Fail the job at the central with `reason`; while the central is unreachable the failure waits
+        in this worker's outbox, retried in the background until the central takes it (outbox.py)."""
         if client is None or job is None:
             return
-        try:
-            await anyio.to_thread.run_sync(client.set_job_status, job.jobId, job.jobPrivateKey, "failed", reason)
-        except CentralError as error:
-            run_logger.warning("Could not fail job %s at the central: %s", job.jobId, error)
+        await self._outbox.send(client, job.jobId, job.jobPrivateKey, "failed", reason, run_logger)
 
     async def _set_state(self, flow_run: FlowRun, state: State) -> None:
         try:

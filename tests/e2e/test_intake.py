@@ -4,8 +4,10 @@ while the controller keeps running."""
 import logging
 
 import pytest
+from prefect.client.orchestration import get_client
 
 from dendro_prefect.bridge.controller import Controller as Bridge
+from dendro_prefect.bridge.routing import plan_flow_run
 from dendro_prefect.config import ComputeResourceConfig
 from dendro_prefect.protocol.models import DendroJob, parse
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
@@ -36,9 +38,10 @@ def test_job_announced_twice_and_polled_again_has_one_flow_run_and_one_launch(co
 
 
 def test_restarted_controllers_reuse_the_flow_run_of_a_job(controller, tmp_path):
-    """Two fresh controllers (no memory of each other) submit the same pending job: Prefect's
-    idempotency key (the job id) gives both the same flow run. The job is routed to a deployment on
-    a pool without workers so that nothing runs it."""
+    """Fresh controllers (no memory of each other) meet the same pending job: the second finds its
+    flow run in Prefect and creates none, and even a create that slips through (two controllers at
+    once) gets the same run back from Prefect's idempotency key (the job id). The job is routed to a
+    deployment on a pool without workers so that nothing runs it."""
     parking = create_job_pool("parking")
     resource_id, private_key = generate_keypair()
     controller.admin.approve(resource_id, make_resource_code(private_key))
@@ -47,14 +50,21 @@ def test_restarted_controllers_reuse_the_flow_run_of_a_job(controller, tmp_path)
     config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
                                    central_url=controller.admin.url)
     job_id = create_letter_count_job(controller.admin, resource_id)
-    flow_run_ids = []
-    for _ in range(2):
-        bridge = Bridge(config, {"local": parking}, logging.getLogger("test"))
+    first, second = (Bridge(config, {"local": parking}, logging.getLogger("test")) for _ in range(2))
+    for bridge in (first, second):
         run(bridge.load_apps())
-        assert run(bridge.intake()) == 1
-        flow_run_ids.append(bridge.flow_runs[job_id])
-    assert flow_run_ids[0] == flow_run_ids[1]
-    assert [str(r.id) for r in flow_runs_of_job(job_id)] == flow_run_ids[:1]
+    assert run(first.intake()) == 1
+    assert run(second.intake()) == 0
+    job = parse(DendroJob, controller.admin.job(job_id) | {"jobPrivateKey": "unused"}, "job")
+    plan = plan_flow_run(job, second.catalog.for_processor("letter_count"), {"local": parking})
+
+    async def submit_again() -> None:
+        async with get_client() as client:
+            assert await second._submit(client, job, plan, {})
+
+    run(submit_again())
+    assert second.flow_runs[job_id] == first.flow_runs[job_id]
+    assert [str(r.id) for r in flow_runs_of_job(job_id)] == [first.flow_runs[job_id]]
 
 
 BAD_JOBS = [

@@ -15,6 +15,7 @@ from prefect_kubernetes import KubernetesClusterConfig
 from dendro_prefect.workers.kubernetes.watch import ResourceCache
 from tests.conftest import FIXTURES, LETTER_COUNT_APP, create_letter_count_job
 from tests.k8s_stand_in import running_api_server
+from tests.secrets_scan import kubernetes_objects_scanned, record_secret
 from tests.stack import (
     IMAGE,
     cancel_running_job,
@@ -37,9 +38,12 @@ MISSING_IMAGE = "registry.invalid/no-such-app:1"
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory):
     with running_api_server(tmp_path_factory.mktemp("k8s"), gpus=0, missing_images={MISSING_IMAGE}) as server:
-        api = config.new_client_from_config(str(server.kubeconfig))
-        client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
-        yield server
+        record_secret(server.token, "kube-token")
+        # Every Job and Pod the module makes is recorded, and checked for keys and credentials at its end.
+        with kubernetes_objects_scanned(server.url, server.token):
+            api = config.new_client_from_config(str(server.kubeconfig))
+            client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
+            yield server
 
 
 def sleeper_spec_uri(workdir) -> str:

@@ -99,7 +99,8 @@ def _adopted_state(pid: int) -> InfrastructureState:
     except (FileNotFoundError, IndexError):
         state = "X"
     if state in ("Z", "X"):
-        return InfrastructureState("exited", reason="exit code unknown: started by an earlier worker")
+        return InfrastructureState("exited", reason="the app's process ended while no worker watched it (its exit "
+                                   "code went to the worker that started it)")
     return InfrastructureState("running")
 
 

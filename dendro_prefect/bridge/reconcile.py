@@ -1,0 +1,129 @@
+"""Reconciliation: the central's unfinished jobs of this compute resource against their flow runs.
+
+Prefect is the only state store: a job's flow run is found by its tags (`resource:<id>`, `job:<id>`),
+so a restarted controller knows everything its predecessor did. Each disagreement gets one action:
+
+- a job no longer unfinished at the central (deleted, failed, completed) whose flow run is active:
+  the run is cancelled, and the worker that follows it removes the infrastructure;
+- a `starting`/`running` job whose flow run ended (cancelled in the UI, crashed, failed), or was
+  deleted: the job is failed at the central with the reason;
+- a pending job whose flow run already ended: it is not launched again; the job is failed with why.
+
+A worker that follows a job notices the job's end itself within seconds, and fails the job at the
+central itself when its run ends; the controller acts only on disagreements that outlast
+`settle_sec`, so the two never race. A run not yet taken by a worker (Scheduled) has no one else to
+notice, and is cancelled at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.states import Cancelling
+
+from ..protocol.models import DendroJob
+from .routing import job_tag, resource_tag
+
+ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
+PAGE = 200  # flow runs per API call (Prefect's page size)
+SETTLE_SEC = 30.0
+
+
+def job_id_of(flow_run: FlowRun) -> str:
+    return str(flow_run.parameters.get("job_id", ""))
+
+
+def why_run_ended(flow_run: FlowRun | None) -> str:
+    """The one-line reason given to the central for a job whose flow run is over or gone."""
+    if flow_run is None:
+        return "its flow run was deleted in Prefect"
+    state = flow_run.state
+    if state is None or state.type == StateType.CANCELLED:
+        return f"its flow run {flow_run.name} was cancelled in Prefect"
+    reason = f"its flow run {flow_run.name} ended {state.name} in Prefect"
+    return f"{reason}: {state.message}" if state.message else reason
+
+
+async def _read_runs(client: PrefectClient, flow_run_filter: FlowRunFilter) -> list[FlowRun]:
+    runs: list[FlowRun] = []
+    while True:
+        page = await client.read_flow_runs(flow_run_filter=flow_run_filter, sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+                                           limit=PAGE, offset=len(runs))
+        runs.extend(page)
+        if len(page) < PAGE:
+            return runs
+
+
+async def active_runs(client: PrefectClient, compute_resource_id: str) -> dict[str, FlowRun]:
+    """The compute resource's flow runs that have not ended, by job id."""
+    runs = await _read_runs(client, FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[resource_tag(compute_resource_id)]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ACTIVE_STATES)),
+    ))
+    return {job_id_of(run): run for run in runs}
+
+
+async def latest_runs(client: PrefectClient, job_ids: list[str]) -> dict[str, FlowRun]:
+    """The newest flow run of each of these jobs (jobs without one are absent)."""
+    latest: dict[str, FlowRun] = {}
+    for start in range(0, len(job_ids), PAGE):
+        tags = [job_tag(job_id) for job_id in job_ids[start:start + PAGE]]
+        for run in await _read_runs(client, FlowRunFilter(tags=FlowRunFilterTags(any_=tags))):
+            latest[job_id_of(run)] = run  # sorted oldest first: the last one wins
+    return latest
+
+
+@dataclass
+class Actions:
+    """What one reconciliation decided: runs to cancel and jobs to fail, each with its reason."""
+
+    cancel: list[tuple[FlowRun, str]] = field(default_factory=list)
+    fail: list[tuple[DendroJob, str]] = field(default_factory=list)
+
+
+@dataclass
+class Reconciler:
+    compute_resource_id: str
+    settle_sec: float = SETTLE_SEC
+    clock: Callable[[], float] = time.monotonic
+    _first_seen: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def _settled(self, seen: set, job_id: str, what: str) -> bool:
+        """True once this disagreement has lasted `settle_sec` (it is remembered from now on)."""
+        key = (job_id, what)
+        seen.add(key)
+        return self.clock() - self._first_seen.setdefault(key, self.clock()) >= self.settle_sec
+
+    async def decide(self, client: PrefectClient, unfinished_ids: set[str], jobs: list[DendroJob],
+                     active: dict[str, FlowRun]) -> Actions:
+        """Compare the central's unfinished jobs (`unfinished_ids`, parsed `jobs`) with the active runs."""
+        actions = Actions()
+        seen: set = set()
+        for job_id, run in active.items():
+            if job_id in unfinished_ids or run.state is None or run.state.type == StateType.CANCELLING:
+                continue
+            if run.state.type == StateType.SCHEDULED or self._settled(seen, job_id, "gone"):
+                actions.cancel.append((run, f"job {job_id} is no longer unfinished at the central"))
+        launched = [job for job in jobs if job.status in ("starting", "running") and job.jobId not in active]
+        ended = await latest_runs(client, [job.jobId for job in launched]) if launched else {}
+        for job in launched:
+            if self._settled(seen, job.jobId, "ended"):
+                actions.fail.append((job, why_run_ended(ended.get(job.jobId))))
+        self._first_seen = {key: since for key, since in self._first_seen.items() if key in seen}
+        return actions
+
+    @staticmethod
+    async def cancel(client: PrefectClient, flow_run: FlowRun, reason: str) -> None:
+        await client.set_flow_run_state(flow_run.id, Cancelling(message=f"Cancelled by the controller: {reason}"),
+                                        force=True)

@@ -1,0 +1,403 @@
+"""Kill -9 the controller and the job pool's worker at random moments while many short jobs run: every
+job still reaches a final state at the central, none is launched twice, nothing is left behind.
+
+Real parts: a Prefect server (SQLite), the stand-in central, the subscription flow run by a `process`
+worker of pool dendro-controller, a dendro-local (or dendro-slurm) worker, and the count_starts app
+(real dendro SDK, tests/fixtures/apps/count_starts), which appends a line to a file each time a worker
+launches it: the file counts the launches of every job.
+
+The kills come from a seeded RNG (the seed is printed; DENDRO_KILL9_SEED=<seed> replays the schedule):
+- the controller: SIGKILL to its process worker and to the process of the subscription flow run (the
+  worker's child, which outlives the worker's SIGKILL and would go on running the flow). Nothing in
+  Prefect notices the loss (no heartbeat ends a run of a process worker): the run stays Running. The
+  test restarts the controller as an admin would: the lost run is marked Crashed, a new process worker
+  and a new subscription flow run are started.
+- the job pool's worker: SIGKILL (its apps run on), and after a short random pause a worker under the
+  same name, which takes up its predecessor's jobs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections import Counter, defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolUpdate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import arun_deployment
+from prefect.states import Crashed
+
+from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS, resource_tag
+from dendro_prefect.central.admin_client import CentralAdmin
+from dendro_prefect.central.process import running_central
+from dendro_prefect.config import ComputeResourceConfig
+from dendro_prefect.embedded import prefect_worker
+from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
+from tests.conftest import FIXTURES, REPO
+from tests.e2e.test_slurm_pool import slurm, slurm_ready
+from tests.secrets_scan import record_secret
+from tests.stack import PrefectStack, cancel_flow_run, create_job_pool, run, wait_for, worker_name
+
+COUNT_STARTS = FIXTURES / "apps" / "count_starts"
+STARTS_FILE = "starts.log"  # written by the app: `start <job id> <pid>` per launch, `run ...` per processor run
+FINAL_STATUSES = ("completed", "failed")
+
+LOCAL_JOBS = int(os.environ.get("DENDRO_KILL9_LOCAL_JOBS", "200"))
+# The one-node test cluster runs 2 one-CPU jobs at a time (~2.5 s of queue per job): 200 jobs take
+# about 8 minutes there, beyond the CI budget. DENDRO_KILL9_SLURM_JOBS=200 runs the full count.
+SLURM_JOBS = int(os.environ.get("DENDRO_KILL9_SLURM_JOBS", "40"))
+# The local pool runs this many jobs at once (the pool's concurrency limit): each job is five Python
+# processes of the SDK, and 200 at once would not fit this machine's memory.
+LOCAL_CONCURRENCY = 12
+
+POLL_INTERVAL_SEC = 2.0
+SETTLE_SEC = 10.0
+FIRST_KILL_SEC = (3.0, 15.0)  # after the jobs are created
+# Between two kills of a kind; a restarted worker needs ~5-15 s on a busy 2-core machine before it runs
+# anything (the subscription flow ~20-40 s), and a kill before that tests little.
+KILL_GAP_SEC = {"controller": (25.0, 50.0), "worker": (10.0, 30.0)}
+MAX_KILLS = {"controller": 3, "worker": 4}
+RESTART_PAUSE_SEC = (0.5, 3.0)
+KILLS_STOP_AT = 0.1  # no more kills once fewer than this share of the jobs is unfinished
+
+
+@dataclass
+class Chaos:
+    """A compute resource's controller and job pool worker, killed and restarted at random moments.
+    Every process it starts is stopped (by PID) when `stack` closes."""
+
+    prefect: PrefectStack
+    admin: CentralAdmin
+    resource_id: str
+    workdir: Path
+    pool: str
+    worker_type: str
+    worker_env: dict
+    subscription_parameters: dict
+    stack: ExitStack
+    rng: random.Random
+    controller: subprocess.Popen | None = None
+    job_worker: subprocess.Popen | None = None
+    subscription_runs: list[str] = field(default_factory=list)
+    kills: Counter = field(default_factory=Counter)
+    flow_processes_killed: int = 0  # subscription flow processes still alive after their worker's SIGKILL
+    next_kill: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def log(self, message: str) -> None:
+        print(f"  {time.monotonic() - self.started:6.1f} s  {message}", flush=True)
+
+    def start_controller(self) -> None:
+        self.controller = self.stack.enter_context(prefect_worker(
+            self.prefect.home, self.prefect.api_url, "dendro-controller", "process", REPO,
+            f"controller-{self.workdir.name}.log"))
+        flow_run = run(arun_deployment("dendro-subscription/subscription", timeout=0, as_subflow=False,
+                                       parameters=self.subscription_parameters))
+        self.subscription_runs.append(str(flow_run.id))
+
+    def start_job_worker(self) -> None:
+        self.job_worker = self.stack.enter_context(prefect_worker(
+            self.prefect.home, self.prefect.api_url, self.pool, self.worker_type, self.workdir, f"{self.pool}.log",
+            self.worker_env, name=worker_name(self.pool)))
+
+    def kill_controller(self) -> None:
+        worker = self.controller
+        flow_processes = children_of(worker.pid)  # the subscription flow run's process, once it started
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        survivors = [pid for pid in flow_processes if alive(pid)]
+        for pid in survivors:
+            kill(pid)
+        self.flow_processes_killed += len(survivors)
+        lost = self.subscription_runs[-1]
+        pause = self.rng.uniform(*RESTART_PAUSE_SEC)
+        time.sleep(pause)
+        state = run(_read_flow_run(lost)).state
+        self.log(f"controller killed (worker {worker.pid}, flow processes {survivors or 'none yet'}); its "
+                 f"subscription flow run is {state.name} after {pause:.1f} s; restarted")
+        if not state.is_final():  # as an admin would: the run is lost, and says so
+            set_state(lost, Crashed(message="its process worker and flow process were killed (kill -9)"))
+        self.start_controller()
+        self.kills["controller"] += 1
+
+    def stop_subscription(self) -> None:
+        """Cancel the current subscription flow run and wait until it ends (its worker is alive)."""
+        cancel_flow_run(self.subscription_runs[-1])
+        wait_for(lambda: run(_read_flow_run(self.subscription_runs[-1])).state.is_final(),
+                 "the last subscription flow run to end", timeout=60)
+
+    def kill_job_worker(self) -> None:
+        pid = self.job_worker.pid
+        self.job_worker.send_signal(signal.SIGKILL)
+        self.job_worker.wait()
+        pause = self.rng.uniform(*RESTART_PAUSE_SEC)
+        time.sleep(pause)
+        self.start_job_worker()
+        self.log(f"{self.worker_type} worker {pid} killed; restarted after {pause:.1f} s")
+        self.kills["worker"] += 1
+
+    def step(self, job_ids: list[str]) -> dict[str, dict] | None:
+        """One round of the chaos loop: the jobs once all are final at the central; else kill whatever
+        is due."""
+        jobs = {job["jobId"]: job for job in self.admin.jobs(self.resource_id)}
+        unfinished = sum(jobs[job_id]["status"] not in FINAL_STATUSES for job_id in job_ids)
+        if unfinished == 0:
+            return jobs
+        now = time.monotonic()
+        for kind, do_kill in (("controller", self.kill_controller), ("worker", self.kill_job_worker)):
+            if self.kills[kind] < MAX_KILLS[kind] and unfinished >= KILLS_STOP_AT * len(job_ids) \
+                    and now >= self.next_kill[kind]:
+                do_kill()
+                self.next_kill[kind] = time.monotonic() + self.rng.uniform(*KILL_GAP_SEC[kind])
+        return None
+
+
+def children_of(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def app_processes(starts_dir: Path) -> list[int]:
+    """Live processes of a test's apps (the SDK's monitor processes included), which inherit the
+    directory that counts their starts; the job workers (`prefect worker start`) have it too."""
+    wanted = f"COUNT_STARTS_DIR={starts_dir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if wanted in environ and b"worker\0start\0" not in command and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+async def _read_flow_run(flow_run_id) -> FlowRun:
+    async with get_client() as client:
+        return await client.read_flow_run(flow_run_id)
+
+
+def set_state(flow_run_id, state) -> None:
+    async def change() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run_id, state, force=True)
+
+    run(change())
+
+
+def flow_runs_of_resource(resource_id: str) -> list[FlowRun]:
+    async def read() -> list[FlowRun]:
+        runs: list[FlowRun] = []
+        async with get_client() as client:
+            while True:
+                page = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[resource_tag(resource_id)])),
+                    limit=200, offset=len(runs))
+                runs.extend(page)
+                if len(page) < 200:
+                    return runs
+
+    return run(read())
+
+
+def set_pool_concurrency(pool: str, limit: int) -> None:
+    async def update() -> None:
+        async with get_client() as client:
+            await client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=limit))
+
+    run(update())
+
+
+def count_starts_requests(admin: CentralAdmin, resource_id: str, run_method: str, count: int) -> list[dict]:
+    spec = json.loads((COUNT_STARTS / "spec.json").read_text())["processors"][0]
+    request = {
+        "computeResourceId": resource_id, "projectId": admin.create_project("kill9"),
+        "processorName": "count_starts", "processorSpec": spec,
+        "inputFiles": [], "outputFiles": [], "inputParameters": [],
+        "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 0.5, "timeSec": 120},
+        "runMethod": run_method,
+    }
+    return [dict(request) for _ in range(count)]
+
+
+def final_runs_by_job(resource_id: str) -> dict[str, list[FlowRun]] | None:
+    """The flow runs of the resource's jobs by job id, once every one has ended."""
+    runs = defaultdict(list)
+    for flow_run in flow_runs_of_resource(resource_id):
+        runs[str(flow_run.parameters.get("job_id"))].append(flow_run)
+    return runs if all(r.state.is_final() for rs in runs.values() for r in rs) else None
+
+
+def unfinished_runs(resource_id: str) -> str:
+    runs = [r for r in flow_runs_of_resource(resource_id) if not r.state.is_final()]
+    return "\n".join([f"{len(runs)} flow runs not ended:"] + [
+        f"  {r.name} {r.state.name} ({r.state.message}) infrastructure={r.infrastructure_pid} "
+        f"worker={(r.labels or {}).get('prefect.worker.name')}" for r in runs])
+
+
+def stuck_jobs(admin: CentralAdmin, resource_id: str, job_ids: list[str]) -> str:
+    """The unfinished jobs, each with its flow runs: what a failure of the test shows."""
+    jobs = {job["jobId"]: job for job in admin.jobs(resource_id)}
+    runs = defaultdict(list)
+    for flow_run in flow_runs_of_resource(resource_id):
+        runs[str(flow_run.parameters.get("job_id"))].append(
+            f"{flow_run.state.name} infrastructure={flow_run.infrastructure_pid} "
+            f"worker={(flow_run.labels or {}).get('prefect.worker.name')}")
+    unfinished = [job_id for job_id in job_ids if jobs[job_id]["status"] not in FINAL_STATUSES]
+    lines = [f"{len(unfinished)} of {len(job_ids)} jobs unfinished:"]
+    lines += [f"  {job_id} {jobs[job_id]['status']}: flow runs {runs.get(job_id, [])}" for job_id in unfinished]
+    return "\n".join(lines)
+
+
+def starts_per_job(starts_dir: Path, event: str) -> Counter:
+    try:
+        lines = (starts_dir / STARTS_FILE).read_text().splitlines()
+    except FileNotFoundError:
+        return Counter()
+    return Counter(line.split()[1] for line in lines if line.split()[0] == event)
+
+
+def kill9_scenario(prefect: PrefectStack, workdir: Path, sdk_bin: Path, *, jobs: int, run_method: str,
+                   worker_type: str, job_variables: dict | None = None, concurrency: int | None = None,
+                   leftovers=lambda job_ids: [], remove_leftovers=lambda job_ids: None) -> None:
+    seed = int(os.environ.get("DENDRO_KILL9_SEED", random.randrange(2**32)))
+    print(f"\nkill9 {run_method}: seed {seed} (DENDRO_KILL9_SEED={seed} replays the kill schedule)")
+    rng = random.Random(seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    starts_dir = workdir / "starts"
+    starts_dir.mkdir()
+    pool = f"{run_method}-{workdir.name}"
+    deployment = create_job_pool(pool, worker_type, job_variables)
+    if concurrency is not None:
+        set_pool_concurrency(pool, concurrency)
+    job_ids: list[str] = []
+    with ExitStack() as stack:
+        # Last of all, whatever the outcome: no app or infrastructure job of this test outlives it.
+        stack.callback(remove_leftovers, job_ids)
+        stack.callback(lambda: [kill(pid) for pid in app_processes(starts_dir)])
+        admin = stack.enter_context(running_central(workdir / "central"))
+        resource_id, private_key = generate_keypair()
+        record_secret(private_key, "compute-resource-key")
+        config_file = workdir / ".dendro_compute_resource.json"
+        ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
+                              central_url=admin.url, container_method="none").write(config_file)
+        admin.approve(resource_id, make_resource_code(private_key))
+        admin.set_apps(resource_id, [{"name": "count_starts", "specUri": (COUNT_STARTS / "spec.json").as_uri()}])
+        chaos = Chaos(
+            prefect, admin, resource_id, workdir, pool, worker_type,
+            worker_env={"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}", "COUNT_STARTS_DIR": str(starts_dir)},
+            subscription_parameters={"config_file": str(config_file), "poll_interval_sec": POLL_INTERVAL_SEC,
+                                     "deployments": {**DEFAULT_DEPLOYMENTS, run_method: deployment},
+                                     "settle_sec": SETTLE_SEC},
+            stack=stack, rng=rng)
+        chaos.start_job_worker()
+        chaos.start_controller()
+        try:
+            wait_for(lambda: admin.resource(resource_id)["spec"] is not None,
+                     "the subscription flow to report the spec", timeout=120)
+            chaos.started = started = time.monotonic()
+            job_ids += admin.create_jobs(count_starts_requests(admin, resource_id, run_method, jobs))
+            chaos.next_kill = {kind: started + rng.uniform(*FIRST_KILL_SEC) for kind in MAX_KILLS}
+            try:
+                final_jobs = wait_for(lambda: chaos.step(job_ids), "every job to reach a final state at the central",
+                                      timeout=jobs * 3.0 + 120, interval=0.5)
+            except AssertionError as error:
+                raise AssertionError(f"{error}\n{stuck_jobs(admin, resource_id, job_ids)}") from None
+            wall_sec = time.monotonic() - started
+            # Prefect follows the central: every flow run of a job ends.
+            try:
+                by_job = wait_for(lambda: final_runs_by_job(resource_id), "every flow run to end", timeout=120,
+                                  interval=1.0)
+            except AssertionError as error:
+                raise AssertionError(f"{error}\n{unfinished_runs(resource_id)}") from None
+        finally:
+            chaos.stop_subscription()
+
+        statuses = Counter(final_jobs[job_id]["status"] for job_id in job_ids)
+        failures = {job_id: final_jobs[job_id].get("error") for job_id in job_ids
+                    if final_jobs[job_id]["status"] == "failed"}
+        starts, runs = starts_per_job(starts_dir, "start"), starts_per_job(starts_dir, "run")
+        print(f"kill9 {run_method}: {len(job_ids)} jobs, {statuses['completed']} completed, {statuses['failed']} "
+              f"failed; {chaos.kills['controller']} controller kills ({chaos.flow_processes_killed} subscription flow "
+              f"processes outlived their worker), {chaos.kills['worker']} {worker_type} worker kills; "
+              f"wall time {wall_sec:.1f} s; max starts per job {max(starts.values(), default=0)}, "
+              f"max processor runs per job {max(runs.values(), default=0)}")
+        for job_id, error in failures.items():
+            print(f"  failed {job_id}: {error}")
+
+        assert set(statuses) <= set(FINAL_STATUSES)
+        assert all(error and "\n" not in error for error in failures.values()), failures
+        twice = {job_id: (starts[job_id], runs[job_id]) for job_id in job_ids if starts[job_id] > 1 or runs[job_id] > 1}
+        assert not twice, f"jobs launched more than once (starts, processor runs): {twice}"
+        unstarted = [job_id for job_id in job_ids if final_jobs[job_id]["status"] == "completed"
+                     and starts[job_id] != 1]
+        assert not unstarted, f"completed jobs without exactly one recorded start: {unstarted}"
+        not_one = {job_id: [f"{r.name} {r.state.name}" for r in by_job.get(job_id, [])] for job_id in job_ids
+                   if len(by_job.get(job_id, [])) != 1}
+        assert not not_one, f"jobs without exactly one flow run: {not_one}"
+        assert chaos.kills["controller"] >= 1 and chaos.kills["worker"] >= 1, chaos.kills
+        wait_for(lambda: not app_processes(starts_dir), "no process of the count_starts app left", timeout=60,
+                 interval=1.0)
+        wait_for(lambda: not leftovers(job_ids), "no infrastructure job left", timeout=60, interval=1.0)
+
+
+@pytest.mark.timeout(900)
+def test_kill9_of_controller_and_local_worker_loses_and_doubles_no_job(prefect_stack, tmp_path, sdk_bin):
+    kill9_scenario(prefect_stack, tmp_path / "kill9-local", sdk_bin, jobs=LOCAL_JOBS, run_method="local",
+                   worker_type="dendro-local", concurrency=LOCAL_CONCURRENCY)
+
+
+def slurm_jobs_of(job_ids: list[str]) -> list[str]:
+    """Our jobs Slurm still holds (squeue lists pending and running jobs by default)."""
+    names = {f"dendro-{job_id}" for job_id in job_ids}
+    return [line for line in slurm("squeue", "--noheader", "--format=%i %j %T").splitlines()
+            if line.split()[1] in names]
+
+
+def scancel_leftovers(job_ids: list[str]) -> None:
+    ids = [line.split()[0] for line in slurm_jobs_of(job_ids)]
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+
+
+@pytest.mark.timeout(900)
+def test_kill9_of_controller_and_slurm_worker_loses_and_doubles_no_job(prefect_stack, tmp_path, sdk_bin):
+    slurm_ready()
+    kill9_scenario(prefect_stack, tmp_path / "kill9-slurm", sdk_bin, jobs=SLURM_JOBS, run_method="slurm",
+                   worker_type="dendro-slurm", job_variables={"time_margin_sec": 0, "partition": "debug"},
+                   leftovers=slurm_jobs_of, remove_leftovers=scancel_leftovers)
