@@ -88,7 +88,8 @@ class Controller:
     def _worth_parsing(self, document: object) -> bool:
         """Jobs already failed by this controller are not parsed (and failed) again while the
         central still lists them."""
-        return not (isinstance(document, dict) and self.flow_runs.get(document.get("jobId")) == "")
+        job_id = document.get("jobId") if isinstance(document, dict) else None
+        return not (isinstance(job_id, str) and self.flow_runs.get(job_id) == "")
 
     async def _submit_all(self, client: PrefectClient, jobs: list[DendroJob]) -> int:
         submitted = 0

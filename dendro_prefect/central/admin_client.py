@@ -81,9 +81,9 @@ class CentralAdmin:
         return self._call("POST", f"/api/admin/compute_resources/{resource_id}/raw_jobs",
                           json={"jobs": documents})["jobIds"]
 
-    def raw_job(self, job_id: str) -> object:
-        """A job's stored document without its private key, also a malformed one."""
-        return self._call("GET", f"/api/admin/raw_jobs/{job_id}")["job"]
+    def raw_jobs(self, resource_id: str) -> dict[str, object]:
+        """The resource's stored job documents by id, malformed ones too, without private keys."""
+        return self._call("GET", f"/api/admin/compute_resources/{resource_id}/raw_jobs")["jobs"]
 
     def jobs(self, resource_id: str | None = None) -> list[dict]:
         params = {"computeResourceId": resource_id} if resource_id else None

@@ -149,7 +149,8 @@ def _compute_resource_routes(central: Central) -> APIRouter:
 def _processor_routes(central: Central) -> APIRouter:
     def authenticate(job_id: str, job_private_key: str = Header("")) -> dict:
         document = central.store.job(job_id)
-        if not hmac.compare_digest(document["jobPrivateKey"], job_private_key):
+        # bytes: compare_digest refuses non-ASCII text, and a malformed job's key may be any text
+        if not hmac.compare_digest(str(document.get("jobPrivateKey")).encode(), job_private_key.encode()):
             raise HTTPException(401, "invalid job private key")
         return document
 
@@ -407,13 +408,12 @@ def _admin_routes(central: Central) -> APIRouter:
         """Store job documents as they are, unvalidated, to serve malformed jobs in tests."""
         return {"jobIds": [central.store.insert_raw_job(resource_id, job) for job in body.jobs], "success": True}
 
-    @router.get("/api/admin/raw_jobs/{job_id}")
-    def get_raw_job(job_id: str) -> dict:
-        """A job's document as it is stored, without its private key: also a malformed one."""
-        document = central.store.job(job_id)
-        if isinstance(document, dict):
-            document.pop("jobPrivateKey", None)
-        return {"job": document, "success": True}
+    @router.get("/api/admin/compute_resources/{resource_id}/raw_jobs")
+    def get_raw_jobs(resource_id: str) -> dict:
+        """The resource's job documents as they are stored (malformed ones too), by id, without private keys."""
+        jobs = {job_id: {k: v for k, v in document.items() if k != "jobPrivateKey"} if isinstance(document, dict)
+                else document for job_id, document in central.store.raw_jobs(resource_id)}
+        return {"jobs": jobs, "success": True}
 
     @router.get("/api/admin/jobs")
     def list_jobs(request: Request, computeResourceId: str | None = None) -> dict:

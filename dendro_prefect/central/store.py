@@ -177,6 +177,11 @@ class Store:
                 raise TransitionError(f"job {job_id} exists already") from None
         return job_id
 
+    def raw_jobs(self, resource_id: str) -> list[tuple[str, Any]]:
+        """(id, document) of the resource's jobs as stored: what `insert_raw_job` stored may be anything."""
+        rows = self._query("SELECT id, document FROM jobs WHERE compute_resource_id = ? ORDER BY rowid", resource_id)
+        return [(job_id, json.loads(document)) for job_id, document in rows]
+
     def job(self, job_id: str) -> dict:
         rows = self._query("SELECT document FROM jobs WHERE id = ?", job_id)
         if not rows:

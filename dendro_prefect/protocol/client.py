@@ -70,6 +70,9 @@ class CentralClient:
                 response = self._session.request(
                     method, self.central_url + path, headers=headers, json=json_body, timeout=self.request_timeout
                 )
+            except (UnicodeEncodeError, requests.exceptions.InvalidHeader):
+                # a header (a malformed job's key) that HTTP cannot carry: no retry can help
+                raise CentralError(f"{method} {path}: a header of the request cannot be sent") from None
             except requests.RequestException as error:
                 failure = f"{type(error).__name__}"
             else:
@@ -127,7 +130,7 @@ class CentralClient:
     ) -> None:
         body: dict[str, Any] = {"status": status}
         if error is not None:
-            body["error"] = error
+            body["error"] = " ".join(error.split())  # a reason is one line, whatever it quotes
         path = f"/api/processor/jobs/{job_id}/status"
         self._request("PUT", path, {"job-private-key": job_private_key}, body, retry_deadline)
 

@@ -133,7 +133,7 @@ class DendroJob(WireModel):
     """A job as `unfinished_jobs` returns it, private key included."""
 
     projectId: str
-    jobId: str
+    jobId: str = Field(min_length=1)
     jobPrivateKey: str = Field(repr=False)
     userId: str
     processorName: str

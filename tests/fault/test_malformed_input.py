@@ -5,8 +5,7 @@ Whatever arrives, nothing raises; every bad message is dropped, every bad spec i
 one-line reason naming its URI, every bad job that can be addressed is failed at the central with a
 one-line reason naming the problem; and the good ones beside them are unaffected.
 
-Inputs that hit a known controller bug are kept out of the generated batches; each of those bugs has
-a strict xfail test at the end of this module (drop its exclusion when its xfail passes).
+The bugs this suite found each have a test of their own at the end of this module.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import os
 import secrets
 import string
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ class Records(logging.Handler):
 
 # --- values ------------------------------------------------------------------------------------------------
 
-HUGE = st.builds(lambda char, n: char * n, st.sampled_from("xé日💥"), st.integers(10_000, 100_000))
+HUGE = st.builds(lambda char, n: char * n, st.sampled_from("xé日💥"), st.integers(5_000, 50_000))
 ODD_TEXT = st.sampled_from(["", " ", "\n", "\t\r\n", "é", "日本語", "💥", "\x00", "\u202e", "a\u0301", "null", "0",
                             "pending", "{}", "[1]", "../..", "%2F", "\ufeff"])
 TEXT = st.one_of(st.text(max_size=20), ODD_TEXT, HUGE)
@@ -114,7 +114,8 @@ def replace(document: Any, path: tuple, value: Any = None, drop: bool = False) -
         except (KeyError, IndexError, TypeError):
             return
     last = path[-1]
-    if isinstance(parent, dict) or (isinstance(parent, list) and isinstance(last, int) and last < len(parent)):
+    if (isinstance(parent, dict) and isinstance(last, str)) or \
+            (isinstance(parent, list) and isinstance(last, int) and last < len(parent)):
         if drop:
             if isinstance(parent, dict):
                 parent.pop(last, None)
@@ -183,7 +184,7 @@ def test_malformed_pubsub_messages_are_dropped_and_well_formed_ones_kept():
                                       pubnubUser=OWN_RESOURCE)
     loop = asyncio.new_event_loop()
 
-    @settings(FUZZ, max_examples=250)
+    @settings(FUZZ, max_examples=280)
     @given(st.lists(messages(), min_size=4, max_size=12))
     def receive(documents: list) -> None:
         log = Records(f"fuzz.pubsub.{next(UNIQUE)}")
@@ -355,18 +356,23 @@ REQUIRED_JOB_FIELDS = [name for name, field in DendroJob.model_fields.items()
 @st.composite
 def job_changes(draw) -> dict:
     """How to spoil one job document: its id, key and status (mostly left usable, so that the job can
-    be failed) and 1-4 changes of its other fields, or the whole document."""
+    be failed) and 2-4 changes of its other fields, or the whole document."""
     if draw(st.integers(0, 19)) == 0:
         return {"whole": draw(NOT_OBJECT)}
+    def one(choices: list, values: st.SearchStrategy):
+        how = draw(st.sampled_from([*choices, "value"]))
+        return ("value", draw(values)) if how == "value" else how
+
     return {
-        # jobIds that are lists or objects: see test_a_job_id_that_is_no_string_does_not_stop_intake
-        "id": draw(st.sampled_from(["keep"] * 8 + ["unicode", "drop", "empty"]) | st.tuples(
-            st.just("value"), SCALAR.filter(lambda v: not isinstance(v, str)))),
+        "id": one(["keep"] * 12 + ["unicode", "unicode", "drop"], st.one_of(st.none(), NUMBER, ARRAY, OBJECT,
+                                                                                st.just(""))),
         "id_tail": draw(st.text(st.characters(categories=["L", "Nd"]), max_size=6)),
-        # keys that no HTTP header can carry: see test_a_job_key_that_no_header_can_carry_does_not_stop_intake
-        "key": draw(st.sampled_from(["keep"] * 8 + ["drop", "empty"]) | st.tuples(
-            st.just("value"), st.text(KEY_CHARS, min_size=1, max_size=64) | NOT_STR)),
-        "status": draw(st.sampled_from(["pending"] * 10 + list(STATUSES)) | st.tuples(st.just("value"), JSON)),
+        # Keys that requests refuses as a header (a leading space, a line break): see
+        # test_a_job_key_that_requests_refuses_is_not_retried
+        "key": one(["keep"] * 12 + ["drop", "empty"],
+                   st.text(KEY_CHARS, min_size=1, max_size=64) | NOT_STR | st.text(min_size=1, max_size=8).filter(
+                       lambda key: not key[0].isspace() and "\r" not in key and "\n" not in key)),
+        "status": one(["pending"] * 16 + list(STATUSES), JSON),
         "changes": draw(st.lists(st.one_of(
             st.tuples(st.just("drop"), st.sampled_from(JOB_PATHS)),
             st.tuples(st.just("set"), st.sampled_from(JOB_PATHS), JSON),
@@ -378,7 +384,7 @@ def job_changes(draw) -> dict:
                                                        ("numCpus", "numGpus", "memoryGb", "timeSec")]),
                       st.integers(-5, 2**70) | st.floats(-1e300, 1e300) | st.just(-0.0)),
             st.tuples(st.just("extra"), st.text(max_size=12), JSON),
-        ), min_size=1, max_size=4)),
+        ), min_size=2, max_size=4)),
     }
 
 
@@ -390,9 +396,6 @@ def spoil(resource_id: str, change: dict) -> dict | Any:
     for verb, path, *value in change["changes"]:
         if verb == "extra":
             document.setdefault(path, value[0])
-        elif path[0] == "processorName" and isinstance(value[0], str):
-            # newlines in a processor name: see test_a_reason_is_one_line_whatever_the_processor_name
-            replace(document, path, value[0].replace("\n", " ").replace("\r", " "))
         else:
             replace(document, path, *value, drop=verb == "drop")
     for name, how in (("jobId", change["id"]), ("jobPrivateKey", change["key"]), ("status", change["status"])):
@@ -414,9 +417,16 @@ def shown(document: Any) -> Any:
     return {k: v for k, v in document.items() if k != "jobPrivateKey"} if isinstance(document, dict) else document
 
 
+def plain_key(key: str) -> bool:
+    """A key any HTTP stack carries as it is: printable ASCII without a space at either end (the
+    central's keys are hex). Other keys (a latin-1 letter, a control character, a trailing space) may
+    be refused on the way; the controller must then say it could not fail the job."""
+    return key == "" or (all(" " <= c <= "~" for c in key) and key == key.strip())
+
+
 def expected_fate(document: Any) -> tuple[str, str]:
     """What intake must do with a served document: (`failed`, what its reason must name),
-    (`flow run`, ""), or (`untouched`, why)."""
+    (`failed or logged`, the same), (`flow run`, ""), or (`untouched`, why)."""
     try:
         job = DendroJob.model_validate(document)
     except ValidationError as error:
@@ -426,11 +436,12 @@ def expected_fate(document: Any) -> tuple[str, str]:
             return "untouched", "no usable id and key"
         if document.get("status") not in ("pending", "starting", "running"):
             return "untouched", "the central fails no job from this status"
-        return "failed", str(error.errors()[0]["loc"][0])
+        return "failed" if plain_key(key) else "failed or logged", str(error.errors()[0]["loc"][0])
     if job.status != "pending":
         return "untouched", "not pending"
     if job.processorName != "letter_count":
-        return "failed", f"processor {job.processorName}"
+        # The reason is one line: its whitespace is collapsed.
+        return "failed", " ".join(f"processor {job.processorName}".split())
     if job.runMethod is None:
         return "failed", "has no runMethod"
     if job.runMethod != "local":
@@ -460,6 +471,15 @@ def flow_runs_by_job(job_ids: list[str]) -> Counter:
     return asyncio.run(read()) if job_ids else Counter()
 
 
+def intake_of(bridge: Bridge) -> int:
+    """One intake, which must not raise; what it raised is reported without its traceback, whose frames
+    show job documents with their keys (the session's secrets scan reads failure reports)."""
+    try:
+        return asyncio.run(bridge.intake())
+    except Exception as error:
+        raise AssertionError(f"intake raised {type(error).__name__}: {str(error)[:500]}") from None
+
+
 def new_bridge(admin, parking: str, log: Records) -> tuple[Bridge, Any]:
     resource = register(admin)
     admin.set_apps(resource.id, [{"name": "letter_count", "specUri": GOOD_SPEC_URI}])
@@ -473,8 +493,8 @@ def test_malformed_jobs_are_failed_at_the_central_and_good_jobs_get_one_flow_run
     counts: Counter = Counter()
 
     # Without shrinking: an example costs a second of real servers, and its assertion names the document.
-    @settings(FUZZ, max_examples=65, phases=[Phase.explicit, Phase.generate])
-    @given(st.lists(job_changes(), min_size=18, max_size=22), st.integers(1, 3), st.integers(0, 22))
+    @settings(FUZZ, max_examples=13, phases=[Phase.explicit, Phase.generate])
+    @given(st.lists(job_changes(), min_size=88, max_size=92), st.integers(1, 2), st.integers(0, 92))
     def intake(changes: list, good_count: int, good_at: int) -> None:
         log = Records(f"fuzz.controller.{next(UNIQUE)}")
         bridge, resource = new_bridge(admin, parking, log)
@@ -495,16 +515,28 @@ def test_malformed_jobs_are_failed_at_the_central_and_good_jobs_get_one_flow_run
             else:
                 fates.append((row_id, document, "untouched", "not served"))
         if served:
-            raise AssertionError(f"the central served {len(served)} documents that were not inserted")
+            first = served[0]
+            same_id = [shown(d) for d in documents if isinstance(d, dict) and isinstance(first, dict)
+                       and d.get("jobId") == first.get("jobId")]
+            raise AssertionError(f"the central served {len(served)} documents not matched to the inserted ones, the "
+                                 f"first: {str(shown(first))[:3000]}; inserted with its jobId: {str(same_id)[:3000]}")
 
         asyncio.run(bridge.load_apps())
-        submitted = asyncio.run(bridge.intake())  # never raises
+        submitted = intake_of(bridge)
 
         runs = flow_runs_by_job(good + [row_id for row_id, _, fate, _ in fates if fate != "untouched"])
         for job_id in good:
             assert runs[job_id] == 1 and admin.job(job_id)["status"] == "pending"
+        stored_jobs = admin.raw_jobs(resource.id)
+        # What the controller could not do it says in a warning (its errors name every job it fails).
+        warnings = [r.getMessage() for r in log.records if r.levelno == logging.WARNING]
         for row_id, document, fate, detail in fates:
-            stored, document = admin.raw_job(row_id), shown(document)  # no key in assertion messages
+            stored, document = stored_jobs[row_id], shown(document)  # no key in assertion messages
+            if fate == "failed or logged":
+                if stored.get("status") != "failed":
+                    assert any(row_id in w for w in warnings), (document, stored)
+                    continue
+                fate = "failed"
             if fate == "failed":
                 error = stored.get("error")
                 assert stored["status"] == "failed" and isinstance(error, str) and error.strip(), (document, stored)
@@ -519,10 +551,10 @@ def test_malformed_jobs_are_failed_at_the_central_and_good_jobs_get_one_flow_run
         unusable = [d for _, d, fate, detail in fates if detail == "no usable id and key"]
         assert sum("malformed job" in m for m in log.messages(logging.ERROR)) >= len(unusable)
         counts.update(batches=1, generated=len(documents), good=good_count, **Counter(
-            {"failed": "failed", "flow run": "accidentally good", "untouched": "untouched"}[fate]
-            for _, _, fate, _ in fates))
+            {"failed": "failed", "failed or logged": "failed", "flow run": "accidentally good",
+             "untouched": "untouched"}[fate] for _, _, fate, _ in fates))
         counts.update(Counter(f"untouched: {detail}" for _, _, fate, detail in fates if fate == "untouched"))
-        counts["bad"] += sum(expected_fate(d)[0] == "failed" or expected_fate(d)[1] not in ("", "not pending")
+        counts["bad"] += sum(expected_fate(d)[0].startswith("failed") or expected_fate(d)[1] not in ("", "not pending")
                              for d in documents)
 
     intake()
@@ -533,43 +565,50 @@ def test_malformed_jobs_are_failed_at_the_central_and_good_jobs_get_one_flow_run
           f"{counts['untouched: the central fails no job from this status']} queued (the central fails none), "
           f"{counts['untouched: not pending']} well-formed but not pending; "
           f"{counts['accidentally good']} still well-formed (one flow run each, as the good jobs)")
-    assert counts["bad"] >= 1000 and counts["failed"] >= 500
+    assert counts["bad"] >= 1000 and counts["failed"] >= 300
 
 
-# --- known bugs (strict xfail: when one passes, drop it and its exclusion above) ----------------------------------
+# --- the bugs this suite found ----------------------------------------------------------------------------------
 
 
-def one_bad_job_beside_a_good_one(admin, parking: str, **change) -> tuple[Bridge, str, str]:
+def one_bad_job_beside_a_good_one(admin, parking: str, copies: int = 1, **change) -> tuple[Bridge, str, str]:
     log = Records(f"fuzz.controller.{next(UNIQUE)}")
     bridge, resource = new_bridge(admin, parking, log)
-    bad = good_job_document(resource.id, next(UNIQUE))
-    bad.update(change)
-    [bad_id] = admin.insert_raw_jobs(resource.id, [bad])
+    bad = [good_job_document(resource.id, next(UNIQUE)) | change for _ in range(copies)]
+    bad_id = admin.insert_raw_jobs(resource.id, bad)[0]
     good = create_letter_count_job(admin, resource.id)
     asyncio.run(bridge.load_apps())
     return bridge, bad_id, good
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="controller: `self.flow_runs.get(document.get('jobId'))` "
-                   "(`... in self.flow_runs` before) hashes the jobId: a list or object raises TypeError out of intake")
 def test_a_job_id_that_is_no_string_does_not_stop_intake(fuzz_central, parking):
     bridge, _, good = one_bad_job_beside_a_good_one(fuzz_central, parking, jobId=["not", "a", "string"])
-    assert asyncio.run(bridge.intake()) == 1
+    assert intake_of(bridge) == 1
     assert flow_runs_by_job([good])[good] == 1
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError, reason="protocol client: a job private key that is not "
-                   "latin-1 cannot be a header; UnicodeEncodeError escapes _fail and intake")
 def test_a_job_key_that_no_header_can_carry_does_not_stop_intake(fuzz_central, parking):
     bridge, bad_id, good = one_bad_job_beside_a_good_one(fuzz_central, parking, jobPrivateKey="ключ", userId=5)
-    assert asyncio.run(bridge.intake()) == 1
+    assert intake_of(bridge) == 1
     assert flow_runs_by_job([good])[good] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="controller: the reason of an unknown processor quotes its name as it is, "
-                   "newlines included, so the reason at the central is not one line")
+def test_jobs_with_an_empty_id_do_not_stop_intake(fuzz_central, parking):
+    bridge, _, good = one_bad_job_beside_a_good_one(fuzz_central, parking, copies=2, jobId="")
+    intake_of(bridge)
+    assert flow_runs_by_job([good])[good] == 1
+
+
 def test_a_reason_is_one_line_whatever_the_processor_name(fuzz_central, parking):
     bridge, bad_id, good = one_bad_job_beside_a_good_one(fuzz_central, parking, processorName="sorter\nv2")
-    assert asyncio.run(bridge.intake()) == 1
-    stored = fuzz_central.raw_job(bad_id)
+    assert intake_of(bridge) == 1
+    stored = fuzz_central.raw_jobs(bridge.config.compute_resource_id)[bad_id]
     assert stored["status"] == "failed" and "\n" not in stored["error"], stored["error"]
+
+
+def test_a_job_key_that_requests_refuses_is_not_retried(fuzz_central, parking):
+    bridge, bad_id, good = one_bad_job_beside_a_good_one(fuzz_central, parking, jobPrivateKey=" key", userId=5)
+    bridge.client.retry_deadline = 3.0  # the stall, shortened
+    started = time.monotonic()
+    assert intake_of(bridge) == 1
+    assert time.monotonic() - started < 2.5
