@@ -50,7 +50,10 @@ UNIQUE = itertools.count()  # ids and file names stay unique while hypothesis re
 
 # Hypothesis writes nothing in the repository: no example database, and its home (where it caches
 # unicode tables, seconds to compute) is outside it (see the fixture below).
+# Derandomized: the test command draws the same examples every run, so CI is repeatable; a failure of
+# other draws (`--hypothesis-seed=N`) is a bug to fix.
 FUZZ = settings(
+    derandomize=True,
     database=None,
     deadline=None,
     print_blob=True,
@@ -367,11 +370,9 @@ def job_changes(draw) -> dict:
         "id": one(["keep"] * 12 + ["unicode", "unicode", "drop"], st.one_of(st.none(), NUMBER, ARRAY, OBJECT,
                                                                                 st.just(""))),
         "id_tail": draw(st.text(st.characters(categories=["L", "Nd"]), max_size=6)),
-        # Keys that requests refuses as a header (a leading space, a line break): see
-        # test_a_job_key_that_requests_refuses_is_not_retried
+        # Any text, also keys no header can carry (not latin-1, a leading space, a line break)
         "key": one(["keep"] * 12 + ["drop", "empty"],
-                   st.text(KEY_CHARS, min_size=1, max_size=64) | NOT_STR | st.text(min_size=1, max_size=8).filter(
-                       lambda key: not key[0].isspace() and "\r" not in key and "\n" not in key)),
+                   st.text(KEY_CHARS, min_size=1, max_size=64) | NOT_STR | st.text(min_size=1, max_size=8)),
         "status": one(["pending"] * 16 + list(STATUSES), JSON),
         "changes": draw(st.lists(st.one_of(
             st.tuples(st.just("drop"), st.sampled_from(JOB_PATHS)),
@@ -439,13 +440,14 @@ def expected_fate(document: Any) -> tuple[str, str]:
         return "failed" if plain_key(key) else "failed or logged", str(error.errors()[0]["loc"][0])
     if job.status != "pending":
         return "untouched", "not pending"
+    failed = "failed" if plain_key(job.jobPrivateKey) else "failed or logged"  # a key no header can carry
     if job.processorName != "letter_count":
         # The reason is one line: its whitespace is collapsed.
-        return "failed", " ".join(f"processor {job.processorName}".split())
+        return failed, " ".join(f"processor {job.processorName}".split())
     if job.runMethod is None:
-        return "failed", "has no runMethod"
+        return failed, "has no runMethod"
     if job.runMethod != "local":
-        return "failed", f"runMethod {job.runMethod}"
+        return failed, f"runMethod {job.runMethod}"
     return "flow run", ""
 
 
@@ -608,7 +610,7 @@ def test_a_reason_is_one_line_whatever_the_processor_name(fuzz_central, parking)
 
 def test_a_job_key_that_requests_refuses_is_not_retried(fuzz_central, parking):
     bridge, bad_id, good = one_bad_job_beside_a_good_one(fuzz_central, parking, jobPrivateKey=" key", userId=5)
-    bridge.client.retry_deadline = 3.0  # the stall, shortened
+    bridge.client.retry_deadline = 10.0  # a stall, were the key retried, shortened from the controller's 60 s
     started = time.monotonic()
     assert intake_of(bridge) == 1
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 5.0
