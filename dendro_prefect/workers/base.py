@@ -39,7 +39,7 @@ from ..protocol.models import DendroJob, ProtocolError, parse
 from .concurrency import SlotsTaken, TagSlots
 from .job_dir import JobDirectory
 from .launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, job_environment
-from .outbox import StatusOutbox, set_status_before_launch
+from .outbox import StatusOutbox, set_status_before_launch, until_central_answers
 from .watch import Observation, Watch, WatchedJob
 
 REDACTED = "[redacted]"
@@ -452,7 +452,11 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
                 last_failure[:] = [line.split(SDK_FAILURE_PREFIX, 1)[1].strip()]
 
     async def _ended(self, client, job, infrastructure: InfrastructureState, last_failure, run_logger) -> State:
-        status = await self._status_once_reachable(client, job, run_logger)
+        # The run's end depends on the job's status: an outage of the central is waited out.
+        status = await until_central_answers(
+            lambda _: client.get_job_status(job.jobId, job.jobPrivateKey),
+            lambda error, _: run_logger.warning("Job %s ended; the central cannot say how yet (%s); asking again",
+                                                job.jobId, error))
         if status == "completed":
             return Completed(message="The job completed at the central")
         if status == "failed":
@@ -469,21 +473,6 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
                 reason += f" ({infrastructure.reason})"
         await self._fail_at_central(client, job, reason, run_logger)
         return Failed(message=reason)
-
-    @staticmethod
-    async def _status_once_reachable(client, job, run_logger):
-        """The job's status at the central, waiting out an outage of the central: the run's end
-        depends on it."""
-        delay = 2.0
-        while True:
-            try:
-                return await anyio.to_thread.run_sync(client.get_job_status, job.jobId, job.jobPrivateKey)
-            except CentralError as error:
-                if not error.transient:
-                    raise
-                run_logger.warning("Job %s ended; the central cannot say how yet (%s); asking again", job.jobId, error)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     async def _fail_at_central(self, client, job, reason: str, run_logger) -> None:
         """Fail the job at the central with `reason`; while the central is unreachable the failure waits

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable, TypeVar
 
 import anyio
 
@@ -37,6 +38,7 @@ RETRY_MAX_DELAY_SEC = 30.0
 STARTING_DEADLINE_SEC = 600.0
 
 Log = logging.Logger | logging.LoggerAdapter
+T = TypeVar("T")
 
 
 @dataclass
@@ -118,33 +120,48 @@ class StatusOutbox:
             self._pending.pop(update.job_id, None)
 
 
+async def until_central_answers(call: Callable[[float | None], T], log_outage: Callable[[CentralError, float | None], None],
+                                within: float | None = None) -> T:
+    """`call(seconds left)`, a central call run in a thread, retried with backoff while the central is
+    unreachable, for up to `within` seconds (None: as long as it takes), calling `log_outage(error,
+    seconds left)` before each wait. A refusal, or an outage past `within`, raises its CentralError."""
+    deadline = None if within is None else time.monotonic() + within
+    delay = RETRY_FIRST_DELAY_SEC
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return await anyio.to_thread.run_sync(call, left)
+        except CentralError as error:
+            if not error.transient or (deadline is not None and time.monotonic() >= deadline):
+                raise
+            left = None if deadline is None else deadline - time.monotonic()
+            log_outage(error, left)
+            await anyio.sleep(delay if left is None else min(delay, left))
+            delay = min(delay * 2, RETRY_MAX_DELAY_SEC)
+
+
 async def set_status_before_launch(client: CentralClient, job_id: str, job_private_key: str, status: JobStatus,
                                    log: Log, within: float = STARTING_DEADLINE_SEC) -> None:
     """Set the job's status (`starting`) at the central, retrying while it is unreachable for up to
     `within` seconds (see the module's docstring); raise CentralError, naming the central's
     unreachability, when it never got through, or at once when the central refused."""
-    deadline = time.monotonic() + within
-    delay = RETRY_FIRST_DELAY_SEC
-    while True:
-        left = max(0.0, deadline - time.monotonic())
-        try:
-            await anyio.to_thread.run_sync(lambda: client.set_job_status(
-                job_id, job_private_key, status, retry_deadline=min(client.retry_deadline, left)))
-            return
-        except CentralError as error:
-            if error.status_code == 409 and await _already(client, job_id, job_private_key, status):
-                return  # an earlier try got through, its answer was lost
-            if not error.transient:
-                raise
-            if time.monotonic() >= deadline:
-                raise CentralError(f"the central was unreachable for {within:.0f} s, so job {job_id} could not be "
-                                   f"set {status} and was not launched: {error}", error.status_code,
-                                   transient=True) from None
-            left = deadline - time.monotonic()
-            log.warning("Job %s not launched yet: the central is unreachable (%s); trying again for %.0f s more",
-                        job_id, error, left)
-            await anyio.sleep(min(delay, left))
-            delay = min(delay * 2, RETRY_MAX_DELAY_SEC)
+    def send(left: float | None) -> None:
+        client.set_job_status(job_id, job_private_key, status, retry_deadline=min(client.retry_deadline, left))
+
+    def outage(error: CentralError, left: float | None) -> None:
+        log.warning("Job %s not launched yet: the central is unreachable (%s); trying again for %.0f s more",
+                    job_id, error, left)
+
+    try:
+        await until_central_answers(send, outage, within)
+    except CentralError as error:
+        if error.status_code == 409 and await _already(client, job_id, job_private_key, status):
+            return  # an earlier try got through, its answer was lost
+        if not error.transient:
+            raise
+        raise CentralError(f"the central was unreachable for {within:.0f} s, so job {job_id} could not be "
+                           f"set {status} and was not launched: {error}", error.status_code,
+                           transient=True) from None
 
 
 async def _already(client: CentralClient, job_id: str, job_private_key: str, status: JobStatus) -> bool:
