@@ -137,8 +137,12 @@ class Controller:
             name=plan.name, tags=plan.tags, idempotency_key=job.jobId,
         )
         if flow_run.state is not None and flow_run.state.is_final():
-            await self._fail(job.jobId, job.jobPrivateKey, f"not launched again: {reconcile.why_run_ended(flow_run)}")
-            return False
+            if not await reconcile.requeue_crashed(client, flow_run):
+                await self._fail(job.jobId, job.jobPrivateKey,
+                                 f"not launched again: {reconcile.why_run_ended(flow_run)}")
+                return False
+            self.logger.warning("Job %s: its flow run %s crashed before the launch (%s); back in the queue",
+                                job.jobId, flow_run.name, flow_run.state.message)
         self.flow_runs[job.jobId] = str(flow_run.id)
         self.logger.info("Job %s → flow run %s (%s)", job.jobId, flow_run.name, plan.deployment)
         return True

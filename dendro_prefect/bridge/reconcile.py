@@ -8,6 +8,8 @@ so a restarted controller knows everything its predecessor did. Each disagreemen
 - a `starting`/`running` job whose flow run ended (cancelled in the UI, crashed, failed), or was
   deleted: the job is failed at the central with the reason;
 - a pending job whose flow run already ended: it is not launched again; the job is failed with why.
+  Except a run that crashed before its launch (Prefect's own API failed the worker, e.g. SQLite's
+  "database is locked"): a pending job was never launched, so the run goes back to the queue, a few times.
 
 A worker that follows a job notices the job's end itself within seconds, and fails the job at the
 central itself when its run ends; the controller acts only on disagreements that outlast
@@ -30,7 +32,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.states import Cancelling
+from prefect.states import Cancelling, Scheduled
 
 from ..protocol.models import DendroJob
 from .routing import job_tag, resource_tag
@@ -38,6 +40,7 @@ from .routing import job_tag, resource_tag
 ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
 PAGE = 200  # flow runs per API call (Prefect's page size)
 SETTLE_SEC = 30.0
+MAX_REQUEUES = 3  # of a run that crashed before its launch
 
 
 def job_id_of(flow_run: FlowRun) -> str:
@@ -82,6 +85,20 @@ async def latest_runs(client: PrefectClient, job_ids: list[str]) -> dict[str, Fl
         for run in await _read_runs(client, FlowRunFilter(tags=FlowRunFilterTags(any_=tags))):
             latest[job_id_of(run)] = run  # sorted oldest first: the last one wins
     return latest
+
+
+async def requeue_crashed(client: PrefectClient, flow_run: FlowRun) -> bool:
+    """Send a pending job's run that crashed before its launch back to the queue, unless it crashed
+    too often; True when it was requeued. (Called for pending jobs only: our workers set a job
+    `starting` before launching it, so its infrastructure cannot exist.)"""
+    if flow_run.state is None or flow_run.state.type != StateType.CRASHED:
+        return False
+    crashes = sum(state.type == StateType.CRASHED for state in await client.read_flow_run_states(flow_run.id))
+    if crashes > MAX_REQUEUES:
+        return False
+    await client.set_flow_run_state(flow_run.id, Scheduled(message=f"Requeued after a crash before its launch "
+                                                                     f"({crashes} of {MAX_REQUEUES})"), force=True)
+    return True
 
 
 @dataclass

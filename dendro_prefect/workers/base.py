@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import Abort
-from prefect.states import AwaitingConcurrencySlot, Cancelled, Completed, Crashed, Failed, Running, State
+from prefect.states import AwaitingConcurrencySlot, Cancelled, Completed, Crashed, Failed, Running, Scheduled, State
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import Field
@@ -50,6 +50,8 @@ EXIT_GRACE_SEC = 15.0
 # A failure the app did not report (yet) gets this long before the job is killed as failed elsewhere.
 UNREPORTED_FAILURE_GRACE_SEC = 2.5
 ORPHAN_CHECK_INTERVAL_SEC = 5.0
+# A Pending run without a worker's label this old was left by a worker lost before it labelled it.
+STRANDED_PENDING_SEC = 30.0
 RUNS_PAGE = 200  # Prefect's default page size
 
 
@@ -191,6 +193,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             # Never launched before the central has it `starting`; retried while it is unreachable (outbox.py).
             await set_status_before_launch(central.client, job.jobId, job.jobPrivateKey, "starting", run_logger)
             infrastructure_id = await launcher.submit(request)
+            JobDirectory(request.job_dir).record_launch(infrastructure_id)
         except Exception as error:
             known = (JobRefused, ConfigError, CentralError, LaunchError)
             reason = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
@@ -222,48 +225,103 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         return await super().get_and_submit_flow_runs()
 
     async def _reattach_orphans(self) -> None:
-        """Running (or cancelling) flow runs of this pool whose worker is offline: their jobs still run
-        (or have ended) on the infrastructure recorded on the run; follow them instead of launching
-        again (a cancelling one is then killed by the follow).
-        Runs are read only when a worker has newly gone offline (or this one just started): a run
-        becomes an orphan only then, and reading every running run each time would load the server."""
+        """Take up the runs of this pool that a lost worker left behind. Running (or cancelling) runs:
+        their jobs still run (or have ended) on the infrastructure recorded on the run; follow them
+        instead of launching again (a cancelling one is then killed by the follow). Pending runs: the
+        worker was lost while launching them (see `_take_up_stranded`).
+        Running runs are read only when a worker has newly gone offline (or this one just started): a
+        run becomes an orphan only then, and reading every running run each time would load the server;
+        pending runs are few (the launches in flight) and are read every time."""
         workers = await self.client.read_workers_for_work_pool(self._work_pool_name)
         # A run recorded under this worker's name but not followed here is its predecessor's: a
         # worker restarted under its name need not wait for Prefect to see the old one offline.
         online = {w.name for w in workers if w.status and w.status.value == "ONLINE"} - {self.name}
         offline = {w.name for w in workers} - online
-        if self._offline_workers_seen is not None and offline <= self._offline_workers_seen:
-            self._offline_workers_seen = offline
-            return
-        offset = 0
-        while True:
-            runs = await self.client.read_flow_runs(
-                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.CANCELLING]))),
-                limit=RUNS_PAGE, offset=offset,
-            )
-            for flow_run in runs:
-                owner = (flow_run.labels or {}).get("prefect.worker.name")
-                if flow_run.id not in self._following and owner not in online and flow_run.infrastructure_pid \
-                        and not flow_run.infrastructure_pid.startswith(NOT_LAUNCHED):
-                    self._following.add(flow_run.id)
-                    self._runs_task_group.start_soon(self._reattach, flow_run)
-            if len(runs) < RUNS_PAGE:
-                break
-            offset += RUNS_PAGE
+        newly_offline = self._offline_workers_seen is None or not offline <= self._offline_workers_seen
+        states = [StateType.PENDING] + ([StateType.RUNNING, StateType.CANCELLING] if newly_offline else [])
+        # Runs this worker handles now, or handled while the runs were read, are not orphans.
+        busy = self._following | self._submitting_flow_run_ids
+        runs = await self._pool_runs(states)
+        busy = busy | self._following | self._submitting_flow_run_ids
+        now = datetime.now(timezone.utc)
+        for flow_run in runs:
+            owner = (flow_run.labels or {}).get("prefect.worker.name")
+            if flow_run.id in busy or owner in online or flow_run.state is None:
+                continue
+            if flow_run.state.type == StateType.PENDING:
+                # A live worker labels a run as soon as it is Pending; one without a label is stranded
+                # only once that has had time to happen.
+                if owner is None and (now - flow_run.state.timestamp).total_seconds() < STRANDED_PENDING_SEC:
+                    continue
+                self._runs_task_group.start_soon(self._take_up_stranded, flow_run)
+            elif flow_run.infrastructure_pid and not flow_run.infrastructure_pid.startswith(NOT_LAUNCHED):
+                self._runs_task_group.start_soon(self._reattach, flow_run)
+            else:
+                continue
+            self._following.add(flow_run.id)
         self._offline_workers_seen = offline
+
+    async def _pool_runs(self, states: list[StateType]) -> list[FlowRun]:
+        runs: list[FlowRun] = []
+        while True:
+            page = await self.client.read_flow_runs(
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))),
+                limit=RUNS_PAGE, offset=len(runs),
+            )
+            runs.extend(page)
+            if len(page) < RUNS_PAGE:
+                return runs
+
+    async def _take_up_stranded(self, flow_run: FlowRun) -> None:
+        """A run left Pending by a worker lost while launching it. The central says how far the launch
+        got: a job still pending was never launched (workers set it `starting` first), so the run goes
+        back to the queue; a launched job is followed on the infrastructure recorded in its directory,
+        and one launched without a record is failed with the reason, never launched twice."""
+        run_logger = self.get_flow_run_logger(flow_run)
+        job_id = str(flow_run.parameters.get("job_id", ""))
+        try:
+            flow_run = await self.client.read_flow_run(flow_run.id)
+            if flow_run.state is None or flow_run.state.type != StateType.PENDING:
+                return
+            if flow_run.infrastructure_pid and not flow_run.infrastructure_pid.startswith(NOT_LAUNCHED):
+                return await self._reattach(flow_run)
+            configuration = await self._configuration(flow_run)
+            central = self._central(configuration.config_file)
+            document = (await central.unfinished(time.monotonic())).get(job_id)
+            recorded = JobDirectory(self._job_dir(configuration, job_id)).recorded_launch()
+            if document is not None and document.get("status") == "pending":
+                run_logger.warning("Job %s: its worker was lost before launching it; back in the queue", job_id)
+                await self.client.set_flow_run_state(
+                    flow_run.id, Scheduled(message="Its worker was lost before launching it; back in the queue"),
+                    force=True)
+            elif recorded is not None:
+                await self.client.update_flow_run(flow_run.id, infrastructure_pid=recorded)
+                await self._reattach(flow_run.model_copy(update={"infrastructure_pid": recorded}))
+            elif document is None:
+                await self._set_state(flow_run, self._ended_unwatched(configuration, job_id))
+            else:
+                job = await self._fetch_job(central, job_id, statuses=("starting", "running"))
+                reason = ("its worker was lost while launching it, before the launch was recorded; whether its "
+                          "app started is unknown, so it is not launched again")
+                run_logger.error("Job %s failed: %s", job_id, reason)
+                await self._fail_at_central(central.client, job, reason, run_logger)
+                await self._set_state(flow_run, Failed(message=reason))
+        except Exception as error:
+            run_logger.error("Cannot take up job %s left pending by a lost worker: %s", job_id, error)
+        finally:
+            self._following.discard(flow_run.id)
+
+    async def _configuration(self, flow_run: FlowRun) -> DendroJobConfiguration:
+        return await self.job_configuration.resolve_for_flow_run(
+            flow_run, client=self.client, work_pool=self.work_pool, worker_name=self.name, worker_id=self.backend_id)
 
     async def _reattach(self, flow_run: FlowRun) -> None:
         run_logger = self.get_flow_run_logger(flow_run)
         infrastructure_id = flow_run.infrastructure_pid
         job_id = str(flow_run.parameters.get("job_id", ""))
         try:
-            configuration = await self.job_configuration.resolve_for_flow_run(
-                flow_run, client=self.client, work_pool=self.work_pool, worker_name=self.name,
-                worker_id=self.backend_id,
-            )
+            configuration = await self._configuration(flow_run)
             central = self._central(configuration.config_file)
             launcher = self.launcher(configuration)
             if (await central.unfinished(time.monotonic())).get(job_id) is None:
@@ -278,6 +336,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             await self._set_state(flow_run, Crashed(message=reason))
             return
         run_logger.info("Job %s taken up again as %s after a worker restart", job_id, infrastructure_id)
+        if flow_run.state is not None and flow_run.state.type == StateType.PENDING:
+            await self._set_state(flow_run, Running())
         async with self._slots().held(await self._slots().acquire(flow_run, wait=False)):
             await self._follow_to_the_end(flow_run, job, central, launcher, infrastructure_id, configuration,
                                           run_logger)
@@ -297,7 +357,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         be asked; the dendro SDK's last word in the job's output says how it ended."""
         ending = None
         with contextlib.suppress(OSError):
-            for line in JobDirectory(Path(configuration.job_root).resolve() / job_id).stdout.read_text().splitlines():
+            for line in JobDirectory(self._job_dir(configuration, job_id)).stdout.read_text().splitlines():
                 if line.startswith("Job completed") or line.startswith(SDK_FAILURE_PREFIX):
                     ending = line
         if ending is None:
@@ -337,6 +397,10 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             raise JobRefused(f"job {job_id} is {job.status}, not {' or '.join(statuses)}")
         return job
 
+    @staticmethod
+    def _job_dir(configuration: DendroJobConfiguration, job_id: str) -> Path:
+        return Path(configuration.job_root).resolve() / job_id
+
     def _launch_request(
         self, job: DendroJob, configuration: DendroJobConfiguration, config: ComputeResourceConfig,
         flow_run: FlowRun,
@@ -357,7 +421,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             num_gpus=configuration.num_gpus,
             memory_gb=configuration.memory_gb,
             time_limit_sec=configuration.time_limit_sec,
-            job_dir=Path(configuration.job_root).resolve() / job.jobId,
+            job_dir=self._job_dir(configuration, job.jobId),
             batch_id=job.batchId,
             flow_run_id=str(flow_run.id),
         )

@@ -53,6 +53,22 @@ class JobDirectory:
         return self.root / "slurm_job_ids"
 
     @property
+    def launched_as(self) -> Path:
+        """The infrastructure id, written as soon as the launch returns: a worker lost before Prefect
+        recorded it on the flow run leaves it here for the next one."""
+        return self.root / "infrastructure_id"
+
+    def record_launch(self, infrastructure_id: str) -> None:
+        if self.root.is_dir():  # cloud backends keep no directory on the worker's machine
+            self.launched_as.write_text(infrastructure_id)
+
+    def recorded_launch(self) -> str | None:
+        try:
+            return self.launched_as.read_text().strip() or None
+        except OSError:
+            return None
+
+    @property
     def batch_script(self) -> Path:
         return self.root / "batch.sh"
 

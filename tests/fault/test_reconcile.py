@@ -13,8 +13,9 @@ from contextlib import contextmanager
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.states import Cancelled, Crashed
+from prefect.states import Cancelled, Crashed, Pending
 
+from dendro_prefect.bridge.reconcile import MAX_REQUEUES
 from dendro_prefect.embedded import prefect_worker
 from tests.conftest import FIXTURES, create_letter_count_job
 from tests.stack import (
@@ -171,3 +172,75 @@ def test_a_job_whose_app_died_with_its_worker_is_failed_not_relaunched(reconcili
     # start by the next worker, shows one start of the app.
     log = wait_for_log(flow_run.id, f"Job {job_id} taken up again as process:{pid}")
     assert log.count(f"Running job {job_id}") == 1 and len(flow_runs_of_job(job_id)) == 1
+
+
+def strand(flow_run_id) -> None:
+    """Put a run where a worker SIGKILLed between Prefect's Pending and the recording of its launch
+    leaves it: Pending, labelled with the pool worker's name, no infrastructure id on the run."""
+    async def change() -> None:
+        async with get_client() as client:
+            flow_run = await client.read_flow_run(flow_run_id)
+            await client.set_flow_run_state(flow_run_id, Pending(), force=True)
+            await client.update_flow_run_labels(flow_run_id, {"prefect.worker.name": worker_name(flow_run.work_pool_name)})
+            # (update_flow_run cannot clear it)
+            await client.request("PATCH", "/flow_runs/{id}", path_params={"id": flow_run_id},
+                                 json={"infrastructure_pid": None})
+
+    asyncio.run(change())
+
+
+def test_a_run_left_pending_before_its_launch_goes_back_to_the_queue_and_runs_once(reconciling, prefect_stack):
+    job_id = create_letter_count_job(reconciling.admin, reconciling.resource_id)
+    flow_run = the_flow_run(job_id)  # Scheduled: no worker of the pool runs yet
+    strand(flow_run.id)
+    with pool_worker(reconciling, prefect_stack):
+        job = finished_job(reconciling.admin, job_id, timeout=60)
+        log = wait_for_log(flow_run.id, "back in the queue", f"Job {job_id} launched as")
+    assert job["status"] == "completed"
+    assert log.count(f"Job {job_id} launched as") == 1 and len(flow_runs_of_job(job_id)) == 1
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded-in-job-dir", "not-recorded"])
+def test_a_job_launched_by_a_worker_lost_before_prefect_recorded_it(reconciling, prefect_stack, recorded):
+    """Recorded in the job's directory only: the next worker follows the app to its end. Recorded
+    nowhere: the job is failed with the reason, never launched a second time."""
+    # Not recorded: the app must outlive the worker's restart, and stops once its job is failed.
+    job_id, pid = running_app(reconciling, prefect_stack, slow_job(reconciling, delay_sec=10 if recorded else 120))
+    flow_run = flow_runs_of_job(job_id)[0]
+    strand(flow_run.id)
+    record = reconciling.workdir / "dendro-jobs" / job_id / "infrastructure_id"
+    assert record.read_text() == f"process:{pid}"
+    if not recorded:
+        record.unlink()
+    try:
+        with pool_worker(reconciling, prefect_stack):
+            job = finished_job(reconciling.admin, job_id, timeout=150)
+            flow_run = final_flow_run(job_id, timeout=30)
+            wait_for(lambda: not alive(pid), "the app to stop", timeout=60)
+    finally:
+        if alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    if recorded:
+        assert job["status"] == "completed" and flow_run.state.is_completed()
+        wait_for_log(flow_run.id, f"Job {job_id} taken up again as process:{pid}")
+    else:
+        assert job["status"] == "failed" and flow_run.state.is_failed()
+        assert job["error"].startswith("its worker was lost while launching it, before the launch was recorded"), job
+    assert len(flow_runs_of_job(job_id)) == 1
+
+
+def test_a_run_that_crashed_before_its_launch_is_requeued_a_few_times(reconciling):
+    """Prefect's own API can fail a worker before the launch (SQLite's "database is locked"): the
+    job, still pending, was never launched, so its run goes back to the queue, up to MAX_REQUEUES times."""
+    job_id = create_letter_count_job(reconciling.admin, reconciling.resource_id, runMethod=PARKED)
+    flow_run = the_flow_run(job_id)
+    for crash in range(1, MAX_REQUEUES + 1):
+        set_state(flow_run.id, Crashed(message="database is locked"))
+        wait_for(lambda: (r := flow_runs_of_job(job_id)[0]).state.is_scheduled() and r.state.message
+                 == f"Requeued after a crash before its launch ({crash} of {MAX_REQUEUES})", f"requeue {crash}", 20)
+        assert reconciling.admin.job(job_id)["status"] == "pending"
+    set_state(flow_run.id, Crashed(message="database is locked"))
+    job = finished_job(reconciling.admin, job_id, timeout=20)
+    assert job["error"] == (f"not launched again: its flow run {flow_run.name} ended Crashed in Prefect: "
+                            "database is locked")
+    assert len(flow_runs_of_job(job_id)) == 1
