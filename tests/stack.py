@@ -75,6 +75,15 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+def intake(bridge) -> int:
+    """One intake round of a controller (bridge.controller.Bridge) made by a test itself."""
+    async def one() -> int:
+        async with get_client() as client:
+            return await bridge.intake(client)
+
+    return run(one())
+
+
 async def _flow_runs_of_job(job_id: str) -> list[FlowRun]:
     async with get_client() as client:
         return await client.read_flow_runs(flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"job:{job_id}"])))

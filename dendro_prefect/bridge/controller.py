@@ -67,23 +67,22 @@ class Controller:
         self.last_contact = utcnow()
         self.logger.info("Loaded %d app(s): %s", len(self.catalog.apps), ", ".join(a.name for a in self.catalog.apps) or "none")
 
-    async def intake(self) -> int:
+    async def intake(self, client: PrefectClient) -> int:
         """One reconciliation: submit every pending job that has no flow run, a few at a time, and
         settle the disagreements between the central and Prefect (see reconcile.py). Returns how many
         flow runs were created."""
         documents = await anyio.to_thread.run_sync(self.client.get_unfinished_jobs)
         unfinished_ids = {d["jobId"] for d in documents if isinstance(d, dict) and isinstance(d.get("jobId"), str)}
         jobs = [job for job in [await self._parse(d) for d in documents if self._worth_parsing(d)] if job is not None]
-        async with get_client() as client:
-            active = await reconcile.active_runs(client, self.config.compute_resource_id)
-            actions = await self.reconciler.decide(client, unfinished_ids, jobs, active)
-            for flow_run, reason in actions.cancel:
-                self.logger.warning("Flow run %s cancelled: %s", flow_run.name, reason)
-                await self.reconciler.cancel(client, flow_run, reason)
-            for job, reason in actions.fail:
-                await self._fail(job.jobId, job.jobPrivateKey, reason)
-            pending = [job for job in jobs if job.status == "pending" and job.jobId not in active]
-            return await self._submit_all(client, pending) if pending else 0
+        active = await reconcile.active_runs(client, self.config.compute_resource_id)
+        actions = await self.reconciler.decide(client, unfinished_ids, jobs, active)
+        for flow_run, reason in actions.cancel:
+            self.logger.warning("Flow run %s cancelled: %s", flow_run.name, reason)
+            await self.reconciler.cancel(client, flow_run, reason)
+        for job, reason in actions.fail:
+            await self._fail(job.jobId, job.jobPrivateKey, reason)
+        pending = [job for job in jobs if job.status == "pending" and job.jobId not in active]
+        return await self._submit_all(client, pending) if pending else 0
 
     def _worth_parsing(self, document: object) -> bool:
         """Jobs already failed by this controller are not parsed (and failed) again while the
@@ -176,36 +175,45 @@ class Controller:
         deadline = None if run_for_sec is None else time.monotonic() + run_for_sec
         apps_changed = True  # the apps are loaded first, and again whenever the central says they changed
         try:
-            while deadline is None or time.monotonic() < deadline:
-                try:
-                    if apps_changed:
-                        await self.load_apps()
-                        apps_changed = False
-                    self.jobs_submitted += await self.intake()
-                    self.last_contact = self.last_intake = utcnow()
-                except CentralError as error:
-                    self.logger.warning("Central unreachable, will retry: %s", error)
-                    self.last_error, self.last_error_at = f"central unreachable: {error}", utcnow()
-                except Exception as error:  # the Prefect API restarting, most likely: the next round retries
-                    self.logger.warning("Intake round failed, will retry: %s: %s", type(error).__name__, error)
-                    self.last_error = f"intake round failed: {type(error).__name__}: {error}"
-                    self.last_error_at = utcnow()
-                if flow_run_id is not None and await _cancelling(flow_run_id):
-                    self.logger.info("The subscription flow run was cancelled in Prefect: the controller stops")
-                    return True
-                await publish_heartbeat(self.heartbeat(hints), min_interval_sec=poll_interval_sec, log=self.logger)
-                messages = await hints.wait(poll_interval_sec)
-                apps_changed = apps_changed or any(isinstance(m, AppsChangedMessage) for m in messages)
+            async with get_client() as client:  # one client for every round: no connection set-up per round
+                while deadline is None or time.monotonic() < deadline:
+                    # Rounds start every poll interval (sooner on a hint), however long a round takes.
+                    round_started = time.monotonic()
+                    apps_changed = await self._round(client, apps_changed)
+                    if flow_run_id is not None and await _cancelling(client, flow_run_id):
+                        self.logger.info("The subscription flow run was cancelled in Prefect: the controller stops")
+                        return True
+                    await publish_heartbeat(self.heartbeat(hints), min_interval_sec=poll_interval_sec, client=client,
+                                            log=self.logger)
+                    messages = await hints.wait(max(0.0, round_started + poll_interval_sec - time.monotonic()))
+                    apps_changed = apps_changed or any(isinstance(m, AppsChangedMessage) for m in messages)
             return False
         finally:
             hints.stop()
 
+    async def _round(self, client: PrefectClient, load_apps: bool) -> bool:
+        """One round: the apps (when they changed) and an intake. Any error is logged and the next round
+        retries. Returns whether the apps still need loading (their load failed)."""
+        try:
+            if load_apps:
+                await self.load_apps()
+                load_apps = False
+            self.jobs_submitted += await self.intake(client)
+            self.last_contact = self.last_intake = utcnow()
+        except CentralError as error:
+            self.logger.warning("Central unreachable, will retry: %s", error)
+            self.last_error, self.last_error_at = f"central unreachable: {error}", utcnow()
+        except Exception as error:  # the Prefect API restarting, most likely: the next round retries
+            self.logger.warning("Intake round failed, will retry: %s: %s", type(error).__name__, error)
+            self.last_error = f"intake round failed: {type(error).__name__}: {error}"
+            self.last_error_at = utcnow()
+        return load_apps
 
-async def _cancelling(flow_run_id: UUID) -> bool:
+
+async def _cancelling(client: PrefectClient, flow_run_id: UUID) -> bool:
     """Whether the flow run is being cancelled (False while the Prefect API cannot say)."""
     try:
-        async with get_client() as client:
-            state = (await client.read_flow_run(flow_run_id)).state
+        state = (await client.read_flow_run(flow_run_id)).state
     except Exception:
         return False
     return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)

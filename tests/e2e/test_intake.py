@@ -18,6 +18,7 @@ from tests.stack import (
     finished_job,
     flow_run_log,
     flow_runs_of_job,
+    intake,
     run,
     running_controller,
     wait_for_log,
@@ -53,8 +54,8 @@ def test_restarted_controllers_reuse_the_flow_run_of_a_job(controller, tmp_path)
     first, second = (Bridge(config, {"local": parking}, logging.getLogger("test")) for _ in range(2))
     for bridge in (first, second):
         run(bridge.load_apps())
-    assert run(first.intake()) == 1
-    assert run(second.intake()) == 0
+    assert intake(first) == 1
+    assert intake(second) == 0
     job = parse(DendroJob, controller.admin.job(job_id) | {"jobPrivateKey": "unused"}, "job")
     plan = plan_flow_run(job, second.catalog.for_processor("letter_count"), {"local": parking})
 

@@ -43,7 +43,7 @@ from dendro_prefect.protocol.models import (
 )
 from dendro_prefect.pubsub import JobHints
 from tests.conftest import FIXTURES, LETTER_COUNT_APP, create_letter_count_job, letter_count_spec, register
-from tests.stack import create_job_pool
+from tests.stack import create_job_pool, intake
 
 STATUSES = ("pending", "queued", "starting", "running", "completed", "failed")
 UNIQUE = itertools.count()  # ids and file names stay unique while hypothesis replays and shrinks
@@ -477,7 +477,7 @@ def intake_of(bridge: Bridge) -> int:
     """One intake, which must not raise; what it raised is reported without its traceback, whose frames
     show job documents with their keys (the session's secrets scan reads failure reports)."""
     try:
-        return asyncio.run(bridge.intake())
+        return intake(bridge)
     except Exception as error:
         raise AssertionError(f"intake raised {type(error).__name__}: {str(error)[:500]}") from None
 
