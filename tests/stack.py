@@ -40,6 +40,9 @@ IMAGE = "dendro-letter-count:local"
 class PrefectStack:
     home: Path
     api_url: str
+    # The process worker of pool dendro-controller that runs the controllers' subscription flows, shared
+    # by every controller of the session (None: each controller starts its own).
+    controller_worker: subprocess.Popen | None = None
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +50,8 @@ def prefect_stack(tmp_path_factory) -> PrefectStack:
     home = tmp_path_factory.mktemp("prefect")
     with prefect_server(home) as api_url, temporary_settings({PREFECT_API_URL: api_url}):
         deploy_all(home, api_url, REPO)
-        yield PrefectStack(home, api_url)
+        with prefect_worker(home, api_url, "dendro-controller", "process", REPO, "controller.log") as worker:
+            yield PrefectStack(home, api_url, worker)
         # Before the server stops: no key or credential of the session in Prefect, the job directories or the
         # workers' logs (a finding fails the session).
         assert_no_secrets_leaked(home, tmp_path_factory.getbasetemp())
@@ -144,19 +148,28 @@ def letter_count_spec_uri(workdir: Path, image: str | None = None, executable: s
     return path.as_uri()
 
 
-def create_job_pool(pool: str, worker_type: str = "dendro-local", job_variables: dict | None = None) -> str:
-    """A work pool with a `dendro-job/<pool>` deployment; returns the deployment's name. Each
-    controller of the tests has its own, so that no worker of another takes its jobs."""
+ENTRYPOINTS = {"dendro-job": "flows/dendro_job.py:dendro_job", "dendro-subscription": "flows/subscription.py:subscription"}
+
+
+def create_job_pool(pool: str, worker_type: str = "dendro-local", job_variables: dict | None = None,
+                    flow: str = "dendro-job", deployment: str | None = None) -> str:
+    """A work pool with a `<flow>/<deployment>` deployment (named as the pool by default); returns the
+    deployment's name. Each controller of the tests has its own, so that no worker of another takes its
+    jobs. (What `prefect deploy` makes of prefect.yaml, without the CLI's start-up.)"""
+    deployment = deployment or pool
+
     async def create() -> None:
         async with get_client() as client:
             await client.create_work_pool(WorkPoolCreate(name=pool, type=worker_type), overwrite=True)
-            flow_id = await client.create_flow_from_name("dendro-job")
-            await client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool,
-                                           entrypoint="flows/dendro_job.py:dendro_job",
-                                           job_variables=job_variables or {})
+            flow_id = await client.create_flow_from_name(flow)
+            # The pull step `prefect deploy` writes: a process worker runs the flow from the repository.
+            await client.create_deployment(
+                flow_id=flow_id, name=deployment, work_pool_name=pool, entrypoint=ENTRYPOINTS[flow],
+                job_variables=job_variables or {},
+                pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}])
 
     run(create())
-    return f"dendro-job/{pool}"
+    return f"{flow}/{deployment}"
 
 
 @contextmanager
@@ -181,8 +194,9 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
         config.write(config_file)
         admin.approve(resource_id, make_resource_code(private_key))
         admin.set_apps(resource_id, apps or [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir)}])
-        stack.enter_context(prefect_worker(prefect.home, prefect.api_url, "dendro-controller", "process", REPO,
-                                           f"controller-{workdir.name}.log"))
+        if prefect.controller_worker is None:
+            stack.enter_context(prefect_worker(prefect.home, prefect.api_url, "dendro-controller", "process", REPO,
+                                               f"controller-{workdir.name}.log"))
         job_worker_env = {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}", **(worker_env or {})}
         job_worker = stack.enter_context(prefect_worker(prefect.home, prefect.api_url, pool, worker_type, workdir,
                                                         f"{pool}.log", job_worker_env, name=worker_name(pool)))
@@ -196,6 +210,7 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
             yield Controller(admin, config, workdir, str(flow_run.id), pool, worker_type, job_worker_env, [job_worker])
         finally:
             cancel_flow_run(flow_run.id)
+            job_worker.send_signal(signal.SIGINT)  # stops while the flow run ends (and is waited for below)
             wait_for(lambda: run(_read_state(flow_run.id)).is_final(), "the subscription flow run to end", 60)
 
 

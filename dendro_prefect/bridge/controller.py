@@ -33,6 +33,8 @@ from . import reconcile
 from .heartbeat import ControllerHeartbeat, publish_heartbeat, utcnow
 from .routing import FlowRunPlan, RoutingError, plan_flow_run
 
+CANCEL_CHECK_SEC = 2.0  # how often a waiting controller looks whether its flow run is being cancelled
+
 
 class Controller:
     def __init__(self, config: ComputeResourceConfig, deployments: dict[str, str],
@@ -166,9 +168,8 @@ class Controller:
                   flow_run_id: UUID | None = None) -> bool:
         """Run until cancelled (or for `run_for_sec`): hints and polls drive intake. It subscribes
         before it reports the apps' spec, so a job created once the spec is reported is heard. With
-        `flow_run_id` (its own flow run) it also stops once that run is cancelled: Prefect's own
-        cancellation of a flow run gives up for good after an outage of the Prefect server. Returns
-        whether it stopped for that."""
+        `flow_run_id` (its own flow run) it also stops within CANCEL_CHECK_SEC once that run is
+        cancelled (see `_wait`). Returns whether it stopped for that."""
         subscription = await anyio.to_thread.run_sync(self.client.get_pubsub_subscription)
         hints = JobHints(subscription, self.config.compute_resource_id, self.logger)
         hints.start()
@@ -180,16 +181,28 @@ class Controller:
                     # Rounds start every poll interval (sooner on a hint), however long a round takes.
                     round_started = time.monotonic()
                     apps_changed = await self._round(client, apps_changed)
-                    if flow_run_id is not None and await _cancelling(client, flow_run_id):
-                        self.logger.info("The subscription flow run was cancelled in Prefect: the controller stops")
-                        return True
                     await publish_heartbeat(self.heartbeat(hints), min_interval_sec=poll_interval_sec, client=client,
                                             log=self.logger)
-                    messages = await hints.wait(max(0.0, round_started + poll_interval_sec - time.monotonic()))
+                    messages = await self._wait(client, hints, round_started + poll_interval_sec, flow_run_id)
+                    if messages is None:
+                        self.logger.info("The subscription flow run was cancelled in Prefect: the controller stops")
+                        return True
                     apps_changed = apps_changed or any(isinstance(m, AppsChangedMessage) for m in messages)
             return False
         finally:
             hints.stop()
+
+    @staticmethod
+    async def _wait(client: PrefectClient, hints: JobHints, until: float, flow_run_id: UUID | None) -> list | None:
+        """The hints that arrive before `until` (a monotonic time), or None once the controller's own
+        flow run is being cancelled, which is looked at every CANCEL_CHECK_SEC however long the poll
+        interval: Prefect's own cancellation of a flow run gives up for good after an outage."""
+        while True:
+            if flow_run_id is not None and await _cancelling(client, flow_run_id):
+                return None
+            messages = await hints.wait(max(0.0, min(until, time.monotonic() + CANCEL_CHECK_SEC) - time.monotonic()))
+            if messages or time.monotonic() >= until:
+                return messages
 
     async def _round(self, client: PrefectClient, load_apps: bool) -> bool:
         """One round: the apps (when they changed) and an intake. Any error is logged and the next round

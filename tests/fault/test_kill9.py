@@ -2,7 +2,7 @@
 job still reaches a final state at the central, none is launched twice, nothing is left behind.
 
 Real parts: a Prefect server (SQLite), the stand-in central, the subscription flow run by a `process`
-worker of pool dendro-controller, a dendro-local (or dendro-slurm) worker, and the count_starts app
+worker of a pool of its own, a dendro-local (or dendro-slurm) worker, and the count_starts app
 (real dendro SDK, tests/fixtures/apps/count_starts), which appends a line to a file each time a worker
 launches it: the file counts the launches of every job.
 
@@ -103,14 +103,19 @@ class Chaos:
     next_kill: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
+    @property
+    def controller_pool(self) -> str:
+        """A process pool of the test's own: its subscription flow runs only on the worker it kills."""
+        return f"controller-{self.workdir.name}"
+
     def log(self, message: str) -> None:
         print(f"  {time.monotonic() - self.started:6.1f} s  {message}", flush=True)
 
     def start_controller(self) -> None:
         self.controller = self.stack.enter_context(prefect_worker(
-            self.prefect.home, self.prefect.api_url, "dendro-controller", "process", REPO,
+            self.prefect.home, self.prefect.api_url, self.controller_pool, "process", REPO,
             f"controller-{self.workdir.name}.log"))
-        flow_run = run(arun_deployment("dendro-subscription/subscription", timeout=0, as_subflow=False,
+        flow_run = run(arun_deployment(f"dendro-subscription/{self.controller_pool}", timeout=0, as_subflow=False,
                                        parameters=self.subscription_parameters))
         self.subscription_runs.append(str(flow_run.id))
 
@@ -340,6 +345,7 @@ def kill9_scenario(prefect: PrefectStack, workdir: Path, sdk_bin: Path, *, jobs:
                                      "deployments": {**DEFAULT_DEPLOYMENTS, run_method: deployment},
                                      "settle_sec": SETTLE_SEC},
             stack=stack, rng=rng)
+        create_job_pool(chaos.controller_pool, "process", flow="dendro-subscription")
         chaos.start_job_worker()
         chaos.start_controller()
         try:
