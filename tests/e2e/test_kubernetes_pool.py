@@ -231,7 +231,7 @@ def test_watch_lists_again_after_410_gone_and_misses_nothing(api_server):
 def test_restarted_worker_takes_up_a_running_job_and_it_completes_once(k8s_controller, api_server, prefect_stack):
     """(Last in the module: the module's worker does not come back.)"""
     controller = k8s_controller
-    job_id = k8s_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 45}])
+    job_id = k8s_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 25}])
     name = job_name_of(job_id)
     restart_worker_and_finish(controller, prefect_stack, job_id, "kubernetes")
     no_orphans(api_server, name)
