@@ -254,7 +254,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
                 if owner is None and (now - flow_run.state.timestamp).total_seconds() < STRANDED_PENDING_SEC:
                     continue
                 self._runs_task_group.start_soon(self._take_up_stranded, flow_run)
-            elif flow_run.infrastructure_pid and not flow_run.infrastructure_pid.startswith(NOT_LAUNCHED):
+            elif _launched(flow_run):
                 self._runs_task_group.start_soon(self._reattach, flow_run)
             else:
                 continue
@@ -284,7 +284,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             flow_run = await self.client.read_flow_run(flow_run.id)
             if flow_run.state is None or flow_run.state.type != StateType.PENDING:
                 return
-            if flow_run.infrastructure_pid and not flow_run.infrastructure_pid.startswith(NOT_LAUNCHED):
+            if _launched(flow_run):
                 return await self._reattach(flow_run)
             configuration = await self._configuration(flow_run)
             central = self._central(configuration.config_file)
@@ -550,6 +550,11 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             await propose_state(self.client, state, flow_run_id=flow_run.id)
         except Abort as error:
             self.get_flow_run_logger(flow_run).warning("Prefect refused state %s: %s", state.type.value, error)
+
+
+def _launched(flow_run: FlowRun) -> bool:
+    """Whether the run records the infrastructure its job was launched on (not a refusal's id)."""
+    return bool(flow_run.infrastructure_pid) and not flow_run.infrastructure_pid.startswith(NOT_LAUNCHED)
 
 
 def _redactor(secret: str):
