@@ -53,6 +53,18 @@ class BenchStack:
         return [dict(request) for _ in range(count)]
 
 
+async def _cancel(flow_run_id) -> None:
+    """Cancel a flow run and wait (up to a minute) for it to end."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    async with get_client() as client:
+        await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+        deadline = time.monotonic() + 60
+        while not (await client.read_flow_run(flow_run_id)).state.is_final() and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+
+
 @contextmanager
 def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: str, app: str,
                 job_variables: dict | None = None, worker_env: dict | None = None, poll_interval_sec: float = 2.0,
@@ -77,19 +89,22 @@ def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: s
         from prefect.client.orchestration import get_client
         from prefect.deployments import arun_deployment
 
-        async def setup() -> None:
+        async def setup():
             async with get_client() as client:
                 flow_id = await client.create_flow_from_name("dendro-job")
                 await client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool,
                                                entrypoint="flows/dendro_job.py:dendro_job",
                                                job_variables=job_variables or {})
-            await arun_deployment("dendro-subscription/subscription", timeout=0, as_subflow=False, parameters={
+            return await arun_deployment("dendro-subscription/subscription", timeout=0, as_subflow=False, parameters={
                 "config_file": str(config_file), "poll_interval_sec": poll_interval_sec,
                 "submit_concurrency": submit_concurrency,
                 "deployments": {**DEFAULT_DEPLOYMENTS, run_method: f"dendro-job/{pool}"}})
 
-        asyncio.run(setup())
+        subscription = asyncio.run(setup())
         stack.enter_context(prefect_worker(home, api_url, "dendro-controller", "process", REPO, "controller.log"))
+        # Stopping a process worker leaves its flow's process running: the subscription flow run is cancelled
+        # (and stops within seconds) before its worker stops.
+        stack.callback(lambda: asyncio.run(_cancel(subscription.id)))
         stack.enter_context(prefect_worker(home, api_url, pool, worker_type, workdir, f"{pool}.log", worker_env))
         deadline = time.monotonic() + 120
         while admin.resource(resource_id)["spec"] is None:

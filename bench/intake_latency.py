@@ -6,7 +6,7 @@ querying Prefect every second, and the count_starts test app with no sleep (real
 created one every `--gap-sec`, so that each is measured on its own rather than behind a queue; the
 times are the central's own timestamps.
 
-    .venv/bin/python bench/intake_latency.py [--jobs 100] [--poll-sec 5] [--database sqlite|postgres]
+    .venv/bin/python bench/intake_latency.py [--jobs 100] [--poll-sec 5] [--database sqlite|postgres] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -15,20 +15,22 @@ import argparse
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from common import bench_stack, percentile
 
 FINAL = ("completed", "failed")
 
 
-def measure(stack, jobs: int, gap_sec: float) -> dict[str, list[float]]:
+def measure(stack, jobs: int, gap_sec: float, deadline_sec: float) -> dict[str, list[float]]:
     requests = stack.job_requests(jobs, [{"name": "min_sec", "value": 0}, {"name": "max_sec", "value": 0}])
     job_ids = []
     for request in requests:
         job_ids += stack.admin.create_jobs([request])
         time.sleep(gap_sec)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + deadline_sec
     while True:
         documents = [stack.admin.job(job_id) for job_id in job_ids]
         if all(d["status"] in FINAL for d in documents) or time.monotonic() > deadline:
@@ -36,9 +38,20 @@ def measure(stack, jobs: int, gap_sec: float) -> dict[str, list[float]]:
         time.sleep(1.0)
     failed = [d["jobId"] for d in documents if d["status"] != "completed"]
     if failed:
-        raise SystemExit(f"{len(failed)} jobs did not complete, e.g. {stack.admin.job(failed[0])}")
+        raise SystemExit(f"{len(failed)} jobs did not complete within {deadline_sec:g} s of the last creation, "
+                         f"e.g. {stack.admin.job(failed[0])}")
     return {"starting": [d["timestampStarting"] - d["timestampCreated"] for d in documents],
             "running": [d["timestampStarted"] - d["timestampCreated"] for d in documents]}
+
+
+@contextmanager
+def _workdir(kept: Path | None, name: str) -> Iterator[Path]:
+    if kept is None:
+        with tempfile.TemporaryDirectory(prefix="dendro-bench-") as workdir:
+            yield Path(workdir)
+    else:
+        (kept / name).mkdir(parents=True, exist_ok=True)
+        yield (kept / name).resolve()
 
 
 def main() -> None:
@@ -47,16 +60,20 @@ def main() -> None:
     parser.add_argument("--gap-sec", type=float, default=1.0, help="between two job creations")
     parser.add_argument("--poll-sec", type=float, default=5.0, help="the subscription flow's poll interval")
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="sqlite")
+    parser.add_argument("--deadline-sec", type=float, default=600.0,
+                        help="how long after the last creation every job must have ended")
+    parser.add_argument("--workdir", type=Path, help="keep the stack's files (logs, databases) here, one directory "
+                        "per PubSub mode; a temporary directory by default")
     parser.add_argument("--sdk-bin", default=str(Path(__file__).resolve().parent.parent / ".venv-sdk" / "bin"),
                         help="the bin directory of a virtual environment with the dendro SDK (scripts/test.sh makes it)")
     args = parser.parse_args()
     for pubsub in ("up", "down"):
-        with tempfile.TemporaryDirectory(prefix="dendro-bench-") as workdir:
-            with bench_stack(Path(workdir), database=args.database, run_method="local", worker_type="dendro-local",
+        with _workdir(args.workdir, pubsub) as workdir:
+            with bench_stack(workdir, database=args.database, run_method="local", worker_type="dendro-local",
                              app="count_starts", poll_interval_sec=args.poll_sec,
                              worker_env={"PATH": f"{args.sdk_bin}{os.pathsep}{os.environ['PATH']}"}) as stack:
                 stack.admin.set_pubsub(pubsub)
-                latencies = measure(stack, args.jobs, args.gap_sec)
+                latencies = measure(stack, args.jobs, args.gap_sec, args.deadline_sec)
         figures = ", ".join(f"→ {phase} p50 {percentile(values, 50):.2f} s, p99 {percentile(values, 99):.2f} s"
                             for phase, values in latencies.items())
         print(f"{args.database}, PubSub {pubsub} (poll every {args.poll_sec:g} s), {args.jobs} jobs one every "

@@ -204,7 +204,9 @@ def test_messages_twice_and_out_of_order_make_one_flow_run_and_one_launch_per_jo
         print(f"\n{len(job_ids)} jobs, each announced twice out of order: flow runs created "
               f"{min(intake_delays):.1f}-{max(intake_delays):.1f} s after the jobs, all completed {took:.1f} s "
               f"after their creation (no poll within {poll:.0f} s)")
-        assert max(intake_delays) < 10.0
+        # Any bound well under the poll interval shows the messages drove the intake; a loaded SQLite
+        # server takes seconds per flow run (bench/intake_latency.py measures the speed).
+        assert max(intake_delays) < poll / 10
 
 
 def test_a_central_outage_loses_no_status_update(prefect_stack, tmp_path, sdk_bin):
