@@ -104,6 +104,9 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = prefect_env(home)
+    # The UI asks the API where its settings say, not where this server listens: without this it calls
+    # port 4200 ("Can't connect to Server API"), or another Prefect server that happens to listen there.
+    env["PREFECT_UI_API_URL"] = api_url
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     log = open(home / "server.log", "ab")
@@ -139,7 +142,8 @@ def prefect_worker(
     restarted under its name takes up its predecessor's jobs at once. `extra_args`: more options of
     `prefect worker start` (e.g. `--with-healthcheck`)."""
     env = prefect_env(home, api_url)
-    env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5", **(extra_env or {}))
+    env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5")
+    env.update(extra_env or {})
     log = open(home / log_name, "ab")
     process = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--type", worker_type,
                                 *(["--name", name] if name else []), *extra_args],

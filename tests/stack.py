@@ -18,7 +18,15 @@ import docker
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterType,
+    FlowRunFilter,
+    FlowRunFilterTags,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -110,6 +118,17 @@ def flow_run_log(flow_run_id) -> str:
         async with get_client() as client:
             logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
             return "\n".join(log.message for log in logs)
+
+    return run(read())
+
+
+def job_cards(flow_run_id) -> list[str]:
+    """The markdown artifacts of a flow run (the worker's job card, workers/job_card.py)."""
+    async def read() -> list[str]:
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]), type=ArtifactFilterType(any_=["markdown"])))
+            return [artifact.data for artifact in artifacts]
 
     return run(read())
 

@@ -64,6 +64,6 @@ def plan_flow_run(job: DendroJob, app: LoadedApp, deployments: dict[str, str]) -
         parameters={"job_id": job.jobId},
         job_variables=job_variables,
         name=f"{app.name}/{job.processorName} {job.jobId}",
-        tags=[f"app:{app.name}", f"processor:{job.processorName}", f"project:{job.projectId}", job_tag(job.jobId),
-              resource_tag(job.computeResourceId)],
+        tags=[f"app:{app.name}", f"processor:{job.processorName}", f"project:{job.projectId}",
+              f"run-method:{job.runMethod}", job_tag(job.jobId), resource_tag(job.computeResourceId)],
     )

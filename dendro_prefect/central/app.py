@@ -9,6 +9,7 @@ of the API (`_OutageMiddleware`) and of PubSub (`PubSubHub.set_mode`).
 from __future__ import annotations
 
 import hmac
+from html import escape
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Request
@@ -48,6 +49,7 @@ def create_app(central: Central) -> FastAPI:
     app.include_router(_processor_routes(central))
     app.include_router(_blob_routes(central))
     app.include_router(_registration_routes(central))
+    app.include_router(_web_routes(central))
     app.include_router(_admin_routes(central))
     app.include_router(central.hub.router())
     app.add_middleware(_OutageMiddleware, central=central)
@@ -273,6 +275,22 @@ def _registration_routes(central: Central) -> APIRouter:
         """What opening the printed link does: the stand-in has no users, so the signed code is enough."""
         _register(central, resource_id, code, name)
         return f"<p>Compute resource <code>{resource_id}</code> is registered.</p>"
+
+    return router
+
+
+def _web_routes(central: Central) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/project/{project_id}", response_class=HTMLResponse)
+    def project_page(project_id: str) -> str:
+        """The Dendro web app's project page, reduced to its jobs: where a flow run's job card links."""
+        jobs = [job for job in central.store.jobs() if isinstance(job, dict) and job.get("projectId") == project_id]
+        rows = "".join("<tr>" + "".join(f"<td>{escape(str(job.get(key) or ''))}</td>"
+                                        for key in ("jobId", "processorName", "status", "error")) + "</tr>"
+                       for job in jobs)
+        return (f"<h1>Project {escape(project_id)}</h1><table><tr><th>Job</th><th>Processor</th><th>Status</th>"
+                f"<th>Error</th></tr>{rows}</table>")
 
     return router
 

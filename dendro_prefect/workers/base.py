@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
@@ -37,9 +38,11 @@ from ..config import ComputeResourceConfig, ConfigError
 from ..protocol.client import CentralClient, CentralError
 from ..protocol.models import DendroJob, ProtocolError, parse
 from .concurrency import SlotsTaken, TagSlots
+from .job_card import job_card
 from .job_dir import JobDirectory
 from .launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, job_environment
 from .outbox import StatusOutbox, set_status_before_launch, until_central_answers
+from .pickup import ScheduledRunPickup
 from .watch import Observation, Watch, WatchedJob
 
 REDACTED = "[redacted]"
@@ -140,6 +143,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         self._offline_workers_seen: set[str] | None = None  # None: not looked yet
         self._tag_slots: TagSlots | None = None
         self._outbox = StatusOutbox()
+        self._pickup: ScheduledRunPickup | None = None
 
     @abc.abstractmethod
     def launcher(self, configuration: DendroJobConfiguration) -> Launcher:
@@ -209,10 +213,30 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         if task_status is not None:
             task_status.started(infrastructure_id)
         run_logger.info("Job %s launched as %s", job_id, infrastructure_id)
+        self._runs_task_group.start_soon(self._publish_job_card, flow_run, job, central.config.central_url,
+                                         infrastructure_id)
         self._following.add(flow_run.id)
         await self._set_state(flow_run, Running())
         await self._follow_to_the_end(flow_run, job, central, launcher, infrastructure_id, configuration, run_logger)
         return DendroWorkerResult(identifier=infrastructure_id, status_code=0)
+
+    async def _publish_job_card(self, flow_run: FlowRun, job: DendroJob, central_url: str,
+                                infrastructure_id: str) -> None:
+        """The run's link back to its Dendro job (job_card.py), off the launch's path."""
+        try:
+            await self.client.create_artifact(ArtifactCreate(
+                type="markdown", flow_run_id=flow_run.id, description=f"Dendro job {job.jobId}",
+                data=job_card(job, central_url, infrastructure_id)))
+        except Exception as error:
+            self.get_flow_run_logger(flow_run).warning("Job %s: no job card in Prefect: %s", job.jobId, error)
+
+    async def sync_with_backend(self) -> None:
+        """Once the worker knows its pool, it also picks up flow runs as Prefect schedules them
+        (pickup.py), besides its queries."""
+        await super().sync_with_backend()
+        if self._pickup is None and self._work_pool is not None:
+            self._pickup = ScheduledRunPickup(self._work_pool.id, super().get_and_submit_flow_runs, self._logger)
+            self._runs_task_group.start_soon(self._pickup.run)
 
     async def get_and_submit_flow_runs(self):
         """Every few polls, take up the jobs that a lost worker of this pool had launched."""

@@ -3,12 +3,15 @@
 import json
 import time
 
+import requests
+
 from tests.conftest import FIXTURES, create_letter_count_job
 from tests.stack import (
     cancel_flow_run,
     final_flow_run,
     finished_job,
     flow_runs_of_job,
+    job_cards,
     wait_for,
     wait_for_log,
 )
@@ -23,10 +26,15 @@ def test_job_runs_to_completed_with_its_output_in_the_flow_run_logs(controller):
     assert flow_run.state.is_completed()
     assert flow_run.parameters == {"job_id": job_id}
     assert set(flow_run.tags) >= {f"job:{job_id}", "app:letter_count", "processor:letter_count",
-                                  f"project:{job_id.split('.')[0]}"}
+                                  f"project:{job_id.split('.')[0]}", "run-method:local"}
     assert flow_run.name == f"letter_count/letter_count {job_id}"
     assert flow_run.job_variables["time_limit_sec"] == 60
     wait_for_log(flow_run.id, "letter_count: 'o' appears 3 times in 18 characters", "(Job private key: [redacted])")
+    [card] = wait_for(lambda: job_cards(flow_run.id), f"the job card of flow run {flow_run.id}")
+    assert card.startswith(f"# Dendro job {job_id}\n")
+    project_page = f"{controller.admin.url}/project/{job['projectId']}"
+    assert f"[Project {job['projectId']} in Dendro]({project_page})" in card
+    assert f"<td>{job_id}</td><td>letter_count</td><td>completed</td>" in requests.get(project_page, timeout=10).text
 
 
 def test_failing_app_fails_the_job_and_the_flow_run(controller):

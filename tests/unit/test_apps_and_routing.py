@@ -5,6 +5,7 @@ import pytest
 from dendro_prefect.apps import AppCatalog, AppSpecError, LoadedApp, load_spec, raw_spec_url
 from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS, RoutingError, plan_flow_run
 from dendro_prefect.protocol.models import AppSpec, ComputeResourceApp, DendroJob, parse
+from dendro_prefect.workers.job_card import job_card
 from dendro_prefect.workers.tail import FileTail
 from tests.conftest import FIXTURES, LETTER_COUNT_APP
 from tests.unit.test_models import job_document
@@ -50,6 +51,9 @@ def test_plan_carries_resources_but_never_the_key():
     assert plan.job_variables == {"app_name": "letter_count", "app_image": None,
                                   "app_executable": str(LETTER_COUNT_APP / "main.py"),
                                   "num_cpus": 1, "num_gpus": 0, "memory_gb": 1.0, "time_limit_sec": 60.0}
+    assert plan.name == "letter_count/letter_count p1.abcdefgh"
+    assert plan.tags == ["app:letter_count", "processor:letter_count", "project:p1", "run-method:slurm",
+                         "job:p1.abcdefgh", f"resource:{'c' * 64}"]
     assert job.jobPrivateKey not in plan.model_dump_json()
     with pytest.raises(RoutingError, match="no deployment for runMethod slurm"):
         plan_flow_run(job, app, {"local": "dendro-job/local"})
@@ -67,3 +71,16 @@ def test_file_tail_returns_whole_new_lines_and_the_last_state_of_progress_lines(
         handle.write(b"ial\nlast")
     assert tail.read_lines() == ["partial"]
     assert tail.read_lines(final=True) == ["last"]
+
+
+def test_job_card_links_to_the_project_and_hides_secret_parameters():
+    document = job_document()
+    document["inputParameters"] += [{"name": "token", "value": "s3cr3t-value", "secret": True},
+                                    {"name": "note", "value": "a|b"}]
+    card = job_card(parse(DendroJob, document, "job"), "http://central/", "slurm:42")
+    assert card.startswith("# Dendro job p1.abcdefgh\n")
+    assert "[Project p1 in Dendro](http://central/project/p1)" in card
+    assert "| Infrastructure | `slurm:42` |" in card and "| Run method | slurm |" in card
+    assert "| Parameter `letter` | `'a'` |" in card and "| Parameter `note` | `'a\\|b'` |" in card
+    assert "| Parameter `token` | (secret) |" in card
+    assert "s3cr3t-value" not in card and document["jobPrivateKey"] not in card

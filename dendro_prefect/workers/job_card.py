@@ -1,0 +1,54 @@
+"""The job card: a markdown artifact on each flow run that says which Dendro job it is and links back
+to the job's project at the central, so an admin in the Prefect UI can find the job in Dendro.
+
+It carries no secret: no keys, and no value of a parameter marked secret (in the job or its
+processor's spec).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from ..protocol.models import DendroJob
+
+SECRET_VALUE = "(secret)"
+
+
+def project_url(central_url: str, project_id: str) -> str:
+    """The project's page in the Dendro web app (the central serves both the API and the app)."""
+    return f"{central_url.rstrip('/')}/project/{quote(project_id, safe='')}"
+
+
+def job_card(job: DendroJob, central_url: str, infrastructure_id: str) -> str:
+    secret = {p.name for p in job.processorSpec.parameters if p.secret}
+    secret |= {p.name for p in job.inputParameters if p.secret}
+    resources = job.requiredResources
+    lines = [
+        f"# Dendro job {job.jobId}",
+        "",
+        f"[Project {job.projectId} in Dendro]({project_url(central_url, job.projectId)})",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Processor | `{job.processorName}` |",
+        f"| Run method | {job.runMethod or '—'} |",
+        f"| Infrastructure | `{infrastructure_id}` |",
+    ]
+    if resources is not None:
+        lines.append(f"| Resources | {resources.numCpus} CPU, {resources.numGpus} GPU, {resources.memoryGb:g} GB, "
+                     f"{resources.timeSec:g} s |")
+    if job.batchId:
+        lines.append(f"| Batch | `{job.batchId}` |")
+    for item in job.inputFiles:
+        lines.append(f"| Input `{item.name}` | {item.fileName} |")
+    for parameter in job.inputParameters:
+        value = SECRET_VALUE if parameter.name in secret else f"`{_cell(repr(parameter.value))}`"
+        lines.append(f"| Parameter `{parameter.name}` | {value} |")
+    for output in job.outputFiles:
+        lines.append(f"| Output `{output.name}` | {output.fileName} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text that stays inside its table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
