@@ -33,6 +33,27 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (VmRSS) in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no VmRSS for process {pid}")
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
 @dataclass
 class BenchStack:
     admin: CentralAdmin
@@ -40,6 +61,8 @@ class BenchStack:
     workdir: Path
     run_method: str
     app: str
+    controller_worker_pid: int  # the process worker that runs the subscription flow in a child process
+    pool_worker_pid: int
 
     def job_requests(self, count: int, parameters: list[dict] | None = None, memory_gb: float = 0.1) -> list[dict]:
         """`count` jobs of the app's first processor, no inputs or outputs."""
@@ -101,14 +124,16 @@ def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: s
                 "deployments": {**DEFAULT_DEPLOYMENTS, run_method: f"dendro-job/{pool}"}})
 
         subscription = asyncio.run(setup())
-        stack.enter_context(prefect_worker(home, api_url, "dendro-controller", "process", REPO, "controller.log"))
+        controller_worker = stack.enter_context(
+            prefect_worker(home, api_url, "dendro-controller", "process", REPO, "controller.log"))
         # Stopping a process worker leaves its flow's process running: the subscription flow run is cancelled
         # (and stops within seconds) before its worker stops.
         stack.callback(lambda: asyncio.run(_cancel(subscription.id)))
-        stack.enter_context(prefect_worker(home, api_url, pool, worker_type, workdir, f"{pool}.log", worker_env))
+        pool_worker = stack.enter_context(
+            prefect_worker(home, api_url, pool, worker_type, workdir, f"{pool}.log", worker_env))
         deadline = time.monotonic() + 120
         while admin.resource(resource_id)["spec"] is None:
             if time.monotonic() > deadline:
                 raise SystemExit("the subscription flow did not start")
             time.sleep(0.2)
-        yield BenchStack(admin, resource_id, workdir, run_method, app)
+        yield BenchStack(admin, resource_id, workdir, run_method, app, controller_worker.pid, pool_worker.pid)
