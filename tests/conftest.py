@@ -35,6 +35,15 @@ def sdk_bin() -> Path:
     return venv / "bin"
 
 
+@pytest.fixture(scope="session")
+def test_output_dir() -> Path:
+    """Where tests leave files for people to look at (screenshots): $DENDRO_TEST_OUTPUT if set, else the
+    repository's test-output/ (ignored by git)."""
+    path = Path(os.environ.get("DENDRO_TEST_OUTPUT") or REPO / "test-output")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.fixture
 def central(tmp_path: Path):
     with running_central(tmp_path / "central") as admin:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import re
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -38,7 +39,7 @@ from ..config import ComputeResourceConfig, ConfigError
 from ..protocol.client import CentralClient, CentralError
 from ..protocol.models import DendroJob, ProtocolError, parse
 from .concurrency import SlotsTaken, TagSlots
-from .job_card import job_card
+from .job_card import job_card, job_card_key
 from .job_dir import JobDirectory
 from .launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, job_environment
 from .outbox import StatusOutbox, set_status_before_launch, until_central_answers
@@ -74,18 +75,23 @@ class DendroJobConfiguration(BaseJobConfiguration):
 
 class DendroVariables(BaseVariables):
     config_file: str = Field(
-        default=".dendro_compute_resource.json",
+        default=".dendro_compute_resource.json", title="Configuration file",
         description="The compute resource's configuration file (written by register-compute-resource), "
         "relative to the worker's working directory.",
     )
-    app_name: str = Field(default="", description="Dendro app of the job (set per job).")
-    app_image: str | None = Field(default=None, description="Container image of the app (set per job).")
-    app_executable: str = Field(default="", description="The app's entry point (set per job).")
-    num_cpus: int = Field(default=1, description="CPUs (requiredResources.numCpus of the job).")
-    num_gpus: int = Field(default=0, description="GPUs (requiredResources.numGpus of the job).")
-    memory_gb: float = Field(default=1.0, description="Memory in GB (requiredResources.memoryGb of the job).")
-    time_limit_sec: float | None = Field(default=None, description="Time limit (requiredResources.timeSec).")
-    job_root: str = Field(default="dendro-jobs", description="Directory that holds one working directory per job.")
+    app_name: str = Field(default="", title="App", description="Dendro app of the job (set per job).")
+    app_image: str | None = Field(default=None, title="App image",
+        description="Container image of the app (set per job).")
+    app_executable: str = Field(default="", title="App executable",
+        description="The app's entry point (set per job).")
+    num_cpus: int = Field(default=1, title="CPUs", description="CPUs (requiredResources.numCpus of the job).")
+    num_gpus: int = Field(default=0, title="GPUs", description="GPUs (requiredResources.numGpus of the job).")
+    memory_gb: float = Field(default=1.0, title="Memory (GB)",
+        description="Memory in GB (requiredResources.memoryGb of the job).")
+    time_limit_sec: float | None = Field(default=None, title="Time limit (s)",
+        description="Time limit (requiredResources.timeSec).")
+    job_root: str = Field(default="dendro-jobs", title="Job root directory",
+        description="Directory that holds one working directory per job.")
 
 
 class DendroWorkerResult(BaseWorkerResult):
@@ -225,7 +231,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         """The run's link back to its Dendro job (job_card.py), off the launch's path."""
         try:
             await self.client.create_artifact(ArtifactCreate(
-                type="markdown", flow_run_id=flow_run.id, description=f"Dendro job {job.jobId}",
+                key=job_card_key(job.jobId), type="markdown", flow_run_id=flow_run.id,
+                description=f"Dendro job {job.jobId}",
                 data=job_card(job, central_url, infrastructure_id)))
         except Exception as error:
             self.get_flow_run_logger(flow_run).warning("Job %s: no job card in Prefect: %s", job.jobId, error)
@@ -581,8 +588,15 @@ def _launched(flow_run: FlowRun) -> bool:
     return bool(flow_run.infrastructure_pid) and not flow_run.infrastructure_pid.startswith(NOT_LAUNCHED)
 
 
+# Signed URLs (the central's and cloud stores' downloads) grant access until they expire: the dendro SDK
+# prints them ("Downloading <url>"), so their signatures are redacted like keys.
+SIGNATURE = re.compile(r"([?&](?:signature|x-amz-signature|x-amz-credential|x-amz-security-token|sig)=)[^&\s]+",
+                       re.IGNORECASE)
+
+
 def _redactor(secret: str):
     def redact(line: str) -> str:
+        line = SIGNATURE.sub(rf"\1{REDACTED}", line)
         return line.replace(secret, REDACTED) if secret else line
 
     return redact

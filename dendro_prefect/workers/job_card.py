@@ -7,11 +7,18 @@ processor's spec).
 
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from ..protocol.models import DendroJob
 
 SECRET_VALUE = "(secret)"
+
+
+def job_card_key(job_id: str) -> str:
+    """The artifact's key (Prefect allows lowercase letters, digits and dashes): it names the card on
+    Prefect's Artifacts page."""
+    return "dendro-job-" + re.sub(r"[^a-z0-9]+", "-", job_id.lower()).strip("-")
 
 
 def project_url(central_url: str, project_id: str) -> str:
@@ -28,7 +35,7 @@ def job_card(job: DendroJob, central_url: str, infrastructure_id: str) -> str:
         "",
         f"[Project {job.projectId} in Dendro]({project_url(central_url, job.projectId)})",
         "",
-        "| | |",
+        "| Field | Value |",
         "|---|---|",
         f"| Processor | `{job.processorName}` |",
         f"| Run method | {job.runMethod or '—'} |",

@@ -1,6 +1,7 @@
 """A Dendro job through Prefect on the local pool, as a plain process (container method `none`)."""
 
 import json
+import re
 import time
 
 import requests
@@ -29,7 +30,10 @@ def test_job_runs_to_completed_with_its_output_in_the_flow_run_logs(controller):
                                   f"project:{job_id.split('.')[0]}", "run-method:local"}
     assert flow_run.name == f"letter_count/letter_count {job_id}"
     assert flow_run.job_variables["time_limit_sec"] == 60
-    wait_for_log(flow_run.id, "letter_count: 'o' appears 3 times in 18 characters", "(Job private key: [redacted])")
+    log = wait_for_log(flow_run.id, "letter_count: 'o' appears 3 times in 18 characters",
+                       "(Job private key: [redacted])")
+    # The SDK prints the input's signed download URL: its signature, a grant until it expires, is redacted.
+    assert "&signature=[redacted]" in log and not re.search(r"signature=(?!\[redacted\])", log)
     [card] = wait_for(lambda: job_cards(flow_run.id), f"the job card of flow run {flow_run.id}")
     assert card.startswith(f"# Dendro job {job_id}\n")
     project_page = f"{controller.admin.url}/project/{job['projectId']}"

@@ -5,7 +5,7 @@ import pytest
 from dendro_prefect.apps import AppCatalog, AppSpecError, LoadedApp, load_spec, raw_spec_url
 from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS, RoutingError, plan_flow_run
 from dendro_prefect.protocol.models import AppSpec, ComputeResourceApp, DendroJob, parse
-from dendro_prefect.workers.job_card import job_card
+from dendro_prefect.workers.job_card import job_card, job_card_key
 from dendro_prefect.workers.tail import FileTail
 from tests.conftest import FIXTURES, LETTER_COUNT_APP
 from tests.unit.test_models import job_document
@@ -84,3 +84,4 @@ def test_job_card_links_to_the_project_and_hides_secret_parameters():
     assert "| Parameter `letter` | `'a'` |" in card and "| Parameter `note` | `'a\\|b'` |" in card
     assert "| Parameter `token` | (secret) |" in card
     assert "s3cr3t-value" not in card and document["jobPrivateKey"] not in card
+    assert job_card_key("p1.abcdefgh") == "dendro-job-p1-abcdefgh"  # Prefect's keys: a-z, 0-9 and dashes
