@@ -1,6 +1,7 @@
 """Event-driven pickup: a worker hears of a flow run scheduled in its pool the moment Prefect schedules
 it, from Prefect's event stream, instead of at its next query (every PREFECT_WORKER_QUERY_SECONDS,
-10 s by default). The query loop stays as it is: it is the fallback while the stream is down.
+10 s by default); and of a run of its pool that ended, which frees a slot of the pool's concurrency
+limit for a run waiting behind it. The query loop stays as it is: the fallback while the stream is down.
 
 Events only wake the worker; what it submits still comes from its usual query of the pool, so a
 duplicated, late or replayed event costs one query and never a second submission. Wake-ups that
@@ -17,14 +18,14 @@ import anyio
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 
-SCHEDULED_EVENT = "prefect.flow-run.Scheduled"
+WAKING_EVENTS = [f"prefect.flow-run.{state}" for state in ("Scheduled", "Completed", "Failed", "Cancelled", "Crashed")]
 RESUBSCRIBE_SEC = 5.0  # after the stream is lost; the query loop carries on meanwhile
 
 
 class ScheduledRunPickup:
     def __init__(self, work_pool_id: UUID, pick_up: Callable[[], Awaitable[object]], logger: logging.Logger) -> None:
         self._filter = EventFilter(
-            event=EventNameFilter(name=[SCHEDULED_EVENT]),
+            event=EventNameFilter(name=WAKING_EVENTS),
             any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{work_pool_id}"]),
         )
         self._pick_up = pick_up
