@@ -1,12 +1,16 @@
 """Intake latency on the local pool: a job created at the central → `starting` (its app launched) and
-→ `running` (the app's SDK says so), p50/p99, with PubSub and with PubSub down (polling only).
+→ `running` (the app says so), p50/p99, with PubSub and with PubSub down (polling only).
 
-The whole path runs on this machine (bench/common.py): the subscription flow, a `dendro-local` worker
-querying Prefect every second, and the count_starts test app with no sleep (real dendro SDK). Jobs are
-created one every `--gap-sec`, so that each is measured on its own rather than behind a queue; the
-times are the central's own timestamps.
+The whole path runs on this machine (bench/common.py): the subscription flow and a `dendro-local`
+worker. The app is the no-op app by default (tests/fixtures/apps/noop: it reports `running` and
+`completed` with curl), so that what is measured is the controller's path and not a machine busy with
+earlier jobs' SDK processes (each real-SDK job costs 2-3 s of CPU: at one job a second a 2-core
+machine saturates); `--app count_starts` runs the real dendro SDK instead. Jobs are created one every
+`--gap-sec`, so that each is measured on its own rather than behind a queue; the times are the
+central's own timestamps.
 
-    .venv/bin/python bench/intake_latency.py [--jobs 100] [--poll-sec 5] [--database sqlite|postgres] [--workdir DIR]
+    .venv/bin/python bench/intake_latency.py [--jobs 100] [--poll-sec 5] [--database sqlite|postgres]
+        [--app noop|count_starts] [--pubsub up|down] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ FINAL = ("completed", "failed")
 
 
 def measure(stack, jobs: int, gap_sec: float, deadline_sec: float) -> dict[str, list[float]]:
-    requests = stack.job_requests(jobs, [{"name": "min_sec", "value": 0}, {"name": "max_sec", "value": 0}])
+    no_sleep = [{"name": "min_sec", "value": 0}, {"name": "max_sec", "value": 0}]
+    requests = stack.job_requests(jobs, no_sleep if stack.app == "count_starts" else [])
     job_ids = []
     for request in requests:
         job_ids += stack.admin.create_jobs([request])
@@ -60,6 +65,9 @@ def main() -> None:
     parser.add_argument("--gap-sec", type=float, default=1.0, help="between two job creations")
     parser.add_argument("--poll-sec", type=float, default=5.0, help="the subscription flow's poll interval")
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="sqlite")
+    parser.add_argument("--app", choices=["noop", "count_starts"], default="noop")
+    parser.add_argument("--pubsub", choices=["up", "down"], action="append",
+                        help="measure with PubSub up, down (polling only), or both (the default)")
     parser.add_argument("--deadline-sec", type=float, default=600.0,
                         help="how long after the last creation every job must have ended")
     parser.add_argument("--workdir", type=Path, help="keep the stack's files (logs, databases) here, one directory "
@@ -67,16 +75,16 @@ def main() -> None:
     parser.add_argument("--sdk-bin", default=str(Path(__file__).resolve().parent.parent / ".venv-sdk" / "bin"),
                         help="the bin directory of a virtual environment with the dendro SDK (scripts/test.sh makes it)")
     args = parser.parse_args()
-    for pubsub in ("up", "down"):
+    for pubsub in args.pubsub or ["up", "down"]:
         with _workdir(args.workdir, pubsub) as workdir:
             with bench_stack(workdir, database=args.database, run_method="local", worker_type="dendro-local",
-                             app="count_starts", poll_interval_sec=args.poll_sec,
+                             app=args.app, poll_interval_sec=args.poll_sec,
                              worker_env={"PATH": f"{args.sdk_bin}{os.pathsep}{os.environ['PATH']}"}) as stack:
                 stack.admin.set_pubsub(pubsub)
                 latencies = measure(stack, args.jobs, args.gap_sec, args.deadline_sec)
         figures = ", ".join(f"→ {phase} p50 {percentile(values, 50):.2f} s, p99 {percentile(values, 99):.2f} s"
                             for phase, values in latencies.items())
-        print(f"{args.database}, PubSub {pubsub} (poll every {args.poll_sec:g} s), {args.jobs} jobs one every "
+        print(f"{args.database}, {args.app} app, PubSub {pubsub} (poll every {args.poll_sec:g} s), {args.jobs} jobs one every "
               f"{args.gap_sec:g} s: created {figures}", flush=True)
 
 

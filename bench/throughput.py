@@ -5,7 +5,7 @@ side of the protocol with curl, so the figures are the controller's, not the den
 Prints jobs/s, p50/p99 of creation → `starting`, and the resident memory (RSS) of the subscription
 flow's process and of the pool's worker before the jobs and after they all completed.
 
-    .venv/bin/python bench/throughput.py [--jobs 1000] [--database postgres|sqlite] [--workdir DIR]
+    .venv/bin/python bench/throughput.py [--jobs 1000] [--batches 1] [--database postgres|sqlite] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -25,21 +25,17 @@ def memory(stack) -> dict[str, float]:
     return {"subscription flow": rss_mb(flow_processes[0]), "worker": rss_mb(stack.pool_worker_pid)}
 
 
-def run_once(jobs: int, workdir: Path, database: str, deadline_sec: float) -> None:
-    with bench_stack(workdir, database=database, run_method="local", worker_type="dendro-local", app="noop",
-                     submit_concurrency=8 if database == "postgres" else 1) as stack:
-        before = memory(stack)
-        requests = stack.job_requests(jobs)
-        started = time.time()
-        wanted = set(stack.admin.create_jobs(requests))
-        created = time.time()
-        deadline = time.monotonic() + deadline_sec
-        while True:
-            documents = [d for d in stack.admin.jobs(stack.resource_id) if d["jobId"] in wanted]
-            if all(d["status"] in ("completed", "failed") for d in documents) or time.monotonic() > deadline:
-                break
-            time.sleep(1.0)
-        after = memory(stack)
+def run_batch(stack, jobs: int, database: str, deadline_sec: float) -> None:
+    requests = stack.job_requests(jobs)
+    started = time.time()
+    wanted = set(stack.admin.create_jobs(requests))
+    created = time.time()
+    deadline = time.monotonic() + deadline_sec
+    while True:
+        documents = [d for d in stack.admin.jobs(stack.resource_id) if d["jobId"] in wanted]
+        if all(d["status"] in ("completed", "failed") for d in documents) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     launched = [d["timestampStarting"] for d in documents if d.get("timestampStarting")]
     finished = [d["timestampFinished"] for d in documents if d.get("timestampFinished")]
     completed = sum(d["status"] == "completed" for d in documents)
@@ -48,15 +44,28 @@ def run_once(jobs: int, workdir: Path, database: str, deadline_sec: float) -> No
           f"{max(launched) - started:.1f} s ({len(launched) / (max(launched) - started):.1f} jobs/s), "
           f"{completed} completed in {max(finished) - started:.1f} s; creation → starting "
           f"p50 {percentile(latencies, 50):.1f} s, p99 {percentile(latencies, 99):.1f} s", flush=True)
-    for process in before:
-        print(f"  RSS of the {process}: {before[process]:.0f} MB before, {after[process]:.0f} MB after", flush=True)
     if completed < jobs:
         raise SystemExit(f"{jobs - completed} jobs did not complete within {deadline_sec:g} s")
+
+
+def run(jobs: int, batches: int, workdir: Path, database: str, deadline_sec: float) -> None:
+    """`batches` batches of `jobs`, one after the other: memory that grows batch after batch leaks,
+    memory that grows once is the high-water mark of the first."""
+    with bench_stack(workdir, database=database, run_method="local", worker_type="dendro-local", app="noop",
+                     submit_concurrency=8 if database == "postgres" else 1) as stack:
+        rss = [memory(stack)]
+        for _ in range(batches):
+            run_batch(stack, jobs, database, deadline_sec)
+            rss.append(memory(stack))
+    for process in rss[0]:
+        print(f"  RSS of the {process}: " + " → ".join(f"{sample[process]:.0f}" for sample in rss)
+              + " MB (before, then after each batch)", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--batches", type=int, default=1, help="batches of --jobs, one after the other")
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres",
                         help="the Prefect server's database (PostgreSQL is Prefect's choice for volume)")
     parser.add_argument("--deadline-sec", type=float, default=1800.0)
@@ -64,10 +73,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        run_once(args.jobs, args.workdir.resolve(), args.database, args.deadline_sec)
+        run(args.jobs, args.batches, args.workdir.resolve(), args.database, args.deadline_sec)
     else:
         with tempfile.TemporaryDirectory(prefix="dendro-bench-") as workdir:
-            run_once(args.jobs, Path(workdir), args.database, args.deadline_sec)
+            run(args.jobs, args.batches, Path(workdir), args.database, args.deadline_sec)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ restarted controller still has one flow run.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from uuid import UUID
@@ -73,10 +74,11 @@ class Controller:
         """One reconciliation: submit every pending job that has no flow run, a few at a time, and
         settle the disagreements between the central and Prefect (see reconcile.py). Returns how many
         flow runs were created."""
-        documents = await anyio.to_thread.run_sync(self.client.get_unfinished_jobs)
+        # The two reads at once (gather raises the first error as it is: a CentralError stays one).
+        documents, active = await asyncio.gather(anyio.to_thread.run_sync(self.client.get_unfinished_jobs),
+                                                 reconcile.active_runs(client, self.config.compute_resource_id))
         unfinished_ids = {d["jobId"] for d in documents if isinstance(d, dict) and isinstance(d.get("jobId"), str)}
         jobs = [job for job in [await self._parse(d) for d in documents if self._worth_parsing(d)] if job is not None]
-        active = await reconcile.active_runs(client, self.config.compute_resource_id)
         actions = await self.reconciler.decide(client, unfinished_ids, jobs, active)
         for flow_run, reason in actions.cancel:
             self.logger.warning("Flow run %s cancelled: %s", flow_run.name, reason)
