@@ -117,17 +117,3 @@ def test_without_pubsub_the_controller_polls(prefect_stack, tmp_path, sdk_bin):
         assert finished_job(controller.admin, job_id)["status"] == "completed"
         wait_for_log(controller.subscription_run_id, "the central has none (mock-subscribe-key); polling only")
 
-
-def test_a_worker_hears_of_a_new_flow_run_from_prefects_events_not_its_next_query(prefect_stack, tmp_path, sdk_bin):
-    """The pool's worker queries Prefect only every 10 minutes here (it queried once at its start,
-    before the job existed): only the flow run's `Scheduled` event can bring it the job in time."""
-    with running_controller(prefect_stack, tmp_path / "pickup", sdk_bin,
-                            worker_env={"PREFECT_WORKER_QUERY_SECONDS": "600"}) as ctl:
-        job_id = create_letter_count_job(ctl.admin, ctl.resource_id)
-        job = finished_job(ctl.admin, job_id, timeout=120)
-        assert job["status"] == "completed", job.get("error")
-        flow_run = final_flow_run(job_id)
-        wait_for_log(flow_run.id, f"Job {job_id} launched as")
-        print(f"\nwith a worker query every 600 s: job created → starting "
-              f"{job['timestampStarting'] - job['timestampCreated']:.2f} s, → completed "
-              f"{job['timestampFinished'] - job['timestampCreated']:.2f} s")
