@@ -8,6 +8,7 @@ import asyncio
 import json
 import statistics
 import sys
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -52,6 +53,20 @@ def children(pid: int) -> list[int]:
         if fields.get("PPid", "").strip() == str(pid):
             found.append(int(status.parent.name))
     return found
+
+
+@contextmanager
+def bench_workdir(kept: Path | None, name: str) -> Iterator[Path]:
+    """Where a stack keeps its files: a temporary directory, or `kept/name`, kept after the run (a name
+    of its own per run: a stand-in or Prefect server started on an earlier run's files finds its
+    resources, jobs and pools there)."""
+    if kept is None:
+        with tempfile.TemporaryDirectory(prefix="dendro-bench-") as workdir:
+            yield Path(workdir)
+    else:
+        workdir = kept.resolve() / name
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
 
 
 @dataclass

@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
-from common import bench_stack, percentile
+from common import bench_stack, bench_workdir, percentile
 
 FINAL = ("completed", "failed")
 
@@ -49,16 +46,6 @@ def measure(stack, jobs: int, gap_sec: float, deadline_sec: float) -> dict[str, 
             "running": [d["timestampStarted"] - d["timestampCreated"] for d in documents]}
 
 
-@contextmanager
-def _workdir(kept: Path | None, name: str) -> Iterator[Path]:
-    if kept is None:
-        with tempfile.TemporaryDirectory(prefix="dendro-bench-") as workdir:
-            yield Path(workdir)
-    else:
-        (kept / name).mkdir(parents=True, exist_ok=True)
-        yield (kept / name).resolve()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=100)
@@ -76,7 +63,7 @@ def main() -> None:
                         help="the bin directory of a virtual environment with the dendro SDK (scripts/test.sh makes it)")
     args = parser.parse_args()
     for pubsub in args.pubsub or ["up", "down"]:
-        with _workdir(args.workdir, pubsub) as workdir:
+        with bench_workdir(args.workdir, pubsub) as workdir:
             with bench_stack(workdir, database=args.database, run_method="local", worker_type="dendro-local",
                              app=args.app, poll_interval_sec=args.poll_sec,
                              worker_env={"PATH": f"{args.sdk_bin}{os.pathsep}{os.environ['PATH']}"}) as stack:

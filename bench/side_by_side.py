@@ -42,7 +42,6 @@ import secrets
 import shlex
 import signal
 import subprocess
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from common import APPS, REPO, bench_stack, percentile
+from common import APPS, REPO, bench_stack, bench_workdir, percentile
 
 from dendro_prefect.central.admin_client import CentralAdmin
 from dendro_prefect.central.process import running_central
@@ -364,19 +363,6 @@ def ratios(original: Result, results: dict[int, Result]) -> None:
               f"{result.p(50) / original.p(50):.2f}x, p99 {result.p(99) / original.p(99):.2f}x", flush=True)
 
 
-@contextmanager
-def work_directory(kept: Path | None) -> Iterator[Path]:
-    """A temporary directory, or a new one under `kept` per run: a stand-in or a Prefect server started on
-    an earlier run's files would find its resources, jobs and pools there."""
-    if kept is None:
-        with tempfile.TemporaryDirectory(prefix="dendro-bench-") as workdir:
-            yield Path(workdir)
-    else:
-        workdir = kept.resolve() / time.strftime("side-by-side-%Y%m%d-%H%M%S")
-        workdir.mkdir(parents=True)
-        yield workdir
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20)
@@ -397,7 +383,7 @@ def main() -> None:
     original_bin = original_venv(args.original_venv.resolve())
     mark = f"DENDRO_SIDE_BY_SIDE={secrets.token_hex(8)}"
     pubsub = args.original_pubsub == "pubsub"
-    with work_directory(args.workdir) as workdir:
+    with bench_workdir(args.workdir, time.strftime("side-by-side-%Y%m%d-%H%M%S")) as workdir:
         (workdir / "original").mkdir(exist_ok=True)
         with original_daemon(workdir / "original", original_bin, pubsub, mark) as target:
             setup = f"original daemon (dendro 0.2.17, cap {ORIGINAL_CAP}, {'PubSub' if pubsub else 'polling only'})"

@@ -11,11 +11,10 @@ flow's process and of the pool's worker before the jobs and after they all compl
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
 from pathlib import Path
 
-from common import bench_stack, children, percentile, rss_mb
+from common import bench_stack, bench_workdir, children, percentile, rss_mb
 
 
 def memory(stack) -> dict[str, float]:
@@ -69,15 +68,10 @@ def main() -> None:
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres",
                         help="the Prefect server's database (PostgreSQL is Prefect's choice for volume)")
     parser.add_argument("--deadline-sec", type=float, default=1800.0)
-    parser.add_argument("--workdir", type=Path, help="keep the stack's files here (a temporary directory by default)")
+    parser.add_argument("--workdir", type=Path, help="keep the stack's files in DIR/throughput (a temporary directory by default)")
     args = parser.parse_args()
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        run(args.jobs, args.batches, args.workdir.resolve(), args.database, args.deadline_sec)
-    else:
-        with tempfile.TemporaryDirectory(prefix="dendro-bench-") as workdir:
-            run(args.jobs, args.batches, Path(workdir), args.database, args.deadline_sec)
-
+    with bench_workdir(args.workdir, "throughput") as workdir:
+        run(args.jobs, args.batches, workdir, args.database, args.deadline_sec)
 
 if __name__ == "__main__":
     main()
