@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -42,17 +43,30 @@ def rss_mb(pid: int) -> float:
     raise ValueError(f"no VmRSS for process {pid}")
 
 
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`."""
+def cpu_sec(pid: int) -> float:
+    """The CPU time (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int, command_contains: str = "") -> list[int]:
+    """The processes whose parent is `pid` (and whose command line contains `command_contains`)."""
     found = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            command = (status.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if fields.get("PPid", "").strip() == str(pid):
+        if fields.get("PPid", "").strip() == str(pid) and command_contains in command:
             found.append(int(status.parent.name))
     return found
+
+
+def prefect_server_pid() -> int:
+    """The Prefect server this process started (embedded.prefect_server)."""
+    [pid] = children(os.getpid(), "server start")
+    return pid
 
 
 @contextmanager

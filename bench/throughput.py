@@ -2,8 +2,9 @@
 and all completed, on the local pool with the no-op app (tests/fixtures/apps/noop: it speaks the job
 side of the protocol with curl, so the figures are the controller's, not the dendro SDK's start-up).
 
-Prints jobs/s, p50/p99 of creation → `starting`, and the resident memory (RSS) of the subscription
-flow's process and of the pool's worker before the jobs and after they all completed.
+Prints jobs/s, p50/p99 of creation → `starting`, the CPU each job cost the subscription flow, the worker
+and the Prefect server (compare the server's with bench/prefect_floor.py), and the resident memory
+(RSS) of the subscription flow's process and of the pool's worker before the jobs and after each batch.
 
     .venv/bin/python bench/throughput.py [--jobs 1000] [--batches 1] [--database postgres|sqlite] [--workdir DIR]
 """
@@ -14,18 +15,25 @@ import argparse
 import time
 from pathlib import Path
 
-from common import bench_stack, bench_workdir, children, percentile, rss_mb
+from common import bench_stack, bench_workdir, children, cpu_sec, percentile, prefect_server_pid, rss_mb
 
 
-def memory(stack) -> dict[str, float]:
+def processes(stack) -> dict[str, int]:
+    """The processes whose memory and CPU are reported, by what they are."""
     flow_processes = children(stack.controller_worker_pid)
     if len(flow_processes) != 1:
         raise SystemExit(f"expected the subscription flow's one process, found {flow_processes}")
-    return {"subscription flow": rss_mb(flow_processes[0]), "worker": rss_mb(stack.pool_worker_pid)}
+    return {"subscription flow": flow_processes[0], "worker": stack.pool_worker_pid,
+            "Prefect server": prefect_server_pid()}
+
+
+def memory(stack) -> dict[str, float]:
+    return {name: rss_mb(pid) for name, pid in processes(stack).items() if name != "Prefect server"}
 
 
 def run_batch(stack, jobs: int, database: str, deadline_sec: float) -> None:
     requests = stack.job_requests(jobs)
+    cpu_before = {name: cpu_sec(pid) for name, pid in processes(stack).items()}
     started = time.time()
     wanted = set(stack.admin.create_jobs(requests))
     created = time.time()
@@ -43,6 +51,8 @@ def run_batch(stack, jobs: int, database: str, deadline_sec: float) -> None:
           f"{max(launched) - started:.1f} s ({len(launched) / (max(launched) - started):.1f} jobs/s), "
           f"{completed} completed in {max(finished) - started:.1f} s; creation → starting "
           f"p50 {percentile(latencies, 50):.1f} s, p99 {percentile(latencies, 99):.1f} s", flush=True)
+    print("  CPU per job: " + ", ".join(f"{name} {1000 * (cpu_sec(pid) - cpu_before[name]) / jobs:.0f} ms"
+                                     for name, pid in processes(stack).items()), flush=True)
     if completed < jobs:
         raise SystemExit(f"{jobs - completed} jobs did not complete within {deadline_sec:g} s")
 

@@ -44,6 +44,7 @@ from .job_dir import JobDirectory
 from .launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, job_environment
 from .outbox import StatusOutbox, set_status_before_launch, until_central_answers
 from .pickup import ScheduledRunPickup
+from .read_cache import cache_reads
 from .watch import Observation, Watch, WatchedJob
 
 REDACTED = "[redacted]"
@@ -236,6 +237,10 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
                 data=job_card(job, central_url, infrastructure_id)))
         except Exception as error:
             self.get_flow_run_logger(flow_run).warning("Job %s: no job card in Prefect: %s", job.jobId, error)
+
+    async def setup(self) -> None:
+        await super().setup()
+        cache_reads(self.client)
 
     async def sync_with_backend(self) -> None:
         """Once the worker knows its pool, it also picks up flow runs as Prefect schedules them

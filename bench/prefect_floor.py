@@ -1,0 +1,85 @@
+"""The floor Prefect itself sets: how fast this machine's Prefect server takes one flow run per job,
+with nothing of dendro-prefect in the way.
+
+N flow runs are created from a deployment of a `dendro-local` pool, as the subscription flow creates
+them (job variables, tags, idempotency key), by `--callers` concurrent callers; then each is taken
+through the states a worker gives it (Pending, Running, Completed). Prints runs/s and the server's CPU
+per run for creation alone and for the whole life of a run: what a job costs Prefect before any worker,
+launch or log line. Compare with bench/throughput.py, which runs the whole path.
+
+    .venv/bin/python bench/prefect_floor.py [--runs 300] [--callers 8] [--database postgres|sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from common import REPO, bench_workdir, cpu_sec, prefect_server_pid
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Completed, Pending, Running
+
+from dendro_prefect.embedded import postgres_database, prefect_cli, prefect_server
+
+JOB_VARIABLES = {"app_name": "noop", "app_executable": str(REPO / "tests/fixtures/apps/noop/main.sh"),
+                 "num_cpus": 1, "memory_gb": 0.1, "time_limit_sec": 600}
+
+
+async def take_runs(deployment_id, batch: str, runs: int, callers: int, lifecycle: bool) -> None:
+    async with get_client() as client:
+        slots = asyncio.Semaphore(callers)
+
+        async def one(index: int) -> None:
+            job_id = f"{batch}-{index}"
+            async with slots:
+                flow_run = await client.create_flow_run_from_deployment(
+                    deployment_id, parameters={"job_id": job_id}, job_variables=JOB_VARIABLES,
+                    tags=["app:noop", "processor:noop", f"job:{job_id}"], idempotency_key=job_id)
+                for state in (Pending(), Running(), Completed()) if lifecycle else ():
+                    await client.set_flow_run_state(flow_run.id, state)
+
+        await asyncio.gather(*(one(index) for index in range(runs)))
+
+
+def measure(server_pid: int, deployment_id, what: str, runs: int, callers: int) -> None:
+    cpu_before, started = cpu_sec(server_pid), time.monotonic()
+    asyncio.run(take_runs(deployment_id, what, runs, callers, lifecycle=what == "lifecycle"))
+    elapsed = time.monotonic() - started
+    per_run_ms = 1000 * (cpu_sec(server_pid) - cpu_before) / runs
+    print(f"{what:9s}: {runs} runs in {elapsed:.1f} s ({runs / elapsed:.1f} runs/s), server CPU {per_run_ms:.0f} ms "
+          f"per run; 1,000 such runs take at least {1000 / (runs / elapsed):.0f} s here", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--callers", type=int, default=8, help="concurrent API callers")
+    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--workdir", type=Path, help="keep the server's files in DIR/prefect_floor")
+    args = parser.parse_args()
+    with bench_workdir(args.workdir, "prefect_floor") as workdir, ExitStack() as stack:
+        database_url = (stack.enter_context(postgres_database(workdir / "postgres"))
+                        if args.database == "postgres" else None)
+        home = workdir / "prefect"
+        api_url = stack.enter_context(prefect_server(home, database_url=database_url))
+        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
+        prefect_cli(home, api_url, "work-pool", "create", "floor", "--type", "dendro-local")
+
+        async def deployment():
+            async with get_client() as client:
+                flow_id = await client.create_flow_from_name("dendro-job")
+                return await client.create_deployment(flow_id=flow_id, name="floor", work_pool_name="floor",
+                                                      entrypoint="flows/dendro_job.py:dendro_job")
+
+        deployment_id = asyncio.run(deployment())
+        print(f"Prefect server on {args.database}, {args.callers} callers:", flush=True)
+        for what in ("creation", "lifecycle"):
+            measure(prefect_server_pid(), deployment_id, what, args.runs, args.callers)
+
+
+if __name__ == "__main__":
+    main()
