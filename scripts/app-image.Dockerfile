@@ -1,8 +1,10 @@
 # Image for one Dendro app written with the real dendro SDK. Built by scripts/build-app-image.sh
 # with the classic builder (DOCKER_BUILDKIT=0) and `--network none`: nothing is fetched during the
 # build. The build context that script lays out holds:
-#   wheels/  dendro and all its dependencies as wheels matching the base image's Python
-#   app/     the app directory (main.py, spec.json, ...)
+#   wheels/           dendro, the app's requirements and all their dependencies as wheels matching
+#                     the base image's Python
+#   requirements.txt  the app's requirements.txt (a comment only when the app has none)
+#   app/              the app directory (main.py, spec.json, ...)
 # The base image is a debootstrapped Debian minbase with python3 + python3-venv (no registry needed).
 ARG BASE_IMAGE=dendro-python-base:bookworm
 
@@ -10,9 +12,10 @@ ARG BASE_IMAGE=dendro-python-base:bookworm
 FROM ${BASE_IMAGE} AS venv
 ARG DENDRO_REQUIREMENT=dendro==0.2.17
 COPY wheels/ /tmp/wheels/
+COPY requirements.txt /tmp/requirements.txt
 RUN python3 -m venv /opt/dendro-venv \
  && /opt/dendro-venv/bin/python -m pip install --quiet --no-index --no-cache-dir --disable-pip-version-check \
-        --find-links /tmp/wheels "${DENDRO_REQUIREMENT}" \
+        --find-links /tmp/wheels "${DENDRO_REQUIREMENT}" -r /tmp/requirements.txt \
  && /opt/dendro-venv/bin/python -c "import dendro.sdk" \
  && /opt/dendro-venv/bin/dendro --help >/dev/null
 

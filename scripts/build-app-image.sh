@@ -7,11 +7,13 @@
 # (a) The base image (dendro-python-base:bookworm) is made once, when `docker image inspect` does not
 #     find it: debootstrap a Debian bookworm minbase with python3, python3-venv and ca-certificates
 #     into a temp dir and `docker import` it.
-# (b) Wheels of dendro and its dependencies are downloaded on the host for the base image's Python,
-#     glibc and CPU (checked inside the image), cached under <state>/wheels, and reused offline
-#     when the cache already satisfies the requirement.
+# (b) Wheels of dendro and its dependencies (and of the app's requirements.txt, when the app dir has
+#     one, e.g. apps/mountainsort5) are downloaded on the host for the base image's Python, glibc and
+#     CPU (checked inside the image), cached under <state>/wheels, and reused offline when the cache
+#     already satisfies the requirements.
 # (c) scripts/app-image.Dockerfile is built with the classic builder (DOCKER_BUILDKIT=0) and
-#     `--network none`: the venv goes to /opt/dendro-venv (first on PATH) and the app to /app.
+#     `--network none`: the venv goes to /opt/dendro-venv (first on PATH) and the app to /app (less
+#     any .venv of the app dir).
 #
 # Needs a running engine: scripts/start-dockerd.sh.
 #
@@ -36,6 +38,8 @@ TAG="$2"
 [[ -d "$APP_DIR" ]] || die "app dir '$APP_DIR' not found"
 [[ -f "$APP_DIR/main.py" ]] || die "'$APP_DIR' has no main.py"
 [[ -f "$DOCKERFILE" ]] || die "missing $DOCKERFILE"
+APP_REQUIREMENTS=""
+[[ -f "$APP_DIR/requirements.txt" ]] && APP_REQUIREMENTS="$(cd "$APP_DIR" && pwd)/requirements.txt"
 
 timeout 10 docker info >/dev/null 2>&1 || die "no Docker engine answers 'docker info'; run scripts/start-dockerd.sh first"
 export DOCKER_BUILDKIT=0   # buildx is not installed; the classic builder needs nothing else
@@ -133,18 +137,30 @@ mkdir -p "$CACHE"
 maketemp CTX app-ctx
 mkdir -p "$CTX/wheels" "$CTX/app"
 
+# The requirements the image's venv installs: dendro, plus the app's requirements.txt if it has one
+# (always written to the context, empty but for a comment otherwise, so the Dockerfile can COPY it).
+REQ_ARGS=("$DENDRO_REQUIREMENT")
+WHAT="$DENDRO_REQUIREMENT"
+if [[ -n "$APP_REQUIREMENTS" ]]; then
+    cp "$APP_REQUIREMENTS" "$CTX/requirements.txt"
+    REQ_ARGS+=(-r "$CTX/requirements.txt")
+    WHAT="$DENDRO_REQUIREMENT + $(basename "$APP_DIR")/requirements.txt"
+else
+    printf '# the app has no requirements.txt\n' > "$CTX/requirements.txt"
+fi
+
 # Resolve from the cache alone (no network, no pip config): copies exactly the needed wheels into the context.
 resolve_from_cache() {
     env -u PIP_FIND_LINKS -u PIP_INDEX_URL -u PIP_EXTRA_INDEX_URL -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
         "${PIP[@]}" download --quiet --no-index --find-links "$CACHE" --dest "$CTX/wheels" \
-        "${PIP_TARGET_ARGS[@]}" "$DENDRO_REQUIREMENT" >"$STATE/logs/pip-offline.log" 2>&1
+        "${PIP_TARGET_ARGS[@]}" "${REQ_ARGS[@]}" >"$STATE/logs/pip-offline.log" 2>&1
 }
 t0="$(now)"
 if resolve_from_cache; then
-    log "wheels for $DENDRO_REQUIREMENT found in cache $CACHE ($(since "$t0") s)"
+    log "wheels for $WHAT found in cache $CACHE ($(since "$t0") s)"
 else
-    log "downloading wheels for $DENDRO_REQUIREMENT ($PYTAG, $ARCH, glibc <= $GLIBC) into $CACHE"
-    "${PIP[@]}" download --quiet --dest "$CACHE" "${PIP_TARGET_ARGS[@]}" "$DENDRO_REQUIREMENT" \
+    log "downloading wheels for $WHAT ($PYTAG, $ARCH, glibc <= $GLIBC) into $CACHE"
+    "${PIP[@]}" download --quiet --dest "$CACHE" "${PIP_TARGET_ARGS[@]}" "${REQ_ARGS[@]}" \
         >"$STATE/logs/pip-download.log" 2>&1 \
         || { grep -v "is ignored: it is neither a file nor a directory" "$STATE/logs/pip-download.log" | tail -n 20 >&2
              die "pip download failed (log: $STATE/logs/pip-download.log)"; }
@@ -157,9 +173,13 @@ log "$(find "$CTX/wheels" -name '*.whl' | wc -l) wheels, $(du -sh "$CTX/wheels" 
 flock -u 8
 
 # ---------------------------------------------------------------- (c) build
-tar -C "$APP_DIR" --exclude=__pycache__ --exclude='*.pyc' --exclude=.git -cf - . | tar -C "$CTX/app" -xf -
+tar -C "$APP_DIR" --exclude=__pycache__ --exclude='*.pyc' --exclude=.git --exclude=./.venv -cf - . | tar -C "$CTX/app" -xf -
 cp "$DOCKERFILE" "$CTX/Dockerfile"
 BUILD_LOG="$STATE/logs/docker-build-${TAG//[^A-Za-z0-9_.-]/_}.log"
+# One build of a tag at a time: a build started while another runs (scripts/test.sh builds in the
+# background what the tests then ask for) waits for it and then finds every layer in docker's cache.
+exec 7>"$STATE/build-${TAG//[^A-Za-z0-9_.-]/_}.lock"
+flock -w 1800 7 || die "timed out waiting for another build of $TAG"
 t0="$(now)"
 log "building $TAG from $APP_DIR (log: $BUILD_LOG)"
 docker build --network none \

@@ -9,6 +9,13 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
 python3 -m venv .venv-sdk
 .venv-sdk/bin/pip install --quiet --disable-pip-version-check "dendro==0.2.17"
+# The spike-sorting app's venv and image take a minute or two each: made in the background while the
+# first tests run (the tests ask for them again and wait for these; see tests/e2e/test_spike_sorting.py).
+# Each in a process group of its own, stopped with the script if still running.
+mkdir -p .state
+preparing=()
+prepare() { local log="$1"; shift; setsid "$@" > ".state/$log" 2>&1 & preparing+=($!); }
+prepare mountainsort5-install.log bash apps/mountainsort5/install.sh
 # Debian's Chromium for the browser test of the Prefect UI (Playwright drives it; its own browser download is not used).
 if [ ! -x /usr/bin/chromium ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -16,12 +23,16 @@ if [ ! -x /usr/bin/chromium ]; then
     apt_chromium 2>/dev/null || { apt-get update -qq >/dev/null && apt_chromium; }
 fi
 started=()
-stop_started() { for service in "${started[@]}"; do bash "scripts/stop-$service.sh" || true; done; }
+stop_started() {
+    for pid in "${preparing[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
+    for service in "${started[@]}"; do bash "scripts/stop-$service.sh" || true; done
+}
 trap stop_started EXIT
 if ! timeout 10 docker info >/dev/null 2>&1; then
     bash scripts/start-dockerd.sh
     started+=(dockerd)
 fi
+prepare mountainsort5-image.log bash scripts/build-app-image.sh apps/mountainsort5 dendro-mountainsort5:local
 if ! timeout 10 sinfo >/dev/null 2>&1; then
     bash scripts/start-slurm.sh
     started+=(slurm)
