@@ -120,8 +120,10 @@ async def _cancel(flow_run_id) -> None:
 @contextmanager
 def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: str, app: str,
                 job_variables: dict | None = None, worker_env: dict | None = None, poll_interval_sec: float = 2.0,
-                submit_concurrency: int = 1) -> Iterator[BenchStack]:
-    """Everything up, and the subscription flow reporting the app's spec, before it yields."""
+                submit_concurrency: int = 1, spec_uri: str | None = None,
+                container_method: str = "none") -> Iterator[BenchStack]:
+    """Everything up, and the subscription flow reporting the app's spec, before it yields. The app is
+    a test fixture's (tests/fixtures/apps/<app>) unless `spec_uri` names another."""
     home = workdir / "prefect"
     pool = f"bench-{run_method}"
     with ExitStack() as stack:
@@ -132,9 +134,9 @@ def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: s
         resource_id, private_key = generate_keypair()
         config_file = workdir / ".dendro_compute_resource.json"
         ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                              central_url=admin.url, container_method="none").write(config_file)
+                              central_url=admin.url, container_method=container_method).write(config_file)
         admin.approve(resource_id, make_resource_code(private_key))
-        admin.set_apps(resource_id, [{"name": app, "specUri": (APPS / app / "spec.json").as_uri()}])
+        admin.set_apps(resource_id, [{"name": app, "specUri": spec_uri or (APPS / app / "spec.json").as_uri()}])
         prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")
         prefect_cli(home, api_url, "work-pool", "create", pool, "--type", worker_type)
         prefect_cli(home, api_url, "deploy", "--name", "subscription", cwd=REPO)

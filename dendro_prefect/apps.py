@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -27,6 +28,24 @@ def raw_spec_url(uri: str) -> str:
         raw = uri.replace("https://github.com/", "https://raw.githubusercontent.com/", 1).replace("/blob/", "/", 1)
         return f"{raw}?cachebust={secrets.token_hex(4)}"
     return uri
+
+
+def local_spec_uri(app_dir: Path, workdir: Path, image: str | None = None, executable: str = "/app/main.py") -> str:
+    """An app of this repository as a spec URI: its spec.json as it is (a plain process), or a copy in
+    `workdir` naming a locally built image and the app's executable in it."""
+    if image is None:
+        return (app_dir / "spec.json").as_uri()
+    spec = json.loads((app_dir / "spec.json").read_text())
+    spec.update(appImage=image, appExecutable=executable, executable=executable)
+    path = workdir / f"{app_dir.name}_image_spec.json"
+    path.write_text(json.dumps(spec, indent=2))
+    return path.as_uri()
+
+
+def build_app_image(app_dir: Path, tag: str) -> None:
+    """An image of an app of this repository, built here (scripts/build-app-image.sh: no registry needed)."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "build-app-image.sh"
+    subprocess.run(["bash", str(script), str(app_dir), tag], check=True, capture_output=True, text=True, timeout=1800)
 
 
 def load_spec(uri: str, timeout: float = 30.0) -> tuple[AppSpec, Path | None]:

@@ -52,11 +52,16 @@ def demo(
     timeout: float = typer.Option(300, help="Seconds to wait for the job."),
     keep_running: bool = typer.Option(False, help="Keep the servers and workers running after the job."),
     container_method: str = typer.Option("auto", help="docker, none, or auto: docker where an engine answers."),
+    app: str = typer.Option("letter_count", help="letter_count, or mountainsort5: a spike sort of a synthetic "
+                            "recording, its units compared with the recording's ground truth."),
 ) -> None:
     """Run one real Dendro job from submitted to completed through Prefect on this machine."""
-    from .demo import run_demo
+    from .demo import DEMO_APPS, run_demo
 
-    run_demo(workdir, sdk_venv, timeout, keep_running, container_method)
+    if app not in DEMO_APPS:
+        typer.echo(f"Error: no demo app {app!r}; choose one of {', '.join(DEMO_APPS)}", err=True)
+        raise typer.Exit(2)
+    run_demo(workdir, sdk_venv, timeout, keep_running, container_method, app)
 
 
 @app.command()

@@ -2,8 +2,9 @@
 
 On this machine alone: a Prefect server (SQLite), the central stand-in, a registered compute resource,
 the work pools and deployments of prefect.yaml, a process worker running the subscription flow and a
-`dendro-local` worker; then a letter_count job (an app written
-with the real dendro SDK) is submitted at the central and followed until it ends.
+`dendro-local` worker; then a job of an app written with the real dendro SDK (letter_count, or with
+`--app mountainsort5` a spike sort of a synthetic recording) is submitted at the central and followed
+until it ends.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 import typer
 
+from . import spike_sorting
+from .apps import build_app_image, local_spec_uri
 from .central.admin_client import CentralAdmin
 from .central.process import running_central
 from .config import ComputeResourceConfig
@@ -26,10 +28,8 @@ from .embedded import WORK_POOLS, deploy_all, prefect_server, prefect_worker
 from .protocol.signing import generate_keypair, make_resource_code
 
 REPO = Path(__file__).resolve().parent.parent
-APP_DIR = REPO / "apps" / "letter_count"
 DEMO_TEXT = "Dendro runs neurophysiology analyses; dendro-prefect runs Dendro jobs on Prefect.\n"
 SUBSCRIPTION_DEPLOYMENT = "dendro-subscription/subscription"
-DEMO_IMAGE = "dendro-letter-count:local"
 
 
 def follow_job(admin: CentralAdmin, job_id: str, timeout: float) -> dict:
@@ -57,43 +57,81 @@ def docker_available() -> bool:
     return True
 
 
-def app_spec_uri(workdir: Path, container_method: str) -> str:
+class LetterCountDemo:
+    """letter_count (apps/letter_count): counts a letter in a text file, in seconds."""
+
+    name = "letter_count"
+    app_dir = REPO / "apps" / "letter_count"
+    image = "dendro-letter-count:local"
+
+    def prepare(self, workdir: Path) -> None:
+        pass
+
+    def submit(self, admin: CentralAdmin, resource_id: str) -> str:
+        project_id = admin.create_project("demo")
+        admin.upload_file(project_id, "text.txt", DEMO_TEXT.encode())
+        spec = json.loads((self.app_dir / "spec.json").read_text())
+        return admin.create_job({
+            "computeResourceId": resource_id, "projectId": project_id, "processorName": "letter_count",
+            "inputFiles": [{"name": "input", "fileName": "text.txt"}],
+            "outputFiles": [{"name": "output", "fileName": "count.json"}],
+            "inputParameters": [{"name": "letter", "value": "e"}],
+            "processorSpec": spec["processors"][0],
+            "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 120},
+            "runMethod": "local",
+        })
+
+    def show_output(self, admin: CentralAdmin, job_id: str, workdir: Path) -> None:
+        typer.echo(f"Output count.json: {admin.output(job_id, 'output').decode()}")
+
+
+class SpikeSortingDemo:
+    """mountainsort5 (apps/mountainsort5): sorts a synthetic 30 s, 16-channel recording of 6 units, then
+    compares the sorted units with the recording's ground truth."""
+
+    name = "mountainsort5"
+    app_dir = spike_sorting.APP_DIR
+    image = spike_sorting.IMAGE
+
+    def prepare(self, workdir: Path) -> None:
+        typer.echo("Installing the app's virtual environment (apps/mountainsort5/install.sh; a minute the first "
+                   "time) and making a synthetic recording with known ground truth …")
+        self.recording = spike_sorting.make_recording(workdir / "recording")
+
+    def submit(self, admin: CentralAdmin, resource_id: str) -> str:
+        project_id = admin.create_project("demo")
+        admin.upload_file(project_id, "recording.nwb", self.recording.nwb.read_bytes())
+        return admin.create_job(spike_sorting.job_request(resource_id, project_id, "recording.nwb"))
+
+    def show_output(self, admin: CentralAdmin, job_id: str, workdir: Path) -> None:
+        sorted_nwb = workdir / "sorting.nwb"
+        sorted_nwb.write_bytes(admin.output(job_id, "output"))
+        summary = spike_sorting.compare_with_ground_truth(sorted_nwb, self.recording)
+        typer.echo(f"Output sorting.nwb ({sorted_nwb}): {summary['units_found']} units sorted; accuracy of each "
+                   f"of the {summary['gt_units']} true units: "
+                   + ", ".join(f"{unit}: {accuracy:.2f}" for unit, accuracy in summary["accuracies"].items()))
+
+
+DEMO_APPS = {demo.name: demo for demo in (LetterCountDemo(), SpikeSortingDemo())}
+
+
+def app_spec_uri(demo, workdir: Path, container_method: str) -> str:
     """The app as it is (a plain process), or built into a local image for docker."""
     if container_method == "none":
-        return (APP_DIR / "spec.json").as_uri()
-    typer.echo(f"Building the app image {DEMO_IMAGE} (the first build takes a minute or two) …")
-    subprocess.run(["bash", str(REPO / "scripts" / "build-app-image.sh"), str(APP_DIR), DEMO_IMAGE], check=True,
-                   stdout=subprocess.DEVNULL)
-    spec = json.loads((APP_DIR / "spec.json").read_text())
-    spec.update(appImage=DEMO_IMAGE, appExecutable="/app/main.py", executable="/app/main.py")
-    path = workdir / "letter_count_image_spec.json"
-    path.write_text(json.dumps(spec, indent=2))
-    return path.as_uri()
+        return local_spec_uri(demo.app_dir, workdir)
+    typer.echo(f"Building the app image {demo.image} (the first build takes a minute or two) …")
+    build_app_image(demo.app_dir, demo.image)
+    return local_spec_uri(demo.app_dir, workdir, demo.image)
 
 
-def register_resource(admin: CentralAdmin, workdir: Path, container_method: str) -> ComputeResourceConfig:
+def register_resource(admin: CentralAdmin, workdir: Path, container_method: str, demo) -> ComputeResourceConfig:
     resource_id, private_key = generate_keypair()
     config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
                                    central_url=admin.url, container_method=container_method)
     config.write(workdir / ".dendro_compute_resource.json")
     admin.approve(resource_id, make_resource_code(private_key), "demo")
-    admin.set_apps(resource_id, [{"name": "letter_count", "specUri": app_spec_uri(workdir, container_method)}])
+    admin.set_apps(resource_id, [{"name": demo.name, "specUri": app_spec_uri(demo, workdir, container_method)}])
     return config
-
-
-def submit_letter_count(admin: CentralAdmin, resource_id: str) -> str:
-    project_id = admin.create_project("demo")
-    admin.upload_file(project_id, "text.txt", DEMO_TEXT.encode())
-    spec = json.loads((APP_DIR / "spec.json").read_text())
-    return admin.create_job({
-        "computeResourceId": resource_id, "projectId": project_id, "processorName": "letter_count",
-        "inputFiles": [{"name": "input", "fileName": "text.txt"}],
-        "outputFiles": [{"name": "output", "fileName": "count.json"}],
-        "inputParameters": [{"name": "letter", "value": "e"}],
-        "processorSpec": spec["processors"][0],
-        "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 120},
-        "runMethod": "local",
-    })
 
 
 def start_subscription(api_url: str, config_file: Path, poll_interval_sec: float) -> str:
@@ -137,7 +175,9 @@ def final_flow_run(api_url: str, job_id: str, timeout: float) -> str:
     return asyncio.run(read())
 
 
-def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, container_method: str) -> None:
+def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, container_method: str,
+             app: str = "letter_count") -> None:
+    demo = DEMO_APPS[app]
     workdir = workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -148,9 +188,10 @@ def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, 
         typer.echo("Starting a Prefect server (SQLite) and the Dendro central stand-in …")
         api_url = stack.enter_context(prefect_server(home))
         admin = stack.enter_context(running_central(workdir / "central"))
-        config = register_resource(admin, workdir, container_method)
+        demo.prepare(workdir)
+        config = register_resource(admin, workdir, container_method, demo)
         typer.echo(f"Prefect UI: {api_url.removesuffix('/api')}   central: {admin.url}")
-        typer.echo(f"Compute resource {config.compute_resource_id} registered with app letter_count "
+        typer.echo(f"Compute resource {config.compute_resource_id} registered with app {demo.name} "
                    f"(container method {container_method})")
         deploy_all(home, api_url, REPO)
         typer.echo(f"Work pools {', '.join(WORK_POOLS)} created; deployments of prefect.yaml applied")
@@ -161,13 +202,13 @@ def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, 
         start_subscription(api_url, workdir / ".dendro_compute_resource.json", 10.0)
         wait_for_controller(admin, config.compute_resource_id, timeout)
         typer.echo("Subscription flow running; workers started")
-        job_id = submit_letter_count(admin, config.compute_resource_id)
+        job_id = demo.submit(admin, config.compute_resource_id)
         typer.echo(f"Submitted job {job_id}; its statuses at the central:")
         job = follow_job(admin, job_id, timeout)
         typer.echo(f"Flow run {final_flow_run(api_url, job_id, 30)}")
         if job["status"] != "completed":
             raise typer.Exit(f"job failed: {job.get('error')}")
-        typer.echo(f"Output count.json: {admin.output(job_id, 'output').decode()}")
+        demo.show_output(admin, job_id, workdir)
         if keep_running:
             typer.echo("Keeping everything running; press Ctrl-C to stop.")
             try:

@@ -13,6 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .apps import build_app_image, local_spec_uri
+
 REPO = Path(__file__).resolve().parent.parent
 APP_DIR = REPO / "apps" / "mountainsort5"
 IMAGE = "dendro-mountainsort5:local"
@@ -37,19 +39,12 @@ def install_app() -> Path:
 
 
 def build_image(tag: str = IMAGE) -> None:
-    subprocess.run(["bash", str(REPO / "scripts" / "build-app-image.sh"), str(APP_DIR), tag], check=True,
-                   capture_output=True, text=True, timeout=1800)
+    build_app_image(APP_DIR, tag)
 
 
 def spec_uri(workdir: Path, image: str | None = None) -> str:
     """The app's spec: as is for a plain process (its `run` uses the app's venv), or naming an image."""
-    if image is None:
-        return (APP_DIR / "spec.json").as_uri()
-    spec = json.loads((APP_DIR / "spec.json").read_text())
-    spec.update(appImage=image, appExecutable="/app/main.py", executable="/app/main.py")
-    path = workdir / "mountainsort5_image_spec.json"
-    path.write_text(json.dumps(spec, indent=2))
-    return path.as_uri()
+    return local_spec_uri(APP_DIR, workdir, image)
 
 
 def make_recording(directory: Path, seed: int = 3, duration_sec: float = 30.0) -> Recording:

@@ -32,6 +32,7 @@ from prefect.deployments import arun_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
+from dendro_prefect.apps import local_spec_uri
 from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.central.admin_client import CentralAdmin
 from dendro_prefect.central.process import running_central
@@ -158,13 +159,7 @@ def finished_job(admin: CentralAdmin, job_id: str, timeout: float = 90.0) -> dic
 def letter_count_spec_uri(workdir: Path, image: str | None = None, executable: str = "/app/main.py") -> str:
     """The letter_count spec as a file: as is for a plain process, or naming a docker image (and the
     app's executable in it)."""
-    if image is None:
-        return (LETTER_COUNT_APP / "spec.json").as_uri()
-    spec = json.loads((LETTER_COUNT_APP / "spec.json").read_text())
-    spec.update(appImage=image, appExecutable=executable, executable=executable)
-    path = workdir / "letter_count_image_spec.json"
-    path.write_text(json.dumps(spec))
-    return path.as_uri()
+    return local_spec_uri(LETTER_COUNT_APP, workdir, image, executable)
 
 
 ENTRYPOINTS = {"dendro-job": "flows/dendro_job.py:dendro_job", "dendro-subscription": "flows/subscription.py:subscription"}

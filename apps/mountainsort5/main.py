@@ -15,6 +15,7 @@ reads the context's type from the run method's annotations, which must be classe
 """
 
 import os
+import resource
 import tempfile
 import time
 from typing import Any
@@ -433,7 +434,8 @@ def _sort_nwb(context: Any, p: dict) -> None:
         handle.close()
     except Exception:  # noqa: BLE001
         pass
-    _log("done")
+    # The sorting process's high-water mark (Linux reports KiB): what the job needs of a node's memory.
+    _log(f"done; peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
 app = App(name="mountainsort5", description="MountainSort5 spike sorting", app_executable="run")
