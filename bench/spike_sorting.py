@@ -1,6 +1,6 @@
 """The spike-sorting job on each pool: its wall time, its peak memory and the controller's overhead.
 
-For each pool (local as a plain process, local in docker, Slurm), mountainsort5 jobs of the project's
+For each pool (local and Slurm, each as a plain process and in docker), mountainsort5 jobs of the project's
 app (apps/mountainsort5) on the synthetic recording (30 s × 16 channels × 6 units, ground truth known)
 go one at a time through the whole path on this machine (bench/common.py: Prefect server, central
 stand-in, subscription flow, the pool's worker). Prints the medians of:
@@ -13,7 +13,7 @@ stand-in, subscription flow, the pool's worker). Prints the medians of:
 Start a docker engine (scripts/start-dockerd.sh) and Slurm (scripts/start-slurm.sh) first: a pool whose
 infrastructure does not answer is skipped, with the reason.
 
-    .venv/bin/python bench/spike_sorting.py [--pool process|docker|slurm ...] [--jobs 3] [--database sqlite|postgres]
+    .venv/bin/python bench/spike_sorting.py [--pool process|docker|slurm|slurm-docker ...] [--jobs 3] [--database sqlite|postgres]
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
 from dendro_prefect import spike_sorting
 
-POOLS = {  # name: (container method, runMethod, worker type, job variables, what must answer)
-    "process": ("none", "local", "dendro-local", {}, None),
-    "docker": ("docker", "local", "dendro-local", {}, ["docker", "info"]),
-    "slurm": ("none", "slurm", "dendro-slurm", {"partition": "debug"}, ["sinfo"]),
+POOLS = {  # name: (the resource's container method, runMethod, worker type, job variables, in the image?, what must answer)
+    "process": ("none", "local", "dendro-local", {}, False, None),
+    "docker": ("docker", "local", "dendro-local", {}, True, ["docker", "info"]),
+    "slurm": ("none", "slurm", "dendro-slurm", {"partition": "debug"}, False, None),
+    "slurm-docker": ("none", "slurm", "dendro-slurm", {"container_method": "docker"}, True, ["docker", "info"]),
 }
 PEAK_MEMORY = re.compile(r"peak memory (\d+) MB")
 
@@ -81,15 +82,18 @@ def sort_once(stack, recording, workdir: Path, run_method: str, deadline_sec: fl
 
 
 def bench_pool(pool: str, jobs: int, workdir: Path, database: str, recording, deadline_sec: float) -> None:
-    method, run_method, worker_type, job_variables, probe = POOLS[pool]
+    method, run_method, worker_type, job_variables, in_image, probe = POOLS[pool]
     if probe and subprocess.run(probe, capture_output=True).returncode != 0:
         print(f"{pool}: skipped, `{' '.join(probe)}` does not answer", flush=True)
         return
-    if method == "docker":
+    if run_method == "slurm" and subprocess.run(["sinfo"], capture_output=True).returncode != 0:
+        print(f"{pool}: skipped, `sinfo` does not answer", flush=True)
+        return
+    if in_image:
         spike_sorting.build_image()
     pool_dir = workdir / pool
     pool_dir.mkdir(parents=True, exist_ok=True)
-    spec_uri = spike_sorting.spec_uri(pool_dir, spike_sorting.IMAGE if method == "docker" else None)
+    spec_uri = spike_sorting.spec_uri(pool_dir, spike_sorting.IMAGE if in_image else None)
     with bench_stack(pool_dir, database=database, run_method=run_method, worker_type=worker_type, app="mountainsort5",
                      job_variables=job_variables, spec_uri=spec_uri, container_method=method) as stack:
         samples = [sort_once(stack, recording, pool_dir, run_method, deadline_sec) for _ in range(jobs)]

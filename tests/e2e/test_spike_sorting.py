@@ -1,8 +1,8 @@
 """A real spike sort end to end: the project's mountainsort5 app (apps/mountainsort5: the real dendro
 0.2.17 SDK, spikeinterface, mountainsort5) sorts a synthetic recording with known ground truth (fixed
-seed), run by dendro-prefect on the local pool as a plain process (the app's own venv) and in docker (an
-image built here), and on the Slurm pool. Each output NWB is fetched from the central's blob store and
-compared with the ground truth with spikeinterface's comparison tools (apps/mountainsort5/compare.py).
+seed), run by dendro-prefect on the local pool and on the Slurm pool, each as a plain process (the app's
+own venv) and in docker (an image built here). Each output NWB is fetched from the central's blob store
+and compared with the ground truth with spikeinterface's comparison tools (apps/mountainsort5/compare.py).
 
 All the module's jobs are submitted at once (one controller per pool) so the sorts overlap."""
 
@@ -21,10 +21,11 @@ from dendro_prefect.spike_sorting import (
 from tests.e2e.test_slurm_pool import slurm_ready
 from tests.stack import final_flow_run, finished_job, running_controller, wait_for_log
 
-POOLS = {  # name: (container method, runMethod, worker type, job variables, scheme)
-    "process": ("none", "local", "dendro-local", {}, 2),
-    "docker": ("docker", "local", "dendro-local", {}, 1),
-    "slurm": ("none", "slurm", "dendro-slurm", {"partition": "debug"}, 3),
+POOLS = {  # name: (the resource's container method, runMethod, worker type, job variables, in the image?, scheme)
+    "process": ("none", "local", "dendro-local", {}, False, 2),
+    "docker": ("docker", "local", "dendro-local", {}, True, 1),
+    "slurm": ("none", "slurm", "dendro-slurm", {"partition": "debug"}, False, 3),
+    "slurm-docker": ("none", "slurm", "dendro-slurm", {"container_method": "docker"}, True, 2),
 }
 CORRUPT_NWB = b"\x89HDF\r\n\x1a\n" + b"not the rest of an NWB file" * 100
 SORT_TIMEOUT_SEC = 300
@@ -42,14 +43,14 @@ def sorting(prefect_stack, tmp_path_factory, sdk_bin, docker_client, recording):
     build_image()
     with ExitStack() as stack:
         controllers = {}
-        for name, (method, run_method, worker_type, job_variables, _) in POOLS.items():
+        for name, (method, run_method, worker_type, job_variables, in_image, _) in POOLS.items():
             workdir = tmp_path_factory.mktemp(f"sorting-{name}")
-            apps = [{"name": "mountainsort5", "specUri": spec_uri(workdir, IMAGE if method == "docker" else None)}]
+            apps = [{"name": "mountainsort5", "specUri": spec_uri(workdir, IMAGE if in_image else None)}]
             controllers[name] = stack.enter_context(running_controller(
                 prefect_stack, workdir, sdk_bin, container_method=method, apps=apps, worker_type=worker_type,
                 run_method=run_method, job_variables=job_variables))
         jobs = {name: (controllers[name], submit(controllers[name], recording.nwb.read_bytes(), POOLS[name][1],
-                                                 {"scheme": POOLS[name][4]}))
+                                                 {"scheme": POOLS[name][5]}))
                 for name in POOLS}
         jobs["corrupt"] = (controllers["process"], submit(controllers["process"], CORRUPT_NWB, "local"))
         jobs["no-series-path"] = (controllers["process"], submit(controllers["process"], recording.nwb.read_bytes(),
@@ -72,7 +73,7 @@ def test_mountainsort5_job_finds_the_true_units(sorting, recording, pool, tmp_pa
     sorted_nwb = tmp_path / "sorting.nwb"
     sorted_nwb.write_bytes(controller.admin.output(job_id, "output"))
     summary = compare_with_ground_truth(sorted_nwb, recording)
-    print(f"\n{pool} (scheme {POOLS[pool][4]}): {summary}")
+    print(f"\n{pool} (scheme {POOLS[pool][5]}): {summary}")
     well_sorted = [unit for unit, accuracy in summary["accuracies"].items() if accuracy >= 0.8]
     assert len(well_sorted) >= 5 and 5 <= summary["units_found"] <= 9, summary
     assert final_flow_run(job_id).state.is_completed()
