@@ -23,7 +23,7 @@ def packing_controller(prefect_stack, tmp_path_factory, sdk_bin):
     slurm_ready()
     workdir = tmp_path_factory.mktemp("slurm-packing")
     with running_controller(prefect_stack, workdir, sdk_bin, worker_type="dendro-slurm", run_method="slurm",
-                            job_variables={"pack_batches": True, "pack_window_sec": 5,
+                            job_variables={"pack_batches": True, "pack_window_sec": 20,
                                            "max_jobs_per_allocation": 2}) as controller:
         yield controller
 

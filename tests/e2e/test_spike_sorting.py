@@ -1,8 +1,9 @@
 """A real spike sort end to end: the project's mountainsort5 app (apps/mountainsort5: the real dendro
 0.2.17 SDK, spikeinterface, mountainsort5) sorts a synthetic recording with known ground truth (fixed
-seed), run by dendro-prefect on the local pool and on the Slurm pool, each as a plain process (the app's
-own venv) and in docker (an image built here). Each output NWB is fetched from the central's blob store
-and compared with the ground truth with spikeinterface's comparison tools (apps/mountainsort5/compare.py).
+seed), run by dendro-prefect on the local pool as a plain process (the app's own venv) and in docker (an
+image built here), and on the Slurm pool (docker on Slurm: bench/spike_sorting.py, and letter_count in
+tests/e2e/test_slurm_docker.py). Each output NWB is fetched from the central's blob store and compared
+with the ground truth with spikeinterface's comparison tools (apps/mountainsort5/compare.py).
 
 All the module's jobs are submitted at once (one controller per pool) so the sorts overlap."""
 
@@ -25,7 +26,6 @@ POOLS = {  # name: (the resource's container method, runMethod, worker type, job
     "process": ("none", "local", "dendro-local", {}, False, 2),
     "docker": ("docker", "local", "dendro-local", {}, True, 1),
     "slurm": ("none", "slurm", "dendro-slurm", {"partition": "debug"}, False, 3),
-    "slurm-docker": ("none", "slurm", "dendro-slurm", {"container_method": "docker"}, True, 2),
 }
 CORRUPT_NWB = b"\x89HDF\r\n\x1a\n" + b"not the rest of an NWB file" * 100
 SORT_TIMEOUT_SEC = 300
