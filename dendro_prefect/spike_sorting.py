@@ -20,6 +20,7 @@ APP_DIR = REPO / "apps" / "mountainsort5"
 IMAGE = "dendro-mountainsort5:local"
 ELECTRICAL_SERIES_PATH = "/acquisition/ElectricalSeries"
 PROCESSOR = "mountainsort5"
+APP_PYTHON = APP_DIR / ".venv" / "bin" / "python"  # made by install.sh
 
 
 class SortingCheckError(RuntimeError):
@@ -35,7 +36,7 @@ class Recording:
 def install_app() -> Path:
     """The app's virtual environment (made on first use, at once when up to date); its Python."""
     subprocess.run(["bash", str(APP_DIR / "install.sh")], check=True, capture_output=True, text=True, timeout=1800)
-    return APP_DIR / ".venv" / "bin" / "python"
+    return APP_PYTHON
 
 
 def build_image(tag: str = IMAGE) -> None:
@@ -76,8 +77,9 @@ def job_request(resource_id: str, project_id: str, input_file_name: str, run_met
 
 def compare_with_ground_truth(sorted_nwb: Path, recording: Recording) -> dict:
     """spikeinterface's comparison of a sorting with the ground truth (apps/mountainsort5/compare.py):
-    units found, each true unit's accuracy, and `pass` (at least 5 of 6 units at accuracy ≥ 0.8, 5–9 units)."""
-    done = subprocess.run([str(install_app()), str(APP_DIR / "compare.py"), str(sorted_nwb), str(recording.ground_truth)],
+    units found, each true unit's accuracy, and `pass` (at least 5 of 6 units at accuracy ≥ 0.8, 5–9 units).
+    The app's environment exists: `recording` was made with it."""
+    done = subprocess.run([str(APP_PYTHON), str(APP_DIR / "compare.py"), str(sorted_nwb), str(recording.ground_truth)],
                           capture_output=True, text=True, timeout=300)
     if done.returncode not in (0, 1):
         raise SortingCheckError(f"cannot compare {sorted_nwb.name} with the ground truth: "
