@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from .central.cli import central_app
-from .config import CONFIG_FILE_NAME, ComputeResourceConfig, ConfigError, config_from_node_yaml
+from .config import ComputeResourceConfig, ConfigError, config_from_node_yaml, config_path
 from .protocol.signing import generate_keypair, make_resource_code
 
 app = typer.Typer(no_args_is_help=True, help="A Dendro compute resource built on Prefect.")
@@ -19,21 +19,27 @@ app.add_typer(central_app, name="central")
 def register_compute_resource(
     central: str = typer.Option(..., "--central", help="URL of the Dendro central service."),
     name: str = typer.Option("dendro-prefect", help="Name shown for this compute resource."),
-    config_file: Path = typer.Option(Path(CONFIG_FILE_NAME), "--config", help="Where to write the configuration."),
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="Where to write the configuration (default: .dendro_compute_resource.json in the "
+        "dendro-prefect home, $DENDRO_PREFECT_HOME or ~/.dendro-prefect, where the controller and the workers "
+        "look for it)."),
     from_node_yaml: Optional[Path] = typer.Option(
         None, "--from-node-yaml", help="Import the keys of the original daemon's .dendro-compute-resource-node.yaml."
     ),
-    container_method: str = typer.Option("docker", help="docker, apptainer, singularity or none."),
+    container_method: Optional[str] = typer.Option(
+        None, help="docker (the default), apptainer, singularity or none; apps without an image run as plain "
+        "processes whatever it says. With --from-node-yaml it replaces the file's CONTAINER_METHOD."),
 ) -> None:
     """Create this compute resource's key pair and configuration, and print its registration link."""
+    config_file = config_path(config_file)
     try:
         if from_node_yaml is not None:
-            config = config_from_node_yaml(from_node_yaml, central)
+            config = config_from_node_yaml(from_node_yaml, central, container_method)
         else:
             resource_id, private_key = generate_keypair()
             config = ComputeResourceConfig(
                 compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                central_url=central, name=name, container_method=container_method,
+                central_url=central, name=name, container_method=container_method or "docker",
             )
         config.write(config_file)
     except (ConfigError, ValueError) as error:

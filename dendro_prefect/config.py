@@ -1,6 +1,10 @@
 """`.dendro_compute_resource.json`: who this compute resource is and which central it talks to.
 
 The file holds the resource's private key, so it is written with mode 0600 and never overwritten.
+It lives in the dendro-prefect home (`$DENDRO_PREFECT_HOME`, `~/.dendro-prefect` by default), as
+Prefect's own settings live in `~/.prefect`: `register-compute-resource` writes it there, and the
+subscription flow and every worker of the user read it from there, whatever directory Prefect runs
+them in. An explicit path (`--config`, the flow's and the pools' `config_file`) chooses another file.
 The original daemon's `.dendro-compute-resource-node.yaml` can be imported.
 """
 
@@ -19,6 +23,7 @@ from .protocol.signing import public_key_of
 
 CONFIG_FILE_NAME = ".dendro_compute_resource.json"
 NODE_YAML_FILE_NAME = ".dendro-compute-resource-node.yaml"
+HOME_ENV = "DENDRO_PREFECT_HOME"
 DEFAULT_CENTRAL_URL = "https://dendro.vercel.app"
 
 ContainerMethod = Literal["docker", "apptainer", "singularity", "none"]
@@ -26,6 +31,16 @@ ContainerMethod = Literal["docker", "apptainer", "singularity", "none"]
 
 class ConfigError(ValueError):
     """The configuration file is missing, malformed or inconsistent."""
+
+
+def dendro_prefect_home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".dendro-prefect").expanduser()
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    """The configuration file: `explicit` (relative to the working directory) if given, else the one in
+    the dendro-prefect home. Absolute, so that messages say exactly which file was meant."""
+    return Path(explicit).expanduser().absolute() if explicit else dendro_prefect_home() / CONFIG_FILE_NAME
 
 
 class ComputeResourceConfig(BaseModel):
@@ -58,7 +73,8 @@ class ComputeResourceConfig(BaseModel):
         return self.compute_resource_private_key.get_secret_value()
 
     def write(self, path: Path) -> None:
-        """Create `path` with mode 0600; refuse to replace an existing file."""
+        """Create `path` with mode 0600 (and its directory, 0700); refuse to replace an existing file."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         document = self.model_dump(mode="json")
         document["compute_resource_private_key"] = self.private_key
         try:
@@ -70,7 +86,9 @@ class ComputeResourceConfig(BaseModel):
             handle.write("\n")
 
     @classmethod
-    def read(cls, path: Path) -> "ComputeResourceConfig":
+    def read(cls, path: str | Path | None = None) -> "ComputeResourceConfig":
+        """The configuration at `path`, or in the dendro-prefect home (`config_path`)."""
+        path = config_path(path)
         try:
             document = json.loads(path.read_text())
         except FileNotFoundError:
@@ -83,8 +101,10 @@ class ComputeResourceConfig(BaseModel):
             raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
 
 
-def config_from_node_yaml(path: Path, central_url: str) -> ComputeResourceConfig:
-    """Translate the original daemon's YAML node file into our configuration."""
+def config_from_node_yaml(path: Path, central_url: str, container_method: str | None = None) -> ComputeResourceConfig:
+    """Translate the original daemon's YAML node file into our configuration. `container_method`, if
+    given, replaces the file's `CONTAINER_METHOD`; an empty one means docker, as for the original daemon
+    (which runs an app without `appImage` as a plain process whatever it says: so do the workers)."""
     try:
         node = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as error:
@@ -96,7 +116,7 @@ def config_from_node_yaml(path: Path, central_url: str) -> ComputeResourceConfig
         "compute_resource_id": node.get("COMPUTE_RESOURCE_ID"),
         "compute_resource_private_key": node.get("COMPUTE_RESOURCE_PRIVATE_KEY"),
         "central_url": central_url,
-        "container_method": node.get("CONTAINER_METHOD") or "docker",
+        "container_method": container_method or node.get("CONTAINER_METHOD") or "docker",
         "default_job_run_method": node.get("DEFAULT_JOB_RUN_METHOD") or "local",
         "available_job_run_methods": methods,
     }

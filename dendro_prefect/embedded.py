@@ -17,6 +17,8 @@ from typing import Iterator
 
 import requests
 
+from .config import HOME_ENV
+
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
@@ -140,9 +142,11 @@ def prefect_worker(
 ) -> Iterator[subprocess.Popen]:
     """`prefect worker start` for one pool, querying every second so runs start promptly. A worker
     restarted under its name takes up its predecessor's jobs at once. `extra_args`: more options of
-    `prefect worker start` (e.g. `--with-healthcheck`)."""
+    `prefect worker start` (e.g. `--with-healthcheck`). The demo, the tests and the benches keep one
+    compute resource per directory: a worker started here reads the configuration in its `cwd`."""
     env = prefect_env(home, api_url)
     env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5")
+    env[HOME_ENV] = str(cwd)
     env.update(extra_env or {})
     log = open(home / log_name, "ab")
     process = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--type", worker_type,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, State
@@ -15,7 +13,7 @@ from dendro_prefect.config import ComputeResourceConfig
 
 @flow(name="dendro-subscription")
 async def subscription(
-    config_file: str = ".dendro_compute_resource.json",
+    config_file: str | None = None,
     poll_interval_sec: float = 10.0,
     deployments: dict[str, str] = DEFAULT_DEPLOYMENTS,
     run_for_sec: float | None = None,
@@ -26,8 +24,10 @@ async def subscription(
     its runMethod names; PubSub messages wake it at once, polling every `poll_interval_sec` covers
     lost messages. Runs until cancelled, or for `run_for_sec` seconds. `submit_concurrency` flow runs
     are created at once: keep 1 on a SQLite Prefect server, raise it on PostgreSQL. A disagreement
-    between the central and Prefect that a worker would settle itself is acted on after `settle_sec`."""
-    controller = Controller(ComputeResourceConfig.read(Path(config_file)), dict(deployments), get_run_logger(),
+    between the central and Prefect that a worker would settle itself is acted on after `settle_sec`.
+    `config_file`: the compute resource's configuration, by default the one `register-compute-resource`
+    wrote into the dendro-prefect home (config.py)."""
+    controller = Controller(ComputeResourceConfig.read(config_file), dict(deployments), get_run_logger(),
                             submit_concurrency, settle_sec)
     if await controller.run(poll_interval_sec, run_for_sec, flow_run_id=FlowRunContext.get().flow_run.id):
         return Cancelled(message="Cancelled in Prefect")

@@ -97,6 +97,26 @@ def create_letter_count_job(admin: CentralAdmin, resource_id: str, text: str = "
     return admin.create_job(request)
 
 
+COUNT_STARTS_APP = FIXTURES / "apps" / "count_starts"
+
+
+def count_starts_app() -> dict:
+    """A short app of the real SDK without an image (tests/fixtures/apps/count_starts), as an app entry."""
+    return {"name": "count_starts", "specUri": (COUNT_STARTS_APP / "spec.json").as_uri()}
+
+
+def create_count_starts_job(admin: CentralAdmin, resource_id: str, **overrides) -> str:
+    spec = json.loads((COUNT_STARTS_APP / "spec.json").read_text())["processors"][0]
+    request = {
+        "computeResourceId": resource_id, "projectId": admin.create_project("count-starts"),
+        "processorName": "count_starts", "processorSpec": spec, "inputFiles": [], "outputFiles": [],
+        "inputParameters": [{"name": "min_sec", "value": 0}, {"name": "max_sec", "value": 0}],
+        "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 0.5, "timeSec": 60}, "runMethod": "local",
+    }
+    request.update(overrides)
+    return admin.create_job(request)
+
+
 def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
     """Poll `condition` until it returns something truthy (and return that); fail at the deadline."""
     deadline = time.monotonic() + timeout

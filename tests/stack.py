@@ -262,11 +262,19 @@ def docker_client():
     return client
 
 
-def restart_worker_and_finish(controller: Controller, prefect: PrefectStack, job_id: str, infrastructure: str) -> None:
+def restart_worker_and_finish(controller: Controller, prefect: PrefectStack, job_id: str, infrastructure: str,
+                              output_in_job_dir: bool = False) -> None:
     """SIGKILL the pool's worker while the job runs; a new worker of the pool must take the job up by
     the infrastructure id on its flow run (`<infrastructure>:…`) and follow it to completion. The
-    module's own worker does not come back: call this last in a module."""
+    module's own worker does not come back: call this last in a module. `output_in_job_dir`: the
+    backend streams the job's output from its job directory, which records how far the log got; the
+    new worker must then not repeat what the flow-run log had (the SDK's first line, once)."""
     wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
+    first_line = f"Running job {job_id}"  # the SDK's, when it sets the job running
+    if output_in_job_dir:
+        streamed = controller.workdir / "dendro-jobs" / job_id / "streamed.json"
+        wait_for(lambda: streamed.exists() and any(json.loads(streamed.read_text()).values()),
+                 "the job dir to record how far the flow-run log got", timeout=30)
     worker = controller.processes[0]
     worker.send_signal(signal.SIGKILL)
     worker.wait()
@@ -276,7 +284,9 @@ def restart_worker_and_finish(controller: Controller, prefect: PrefectStack, job
         assert job["status"] == "completed", job.get("error")
         flow_run = final_flow_run(job_id)
         assert flow_run.state.is_completed()
-        wait_for_log(flow_run.id, f"Job {job_id} taken up again as {infrastructure}:")
+        log = wait_for_log(flow_run.id, f"Job {job_id} taken up again as {infrastructure}:", first_line)
+        if output_in_job_dir:
+            assert log.count(first_line) == 1, log
 
 
 def infrastructure_id_of(job_id: str, kind: str) -> str:

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from .containers import container_environment
 from .job_dir import JobDirectory
-from .launch import AppCommand, LaunchError, LaunchRequest
+from .launch import AppCommand, LaunchRequest
 
 
 def apptainer_command_builder(executable: str):
     """For `apptainer` or `singularity`: the same CLI under either name."""
 
     def build(request: LaunchRequest, job_dir: JobDirectory) -> AppCommand:
-        if not request.app_image:
-            raise LaunchError(f"app {request.app_name} has no appImage to run with {executable}")
         env = dict(container_environment(request), JOB_PRIVATE_KEY=request.job_private_key.get_secret_value())
         env_file = job_dir.write_secret("env", "".join(f"{k}={_quote(v)}\n" for k, v in env.items()))
         command = [

@@ -50,6 +50,8 @@ from .watch import Observation, Watch, WatchedJob
 REDACTED = "[redacted]"
 NOT_LAUNCHED = "not-launched:"  # the infrastructure id of a run whose job was refused
 SDK_FAILURE_PREFIX = "Job failed: "
+SDK_EXIT_FAILURE = "Error running job: return code"  # the SDK's reason when the app's process failed
+APP_LINES_ON_FAILURE = 5
 # The dendro SDK reports `completed` just before it exits; give a finished job this long to exit.
 EXIT_GRACE_SEC = 15.0
 # A failure the app did not report (yet) gets this long before the job is killed as failed elsewhere.
@@ -63,7 +65,7 @@ RUNS_PAGE = 200  # Prefect's default page size
 class DendroJobConfiguration(BaseJobConfiguration):
     """Per-job settings; the subscription flow fills the app and resources from the Dendro job."""
 
-    config_file: str = Field(default=".dendro_compute_resource.json")
+    config_file: str = Field(default="")
     app_name: str = Field(default="")
     app_image: str | None = Field(default=None)
     app_executable: str = Field(default="")
@@ -72,13 +74,14 @@ class DendroJobConfiguration(BaseJobConfiguration):
     memory_gb: float = Field(default=1.0)
     time_limit_sec: float | None = Field(default=None)
     job_root: str = Field(default="dendro-jobs")
+    sdk_bin_dir: str = Field(default="")
 
 
 class DendroVariables(BaseVariables):
     config_file: str = Field(
-        default=".dendro_compute_resource.json", title="Configuration file",
-        description="The compute resource's configuration file (written by register-compute-resource), "
-        "relative to the worker's working directory.",
+        default="", title="Configuration file",
+        description="The compute resource's configuration file; empty: the one register-compute-resource wrote "
+        "into the dendro-prefect home ($DENDRO_PREFECT_HOME, ~/.dendro-prefect) of the worker's user.",
     )
     app_name: str = Field(default="", title="App", description="Dendro app of the job (set per job).")
     app_image: str | None = Field(default=None, title="App image",
@@ -93,6 +96,9 @@ class DendroVariables(BaseVariables):
         description="Time limit (requiredResources.timeSec).")
     job_root: str = Field(default="dendro-jobs", title="Job root directory",
         description="Directory that holds one working directory per job.")
+    sdk_bin_dir: str = Field(default="", title="dendro SDK directory",
+        description="Apps without an image run as plain processes under the dendro SDK, which needs its `dendro` "
+        "command: the directory that holds it, put first on the app's PATH (empty: the worker's PATH).")
 
 
 class DendroWorkerResult(BaseWorkerResult):
@@ -414,7 +420,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
 
     def _central(self, config_file: str) -> "CentralConnection":
         if config_file not in self._connections:
-            self._connections[config_file] = CentralConnection(ComputeResourceConfig.read(Path(config_file)))
+            self._connections[config_file] = CentralConnection(ComputeResourceConfig.read(config_file or None))
         return self._connections[config_file]
 
     async def _fetch_job(self, central: CentralConnection, job_id: str,
@@ -460,6 +466,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             job_dir=self._job_dir(configuration, job.jobId),
             batch_id=job.batchId,
             flow_run_id=str(flow_run.id),
+            sdk_bin_dir=configuration.sdk_bin_dir,
         )
 
     # --- following a launched job ------------------------------------------------------------------------------
@@ -491,22 +498,22 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         watch = self._the_watch()
         watch.add(watched)
         started = time.monotonic()
-        redact = _redactor(job.jobPrivateKey)
-        last_failure: list[str] = []
+        output = StreamedOutput(_redactor(job.jobPrivateKey), run_logger)
         ending: list = []  # [status at the central, since when] once the job ended there
         try:
             while True:
                 observation = await watched.next_observation()
-                await self._stream_logs(launcher, infrastructure_id, redact, run_logger, last_failure)
+                output.log(await launcher.read_logs(infrastructure_id))
                 infrastructure = observation.infrastructure
                 if infrastructure is not None and infrastructure.phase != "running":
-                    await self._stream_logs(launcher, infrastructure_id, redact, run_logger, last_failure)
-                    return await self._ended(client, job, infrastructure, last_failure, run_logger)
+                    output.log(await launcher.read_logs(infrastructure_id))
+                    job_dir = JobDirectory(self._job_dir(configuration, job.jobId))
+                    return await self._ended(client, job, infrastructure, output, job_dir, run_logger)
                 if observation.cancel_requested:
                     await launcher.kill(infrastructure_id)
                     await self._fail_at_central(client, job, "Job canceled: flow run cancelled in Prefect", run_logger)
                     return Cancelled(message="Cancelled in Prefect; the job was killed and failed at the central")
-                stop = await self._stop_reason(observation, client, job, ending, bool(last_failure))
+                stop = await self._stop_reason(observation, client, job, ending, output.sdk_failure is not None)
                 if stop is not None:
                     await launcher.kill(infrastructure_id)
                     return Cancelled(message=stop)
@@ -544,14 +551,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             return f"The job was {status} at the central but its app did not exit; it was killed"
         return "The job was failed at the central; its infrastructure was killed"
 
-    async def _stream_logs(self, launcher, infrastructure_id, redact, run_logger, last_failure: list[str]) -> None:
-        for line in await launcher.read_logs(infrastructure_id):
-            line = redact(line)
-            run_logger.info(line)
-            if SDK_FAILURE_PREFIX in line:
-                last_failure[:] = [line.split(SDK_FAILURE_PREFIX, 1)[1].strip()]
-
-    async def _ended(self, client, job, infrastructure: InfrastructureState, last_failure, run_logger) -> State:
+    async def _ended(self, client, job, infrastructure: InfrastructureState, output: "StreamedOutput",
+                     job_dir: JobDirectory, run_logger) -> State:
         # The run's end depends on the job's status: an outage of the central is waited out.
         status = await until_central_answers(
             lambda _: client.get_job_status(job.jobId, job.jobPrivateKey),
@@ -560,7 +561,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         if status == "completed":
             return Completed(message="The job completed at the central")
         if status == "failed":
-            return Failed(message=last_failure[0] if last_failure else "The job failed at the central")
+            return Failed(message=output.failure(job.jobId, job_dir.last_app_lines(APP_LINES_ON_FAILURE)))
         if status is None:
             return Cancelled(message="The job was deleted at the central")
         if infrastructure.phase == "gone":
@@ -571,6 +572,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             reason = f"The app exited with code {infrastructure.exit_code} without reporting a result"
             if infrastructure.reason:
                 reason += f" ({infrastructure.reason})"
+            if output.last_line:
+                reason += f"; its last line: {output.last_line}"
         await self._fail_at_central(client, job, reason, run_logger)
         return Failed(message=reason)
 
@@ -586,6 +589,35 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             await propose_state(self.client, state, flow_run_id=flow_run.id)
         except Abort as error:
             self.get_flow_run_logger(flow_run).warning("Prefect refused state %s: %s", state.type.value, error)
+
+
+class StreamedOutput:
+    """A job's output on its way into the flow-run log (secrets redacted), and what it says of the end."""
+
+    def __init__(self, redact, run_logger) -> None:
+        self._redact = redact
+        self._logger = run_logger
+        self.sdk_failure: str | None = None  # the dendro SDK's reason, from its "Job failed: ..." line
+        self.last_line: str | None = None
+
+    def log(self, lines: list[str]) -> None:
+        for line in lines:
+            line = self._redact(line)
+            self._logger.info(line)
+            self.last_line = line
+            if SDK_FAILURE_PREFIX in line:
+                self.sdk_failure = line.split(SDK_FAILURE_PREFIX, 1)[1].strip()
+
+    def failure(self, job_id: str, app_lines: list[str]) -> str:
+        """The reason of a job its app failed. The SDK says only "Error running job: return code 1"
+        when the app raised; the cause is the app's own last line (an exception's), so that leads the
+        run's state message, and the app's last lines end the run's log."""
+        reason = self.sdk_failure or "The job failed at the central"
+        app_lines = [self._redact(line) for line in app_lines]
+        if not app_lines or not reason.startswith(SDK_EXIT_FAILURE):
+            return reason
+        self._logger.error("Job %s failed (%s); the app's last lines:\n%s", job_id, reason, "\n".join(app_lines))
+        return f"{app_lines[-1]} ({reason})"
 
 
 def _launched(flow_run: FlowRun) -> bool:

@@ -6,6 +6,8 @@ Backends (a local process, a Slurm batch script) turn an `AppCommand` into their
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Callable
 
 from .apptainer import apptainer_command_builder
@@ -14,17 +16,34 @@ from .job_dir import JobDirectory
 from .launch import AppCommand, LaunchError, LaunchRequest
 
 CommandBuilder = Callable[[LaunchRequest, JobDirectory], AppCommand]
+SDK_COMMAND = "dendro"
 
 
 def plain_command(request: LaunchRequest, job_dir: JobDirectory) -> AppCommand:
-    """The app's executable in the app's own environment, as the original daemon runs it."""
-    return AppCommand([request.app_executable], dict(request.env, DENDRO_JOB_CLEANUP_DIR=str(job_dir.cleanup)),
-                      key_in_env=True)
+    """The app's executable in the app's own environment, as the original daemon runs it. The dendro
+    SDK's job parent starts `dendro internal-job-monitor`: without that command every job would fail
+    after its launch with "No such file or directory: 'dendro'", so it is looked for first."""
+    env = dict(request.env, DENDRO_JOB_CLEANUP_DIR=str(job_dir.cleanup))
+    path = env.get("PATH") or os.environ.get("PATH", os.defpath)
+    if request.sdk_bin_dir:
+        path = env["PATH"] = f"{request.sdk_bin_dir}{os.pathsep}{path}"
+    if shutil.which(SDK_COMMAND, path=path) is None:
+        raise LaunchError(f"the `{SDK_COMMAND}` command of the dendro SDK is not on the PATH of app "
+                          f"{request.app_name}, which runs as a plain process under that SDK: install dendro==0.2.17 "
+                          f"where the worker runs, or set the pool's sdk_bin_dir to the directory that holds it")
+    return AppCommand([request.app_executable], env, key_in_env=True)
+
+
+def container_method_for(configured: str, app_image: str | None) -> str:
+    """The container method a job runs with: an app without `appImage` runs as a plain process whatever
+    the configuration says, as the original daemon runs it (dendro 0.2.17 `compute_resource/_start_job.py`)."""
+    return configured if app_image else "none"
 
 
 def command_builder(container_method: str, docker: bool = False) -> CommandBuilder:
     """`docker` says whether the backend starts docker containers through the CLI (the local pool
-    uses the docker SDK instead)."""
+    uses the docker SDK instead). Image-less apps go to `plain_command` before they reach a builder
+    (`container_method_for`)."""
     if container_method == "none":
         return plain_command
     if container_method in ("apptainer", "singularity"):

@@ -23,8 +23,6 @@ from .launch import AppCommand, LaunchError, LaunchRequest
 
 
 def docker_command(request: LaunchRequest, job_dir: JobDirectory) -> AppCommand:
-    if not request.app_image:
-        raise LaunchError(f"app {request.app_name} has no appImage to run with docker")
     env = container_environment(request)
     if any("\n" in value for value in env.values()):
         raise LaunchError("docker's --env-file cannot hold a value with a line break")

@@ -7,12 +7,17 @@ app's working directory, whose `_dendro/console_output.txt` holds the app's own 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 from .tail import FileTail
+
+LAST_LINES_BYTES = 16384  # enough for the last lines of any output
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,15 @@ class JobDirectory:
         recorded it on the flow run leaves it here for the next one."""
         return self.root / "infrastructure_id"
 
+    def last_app_lines(self, count: int) -> list[str]:
+        """The last lines the app itself wrote (the SDK's child process: console_output.txt holds nothing
+        of the SDK's own), as the flow-run log shows them: where the cause of a failure is."""
+        try:
+            start = max(self.console_output.stat().st_size - LAST_LINES_BYTES, 0)
+        except OSError:
+            return []
+        return FileTail(self.console_output, start).read_lines(final=True)[-count:]
+
     def record_launch(self, infrastructure_id: str) -> None:
         if self.root.is_dir():  # cloud backends keep no directory on the worker's machine
             self.launched_as.write_text(infrastructure_id)
@@ -67,6 +81,25 @@ class JobDirectory:
             return self.launched_as.read_text().strip() or None
         except OSError:
             return None
+
+    @property
+    def streamed(self) -> Path:
+        """How far each output of the job has reached the flow-run log (bytes per output): a worker
+        that takes the job up again goes on from there instead of repeating it."""
+        return self.root / "streamed.json"
+
+    def read_streamed(self) -> dict[str, int]:
+        try:
+            offsets = json.loads(self.streamed.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in offsets.items() if isinstance(v, int)} if isinstance(offsets, dict) else {}
+
+    def write_streamed(self, offsets: dict[str, int]) -> None:
+        if self.root.is_dir():
+            temporary = self.streamed.with_suffix(".tmp")
+            temporary.write_text(json.dumps(offsets))
+            temporary.replace(self.streamed)
 
     @property
     def batch_script(self) -> Path:
@@ -94,25 +127,60 @@ class JobDirectory:
 
 
 class WatchedJobFiles:
-    """The job directories a launcher watches: the files tailed into the flow-run log, and the
-    secrets removed when the job is released. One registry for every backend that writes them."""
+    """The job directories a launcher watches: the files tailed into the flow-run log, from where the
+    log got to (`JobDirectory.streamed`), and the secrets removed when the job is released. One
+    registry for every backend that writes them.
 
-    def __init__(self) -> None:
+    How far the log got is recorded only once Prefect surely has the lines (its log handler sends them
+    in batches, every 2 s by default): a worker killed before that loses no line, and a restarted one
+    repeats at most the last few seconds of output."""
+
+    def __init__(self, record_after_sec: float = 5.0) -> None:
+        self._record_after_sec = record_after_sec
         self._directories: dict[str, JobDirectory] = {}
         self._tails: dict[str, list[FileTail]] = {}
+        self._streamed: dict[str, dict[str, int]] = {}  # how far each output was read
+        self._unrecorded: dict[str, deque[tuple[float, dict[str, int]]]] = {}
 
     def watch(self, infrastructure_id: str, job_dir: JobDirectory, *files: Path) -> None:
         self._directories[infrastructure_id] = job_dir
-        self._tails[infrastructure_id] = [FileTail(path) for path in files]
+        recorded = job_dir.read_streamed()
+        self._streamed[infrastructure_id] = dict(recorded)
+        self._unrecorded[infrastructure_id] = deque()
+        self._tails[infrastructure_id] = [FileTail(path, recorded.get(path.name, 0)) for path in files]
 
     def directory(self, infrastructure_id: str) -> JobDirectory | None:
         return self._directories.get(infrastructure_id)
 
     def read_lines(self, infrastructure_id: str, final: bool = False) -> list[str]:
-        return [line for tail in self._tails.get(infrastructure_id, []) for line in tail.read_lines(final)]
+        tails = self._tails.get(infrastructure_id, [])
+        lines = [line for tail in tails for line in tail.read_lines(final)]
+        self.set_streamed(infrastructure_id, {tail.path.name: tail.position for tail in tails})
+        return lines
+
+    def streamed(self, infrastructure_id: str, name: str) -> int:
+        """How far an output that is not a file (a container's log) has been read."""
+        return self._streamed.get(infrastructure_id, {}).get(name, 0)
+
+    def set_streamed(self, infrastructure_id: str, offsets: dict[str, int]) -> None:
+        """The outputs were read this far; recorded in the job directory once Prefect has the lines."""
+        streamed = self._streamed.get(infrastructure_id)
+        if streamed is None:
+            return
+        now = time.monotonic()
+        unrecorded = self._unrecorded[infrastructure_id]
+        if any(streamed.get(name) != offset for name, offset in offsets.items()):
+            streamed.update(offsets)
+            unrecorded.append((now, dict(streamed)))
+        settled = None
+        while unrecorded and now - unrecorded[0][0] >= self._record_after_sec:
+            settled = unrecorded.popleft()[1]
+        if settled is not None:
+            self._directories[infrastructure_id].write_streamed(settled)
 
     def release(self, infrastructure_id: str) -> None:
-        self._tails.pop(infrastructure_id, None)
+        for registry in (self._tails, self._streamed, self._unrecorded):
+            registry.pop(infrastructure_id, None)
         job_dir = self._directories.pop(infrastructure_id, None)
         if job_dir is not None:
             job_dir.remove_secrets()

@@ -31,6 +31,7 @@ class LaunchRequest(BaseModel):
     job_dir: Path
     batch_id: str | None = None
     flow_run_id: str = ""
+    sdk_bin_dir: str = ""  # where the dendro SDK's command is, for an app run as a plain process
 
 
 def job_environment(job_id: str, app_executable: str, central_url: str, time_limit_sec: float | None) -> dict[str, str]:

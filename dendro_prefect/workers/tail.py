@@ -10,10 +10,15 @@ from pathlib import Path
 
 
 class FileTail:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, offset: int = 0) -> None:
         self.path = path
-        self._offset = 0
+        self._offset = offset
         self._partial = b""
+
+    @property
+    def position(self) -> int:
+        """Where the next whole line starts: a tail made again from here repeats no line."""
+        return self._offset - len(self._partial)
 
     def read_lines(self, final: bool = False) -> list[str]:
         """Whole lines appended since the last call; with `final`, a last unterminated line too.
@@ -28,4 +33,5 @@ class FileTail:
         data = self._partial + data
         lines = data.split(b"\n")
         self._partial = b"" if final else lines.pop()
-        return [line.decode(errors="replace").rsplit("\r", 1)[-1] for line in lines if line.strip()]
+        states = (line.decode(errors="replace").rstrip("\r").rsplit("\r", 1)[-1] for line in lines)
+        return [state for state in states if state.strip()]

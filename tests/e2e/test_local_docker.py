@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dendro_prefect.workers.containers import JOB_LABEL
-from tests.conftest import create_letter_count_job
+from tests.conftest import count_starts_app, create_count_starts_job, create_letter_count_job
 from tests.stack import (
     IMAGE,
     final_flow_run,
@@ -22,9 +22,18 @@ from tests.stack import (
 @pytest.fixture(scope="module")
 def docker_controller(prefect_stack, tmp_path_factory, sdk_bin, docker_client):
     workdir = tmp_path_factory.mktemp("docker")
-    apps = [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir, image=IMAGE)}]
+    apps = [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir, image=IMAGE)}, count_starts_app()]
     with running_controller(prefect_stack, workdir, sdk_bin, container_method="docker", apps=apps) as controller:
         yield controller
+
+
+def test_an_app_without_image_runs_as_a_plain_process_under_docker(docker_controller):
+    """As the original daemon does whatever CONTAINER_METHOD says (dendro 0.2.17 _start_job.py)."""
+    job_id = create_count_starts_job(docker_controller.admin, docker_controller.resource_id)
+    job = finished_job(docker_controller.admin, job_id)
+    assert job["status"] == "completed", job.get("error")
+    flow_run = final_flow_run(job_id)
+    assert flow_run.state.is_completed() and flow_run.infrastructure_pid.startswith("process:")
 
 
 def test_docker_job_completes_without_its_key_in_the_container_config(docker_controller, docker_client):

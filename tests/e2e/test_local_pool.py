@@ -44,11 +44,14 @@ def test_job_runs_to_completed_with_its_output_in_the_flow_run_logs(controller):
 def test_failing_app_fails_the_job_and_the_flow_run(controller):
     job_id = create_letter_count_job(controller.admin, controller.resource_id, letter="xx")
     job = finished_job(controller.admin, job_id)
-    assert (job["status"], job["error"]) == ("failed", "Error running job: return code 1")
+    assert (job["status"], job["error"]) == ("failed", "Error running job: return code 1")  # the SDK's words
     flow_run = final_flow_run(job_id)
     assert flow_run.state.is_failed()
-    assert flow_run.state.message == "Error running job: return code 1"
-    wait_for_log(flow_run.id, "letter must be one character, not 'xx'")
+    # In Prefect the app's own last line leads: the exception that failed it.
+    cause = "ValueError: letter must be one character, not 'xx'"
+    assert flow_run.state.message == f"{cause} (Error running job: return code 1)"
+    log = wait_for_log(flow_run.id, f"Job {job_id} failed (Error running job: return code 1); the app's last lines:")
+    assert log.endswith(cause), log[-500:]
 
 
 def test_job_over_its_time_limit_is_killed_and_failed(controller):
@@ -87,7 +90,8 @@ def test_app_that_dies_without_reporting_is_failed_with_its_exit_code(controller
     job_id = create_letter_count_job(controller.admin, controller.resource_id, processorName="crash",
                                      processorSpec=spec, inputFiles=[], outputFiles=[], inputParameters=[])
     job = finished_job(controller.admin, job_id)
-    reason = "The app exited with code 3 without reporting a result"
+    reason = ("The app exited with code 3 without reporting a result; its last line: "
+              "crash: exiting with code 3 before the SDK reports")
     assert (job["status"], job["error"]) == ("failed", reason)
     flow_run = final_flow_run(job_id)
     assert flow_run.state.is_failed() and flow_run.state.message == reason

@@ -7,13 +7,14 @@ import time
 import pytest
 
 from dendro_prefect.workers.containers import JOB_LABEL
-from tests.conftest import create_letter_count_job
+from tests.conftest import count_starts_app, create_count_starts_job, create_letter_count_job
 from tests.e2e.test_slurm_pool import slurm, slurm_id_of, slurm_ready, slurm_state
 from tests.stack import (
     IMAGE,
     cancel_running_job,
     completed_letter_count,
     final_flow_run,
+    finished_job,
     letter_count_spec_uri,
     running_controller,
     wait_for,
@@ -24,10 +25,20 @@ from tests.stack import (
 def slurm_docker_controller(prefect_stack, tmp_path_factory, sdk_bin, docker_client):
     slurm_ready()
     workdir = tmp_path_factory.mktemp("slurm-docker")
-    apps = [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir, image=IMAGE)}]
+    apps = [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir, image=IMAGE)}, count_starts_app()]
     with running_controller(prefect_stack, workdir, sdk_bin, apps=apps, worker_type="dendro-slurm",
                             run_method="slurm", job_variables={"container_method": "docker"}) as controller:
         yield controller
+
+
+def test_an_app_without_image_runs_as_a_plain_process_in_the_batch_script(slurm_docker_controller):
+    controller = slurm_docker_controller
+    job_id = create_count_starts_job(controller.admin, controller.resource_id, runMethod="slurm")
+    script = slurm("scontrol", "write", "batch_script", slurm_id_of(job_id), "-")
+    assert "docker run" not in script and "count_starts/main.py" in script
+    job = finished_job(controller.admin, job_id)
+    assert job["status"] == "completed", job.get("error")
+    assert final_flow_run(job_id).state.is_completed()
 
 
 def containers_of(docker_client, job_id: str) -> list:

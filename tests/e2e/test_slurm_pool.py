@@ -141,10 +141,11 @@ def test_job_lost_with_its_node_is_submitted_again_and_completes(slurm_controlle
 
 
 def test_restarted_worker_takes_up_a_running_job_and_it_completes_once(slurm_controller, prefect_stack):
-    """No second sbatch. (Last in the module: the module's worker does not come back.)"""
+    """No second sbatch, and no line of the job's output twice in the flow-run log. (Last in the
+    module: the module's worker does not come back.)"""
     controller = slurm_controller
     job_id = slurm_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 30}])
     slurm_id_of(job_id)
-    restart_worker_and_finish(controller, prefect_stack, job_id, "slurm")
+    restart_worker_and_finish(controller, prefect_stack, job_id, "slurm", output_in_job_dir=True)
     sbatched = slurm("squeue", "--noheader", "--states=all", f"--name=dendro-{job_id}", "--format=%i").split()
     assert len(sbatched) == 1

@@ -85,12 +85,13 @@ def test_mountainsort5_job_finds_the_true_units(sorting, recording, pool, tmp_pa
 ])
 def test_bad_input_fails_the_job_with_the_reason(sorting, case, reason):
     """The dendro 0.2.17 SDK sets the job's error to its child's exit code; the reason is the last line of
-    the job's console output (what Dendro shows of a failed job), and in the flow run's log."""
+    the job's console output (what Dendro shows of a failed job), which leads the flow run's state
+    message and ends its log."""
     controller, job_id = sorting[case]
     job = finished_job(controller.admin, job_id, timeout=SORT_TIMEOUT_SEC)
     assert (job["status"], job["error"]) == ("failed", "Error running job: return code 1")
     console = controller.admin.output(job_id, "_console_output").decode()
     assert console.strip().splitlines()[-1].startswith(reason), console[-2000:]
     flow_run = final_flow_run(job_id)
-    assert flow_run.state.is_failed()
+    assert flow_run.state.is_failed() and flow_run.state.message.startswith(reason), flow_run.state.message
     wait_for_log(flow_run.id, reason)

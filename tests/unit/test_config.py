@@ -5,8 +5,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dendro_prefect.cli import app
-from dendro_prefect.config import ComputeResourceConfig, ConfigError, config_from_node_yaml
+from dendro_prefect.config import ComputeResourceConfig, ConfigError, config_from_node_yaml, config_path
 from dendro_prefect.protocol.signing import generate_keypair, verify_resource_code
+from dendro_prefect.workers.commands import container_method_for
 
 
 def test_register_writes_a_private_config_and_refuses_to_overwrite(tmp_path):
@@ -61,3 +62,42 @@ def test_import_of_the_original_node_yaml(tmp_path):
                                       "--from-node-yaml", str(node), "--config", str(out)])
     assert result.exit_code == 0, result.output
     assert ComputeResourceConfig.read(out).compute_resource_id == resource_id
+
+
+def test_register_writes_into_the_dendro_prefect_home_where_everyone_reads_it(tmp_path, monkeypatch):
+    """Controller and workers run in other directories (Prefect's pull step, a worker's own): all of them
+    read the file where register-compute-resource wrote it, the dendro-prefect home."""
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    monkeypatch.delenv("DENDRO_PREFECT_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["register-compute-resource", "--central", "http://127.0.0.1:9"])
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "user" / ".dendro-prefect" / ".dendro_compute_resource.json"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert stat.S_IMODE(written.parent.stat().st_mode) == 0o700
+    assert f"Wrote {written}" in result.output
+    assert config_path() == written
+    monkeypatch.chdir(tmp_path / "user")
+    assert ComputeResourceConfig.read().compute_resource_id == ComputeResourceConfig.read(str(written)).compute_resource_id
+    monkeypatch.setenv("DENDRO_PREFECT_HOME", str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'elsewhere' / '.dendro_compute_resource.json'} not found"):
+        ComputeResourceConfig.read()
+    assert config_path("relative.json") == tmp_path / "user" / "relative.json"
+
+
+@pytest.mark.parametrize("option", [[], ["--container-method", "none"]])
+def test_a_node_file_with_an_empty_container_method_runs_imageless_apps_as_processes(tmp_path, option):
+    """The original daemon's file of a resource that runs apps as plain processes has CONTAINER_METHOD ''.
+    Imported, it means docker (the original's default) unless --container-method says otherwise; either
+    way an app without image runs as a plain process (tests/unit/test_launch_rules.py)."""
+    resource_id, private_key = generate_keypair()
+    node = tmp_path / ".dendro-compute-resource-node.yaml"
+    node.write_text(f"COMPUTE_RESOURCE_ID: {resource_id}\nCOMPUTE_RESOURCE_PRIVATE_KEY: {private_key}\n"
+                    "CONTAINER_METHOD: ''\nDEFAULT_JOB_RUN_METHOD: ''\nAVAILABLE_JOB_RUN_METHODS: ''\n")
+    out = tmp_path / "out.json"
+    result = CliRunner().invoke(app, ["register-compute-resource", "--central", "http://central",
+                                      "--from-node-yaml", str(node), "--config", str(out), *option])
+    assert result.exit_code == 0, result.output
+    config = ComputeResourceConfig.read(out)
+    assert config.container_method == ("none" if option else "docker")
+    assert container_method_for(config.container_method, None) == "none"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
-from ..commands import command_builder
+from ..commands import command_builder, container_method_for
 from ..launch import Launcher, LaunchError
 from .docker import DockerLauncher
 from .process import ProcessLauncher
@@ -39,9 +39,10 @@ class LocalWorker(DendroWorker):
         self._launchers: dict[str, Launcher] = {}
 
     def launcher(self, configuration: LocalJobConfiguration) -> Launcher:
-        method = configuration.container_method or self._central(configuration.config_file).config.container_method
-        if method not in CONTAINER_METHODS:
-            raise LaunchError(f"unknown container method {method!r}; use one of {', '.join(CONTAINER_METHODS)}")
+        configured = configuration.container_method or self._central(configuration.config_file).config.container_method
+        if configured not in CONTAINER_METHODS:
+            raise LaunchError(f"unknown container method {configured!r}; use one of {', '.join(CONTAINER_METHODS)}")
+        method = container_method_for(configured, configuration.app_image)
         if method not in self._launchers:
             if method == "docker":
                 self._launchers[method] = DockerLauncher()

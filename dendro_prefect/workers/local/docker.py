@@ -26,12 +26,12 @@ from ..job_dir import JobDirectory, WatchedJobFiles
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 
 STOP_TIMEOUT_SEC = 5
+CONTAINER_LOG = "container.log"  # the container's own output (the SDK's), streamed like the job's files
 
 
 class DockerLauncher(Launcher):
     def __init__(self) -> None:
         self._client: docker.DockerClient | None = None
-        self._log_offsets: dict[str, int] = {}
         self._files = WatchedJobFiles()
 
     @property
@@ -44,8 +44,6 @@ class DockerLauncher(Launcher):
         return self._client
 
     async def submit(self, request: LaunchRequest) -> str:
-        if not request.app_image:
-            raise LaunchError(f"app {request.app_name} has no appImage to run with docker")
         return await asyncio.to_thread(self._submit, request)
 
     def _submit(self, request: LaunchRequest) -> str:
@@ -79,9 +77,12 @@ class DockerLauncher(Launcher):
             job_dir.remove_secrets()
             raise LaunchError(f"docker could not start the job: {_one_line(error)}") from None
         infrastructure_id = f"docker:{container.id[:12]}"
-        self._log_offsets[infrastructure_id] = 0
         self._files.watch(infrastructure_id, job_dir, job_dir.console_output)
         return infrastructure_id
+
+    async def attach(self, infrastructure_id: str, request: LaunchRequest) -> None:
+        job_dir = JobDirectory(request.job_dir)
+        self._files.watch(infrastructure_id, job_dir, job_dir.console_output)
 
     def _ensure_image(self, image: str) -> None:
         """Use the local image; pull it only when it is missing, and say so when that fails."""
@@ -121,11 +122,11 @@ class DockerLauncher(Launcher):
             output = self.client.containers.get(_container_id(infrastructure_id)).logs()
         except NotFound:
             output = b""
-        offset = self._log_offsets.get(infrastructure_id, 0)
+        offset = self._files.streamed(infrastructure_id, CONTAINER_LOG)
         if len(output) > offset:
             new, _, _ = output[offset:].rpartition(b"\n")
             if new:
-                self._log_offsets[infrastructure_id] = offset + len(new) + 1
+                self._files.set_streamed(infrastructure_id, {CONTAINER_LOG: offset + len(new) + 1})
                 lines += [line for line in new.decode(errors="replace").split("\n") if line.strip()]
         return lines + self._files.read_lines(infrastructure_id)
 
@@ -134,7 +135,6 @@ class DockerLauncher(Launcher):
 
     async def release(self, infrastructure_id: str) -> None:
         await asyncio.to_thread(self._on_container, infrastructure_id, "remove", force=True)
-        self._log_offsets.pop(infrastructure_id, None)
         self._files.release(infrastructure_id)
 
     def _on_container(self, infrastructure_id: str, action: str, **options) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
-from ..commands import command_builder
+from ..commands import command_builder, container_method_for
 from ..launch import Launcher
 from .launcher import SlurmLauncher, SlurmSettings
 from .script import ClusterOptions
@@ -73,7 +73,9 @@ class SlurmWorker(DendroWorker):
         self._launchers: dict[tuple, Launcher] = {}
 
     def launcher(self, configuration: SlurmJobConfiguration) -> Launcher:
-        method = configuration.container_method or self._central(configuration.config_file).config.container_method
+        method = container_method_for(
+            configuration.container_method or self._central(configuration.config_file).config.container_method,
+            configuration.app_image)
         settings = SlurmSettings(
             cluster=ClusterOptions(
                 partition=configuration.partition, gpu_partition=configuration.gpu_partition,
