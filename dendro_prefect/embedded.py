@@ -37,7 +37,7 @@ def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     return env
 
 
-def _stop(process: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 20.0) -> None:
+def stop_process(process: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 20.0) -> None:
     """SIGINT first: `prefect worker start` ignores SIGTERM for minutes but stops on SIGINT."""
     if process.poll() is None:
         process.send_signal(sig)
@@ -93,7 +93,7 @@ def postgres_database(home: Path, startup_timeout: float = 60.0) -> Iterator[str
                        capture_output=True)
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
     finally:
-        _stop(process, signal.SIGTERM)
+        stop_process(process, signal.SIGTERM)
         log.close()
 
 
@@ -123,7 +123,7 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
             time.sleep(0.2)
         yield api_url
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()
 
 
@@ -155,7 +155,7 @@ def prefect_worker(
     try:
         yield process
     finally:
-        _stop(process)
+        stop_process(process)
         log.close()
 
 
