@@ -6,7 +6,8 @@ environments are installed: dendro-prefect's bin and the dendro SDK's are on PAT
 (the stand-in's, and its registration page is the stand-in's approval), and the workers of the slurm,
 aws-batch and kubernetes pools (their pools are created and deployed all the same). The configuration
 is written into the user's home by `register-compute-resource` while the workers run in another
-directory and Prefect runs the subscription flow from the clone: they must all find it there."""
+directory and Prefect runs the subscription flow from the clone: they must all find it there. Then the
+same local worker, started by a user without the dendro SDK, fails a job before launching it."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def test_the_readme_commands_run_a_job_with_the_configuration_where_register_wro
         # the app), then dendro-prefect's (its `prefect` and `dendro-prefect` commands).
         env.update(HOME=str(user_home), PATH=os.pathsep.join([str(sdk_bin), str(Path(sys.executable).parent),
                                                                 env["PATH"]]))
-        registration = None
+        registration, workers = None, {}
         for command in commands:
             argv = shlex.split(command.replace(PUBLIC_CENTRAL, admin.url))
             if argv[0] == "pip":
@@ -66,9 +67,7 @@ def test_the_readme_commands_run_a_job_with_the_configuration_where_register_wro
             if argv[:3] == ["prefect", "worker", "start"]:
                 pool = argv[argv.index("--pool") + 1]
                 if pool in WORKERS_RUN_HERE:
-                    log = stack.enter_context(open(tmp_path / f"worker-{pool}.log", "ab"))
-                    worker = subprocess.Popen(argv, cwd=workers_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-                    stack.callback(stop_process, worker)
+                    workers[pool] = start_worker(stack, argv, workers_dir, env, tmp_path / f"worker-{pool}.log")
                 continue
             if argv[:3] == ["prefect", "deployment", "run"]:  # the subscription flow: cancelled at the end
                 stack.callback(cancel_subscription_runs, api_url)
@@ -86,6 +85,26 @@ def test_the_readme_commands_run_a_job_with_the_configuration_where_register_wro
         job = finished_job(admin, job_id, timeout=120)
         assert job["status"] == "completed", job.get("error")
         assert final_flow_run(job_id).state.is_completed()
+
+        # The same worker started by a user without the dendro SDK: the job is failed before its launch,
+        # with a reason that names the missing command, instead of failing in the SDK after it.
+        stop_process(workers["local"])
+        without_sdk = dict(env, PATH=env["PATH"].replace(f"{sdk_bin}{os.pathsep}", ""))
+        start_worker(stack, ["prefect", "worker", "start", "--pool", "local"], workers_dir, without_sdk,
+                     tmp_path / "worker-local-without-sdk.log")
+        job_id = create_letter_count_job(admin, resource_id)
+        job = finished_job(admin, job_id, timeout=120)
+        assert job["status"] == "failed" and "the `dendro` command of the dendro SDK is not on the PATH" in job["error"]
+        flow_run = final_flow_run(job_id)
+        assert flow_run.state.is_failed() and flow_run.state.message == job["error"]
+        assert job.get("timestampStarted") is None  # the app never ran
+
+
+def start_worker(stack: ExitStack, argv: list[str], cwd: Path, env: dict, log_path: Path) -> subprocess.Popen:
+    log = stack.enter_context(open(log_path, "ab"))
+    worker = subprocess.Popen(argv, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(stop_process, worker)
+    return worker
 
 
 def cancel_subscription_runs(api_url: str) -> None:
