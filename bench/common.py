@@ -134,7 +134,8 @@ def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: s
         resource_id, private_key = generate_keypair()
         config_file = workdir / ".dendro_compute_resource.json"
         ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                              central_url=admin.url, container_method=container_method).write(config_file)
+                              central_url=admin.url, container_method=container_method,
+                              pubsub_origin=admin.pubsub_origin).write(config_file)
         admin.approve(resource_id, make_resource_code(private_key))
         admin.set_apps(resource_id, [{"name": app, "specUri": spec_uri or (APPS / app / "spec.json").as_uri()}])
         prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")

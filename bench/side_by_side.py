@@ -16,7 +16,7 @@ Goals (wall time, dendro-prefect / original): at most 0.8 at limit 2, at most 0.
 What the original needs to run against the stand-in, written by this script into its work directory:
 
 - PubSub. The daemon subscribes with the pubnub SDK at PubNub's default origin: it reads only the key,
-  channel and user of `pubsub_subscription`, not the `pubnubOrigin` the stand-in adds. PubNub cannot
+  channel and user of `pubsub_subscription` (as dendro-prefect does, with no `pubsub_origin`). PubNub cannot
   be reached from here, and without PubSub the daemon polls `unfinished_jobs` once every 600 s, so a
   job waiting for a free slot waits up to 10 minutes. The pubnub SDK's own hook, the environment
   variable PUBNUB_REQUEST_HANDLER, loads a request handler (written here) that sends the SDK's requests

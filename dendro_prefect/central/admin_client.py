@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -21,6 +22,11 @@ class CentralAdmin:
         self.url = url.rstrip("/")
         self._session = requests.Session()
         self._session.headers["dendro-admin-token"] = admin_token
+
+    @property
+    def pubsub_origin(self) -> str:
+        """Where the stand-in's PubNub-compatible hub listens (host:port): a controller's `pubsub_origin`."""
+        return urlsplit(self.url).netloc
 
     @classmethod
     def from_data_dir(cls, data_dir: Path, wait: float = 0.0) -> "CentralAdmin":

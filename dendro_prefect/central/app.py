@@ -122,14 +122,12 @@ def _compute_resource_routes(central: Central) -> APIRouter:
         return {"apps": resource["apps"], "success": True}
 
     @router.get("/pubsub_subscription")
-    def pubsub_subscription(request: Request, resource: dict = Depends(authenticate)) -> dict:
+    def pubsub_subscription(resource: dict = Depends(authenticate)) -> dict:
+        """As the real central: key, channel and user, no server (a controller's configuration names the
+        stand-in's hub as its `pubsub_origin`)."""
         resource_id = resource["computeResourceId"]
-        subscription: dict[str, Any] = {"pubnubChannel": resource_id, "pubnubUser": resource_id}
-        if central.mock_pubsub:
-            subscription["pubnubSubscribeKey"] = "mock-subscribe-key"
-        else:
-            subscription["pubnubSubscribeKey"] = central.hub.subscribe_key
-            subscription["pubnubOrigin"] = request.url.netloc
+        key = "mock-subscribe-key" if central.mock_pubsub else central.hub.subscribe_key
+        subscription = {"pubnubSubscribeKey": key, "pubnubChannel": resource_id, "pubnubUser": resource_id}
         return {"subscription": subscription, "success": True}
 
     @router.get("/unfinished_jobs")

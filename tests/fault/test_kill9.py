@@ -335,7 +335,8 @@ def kill9_scenario(prefect: PrefectStack, workdir: Path, sdk_bin: Path, *, jobs:
         record_secret(private_key, "compute-resource-key")
         config_file = workdir / ".dendro_compute_resource.json"
         ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                              central_url=admin.url, container_method="none").write(config_file)
+                              central_url=admin.url, container_method="none",
+                              pubsub_origin=admin.pubsub_origin).write(config_file)
         admin.approve(resource_id, make_resource_code(private_key))
         admin.set_apps(resource_id, [{"name": "count_starts", "specUri": (COUNT_STARTS / "spec.json").as_uri()}])
         chaos = Chaos(

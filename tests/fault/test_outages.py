@@ -182,7 +182,7 @@ def test_messages_twice_and_out_of_order_make_one_flow_run_and_one_launch_per_jo
         client = CentralClient(ctl.admin.url, ctl.resource_id, ctl.config.private_key)
         subscription = client.get_pubsub_subscription()
         ctl.admin.set_pubsub("duplicate-shuffled")
-        with subscribed(subscription.pubnubOrigin, [subscription.pubnubChannel],
+        with subscribed(ctl.admin.pubsub_origin, [subscription.pubnubChannel],
                         subscription.pubnubSubscribeKey) as listener:
             listener.wait_for_status(PNStatusCategory.PNConnectedCategory)
             created = time.monotonic()

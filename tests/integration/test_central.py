@@ -63,7 +63,6 @@ def test_apps_spec_and_subscription(central, resource):
     assert central.job(job_id)["processorSpec"]["name"] == "letter_count"
     subscription = resource.client.get_pubsub_subscription()
     assert subscription.pubnubChannel == resource.id and not subscription.is_mock
-    assert subscription.pubnubOrigin == central.url.removeprefix("http://")
 
 
 def test_mock_pubsub_answers_the_mock_key(mock_pubsub_central):
