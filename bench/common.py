@@ -97,12 +97,12 @@ class BenchStack:
         """`count` jobs of the app's first processor, no inputs or outputs."""
         processor = json.loads((APPS / self.app / "spec.json").read_text())["processors"][0]
         request = {
-            "computeResourceId": self.resource_id, "projectId": self.admin.create_project("bench"),
+            "computeResourceId": self.resource_id,
             "processorName": processor["name"], "inputFiles": [], "outputFiles": [],
             "inputParameters": parameters or [], "processorSpec": processor,
             "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": memory_gb, "timeSec": 600},
             "runMethod": self.run_method}
-        return [dict(request) for _ in range(count)]
+        return [dict(request, projectId=project_id) for project_id in self.admin.projects_for("bench", count)]
 
 
 async def _cancel(flow_run_id) -> None:

@@ -129,12 +129,12 @@ def job_requests(target: Target, jobs: int, job_sec: float) -> list[dict]:
     for both (bench/common.py's requests, with the sleep)."""
     processor = json.loads((APPS / APP / "spec.json").read_text())["processors"][0]
     request = {
-        "computeResourceId": target.resource_id, "projectId": target.admin.create_project("side-by-side"),
+        "computeResourceId": target.resource_id,
         "processorName": processor["name"], "inputFiles": [], "outputFiles": [],
         "inputParameters": [{"name": "min_sec", "value": job_sec}, {"name": "max_sec", "value": job_sec}],
         "processorSpec": processor,
         "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 0.1, "timeSec": 600}, "runMethod": "local"}
-    return [dict(request) for _ in range(jobs)]
+    return [dict(request, projectId=project_id) for project_id in target.admin.projects_for("side-by-side", jobs)]
 
 
 def run_jobs(target: Target, setup: str, jobs: int, job_sec: float, deadline_sec: float) -> Result:
