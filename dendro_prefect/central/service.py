@@ -66,7 +66,8 @@ def check_job_against_spec(spec: ProcessorSpec, processor_name: str, inputs: lis
             if not item.list and not any(i["name"] == item.name and bool(i.get("isFolder")) == folder for i in inputs):
                 raise JobRefused(f"Required {kind} not found: {item.name}")
     for item in outputs:
-        kind, declared = ("output folder", spec.outputFolders or []) if item.get("isFolder") else ("output", spec.outputs)
+        folder = bool(item.get("isFolder"))
+        kind, declared = ("output folder", spec.outputFolders or []) if folder else ("output", spec.outputs)
         if item["name"] not in {o.name for o in declared}:
             raise JobRefused(f"Processor {kind} not found: {item['name']}")
     for kind, declared, folder in (("output", spec.outputs, False), ("output folder", spec.outputFolders or [], True)):
@@ -156,7 +157,8 @@ class Central:
                 file = self.store.file(item["fileId"]) if item.get("fileId") else \
                     self.store.file_by_name(project_id, item["fileName"])
             except NotFound:
-                raise JobRefused(f"Project input file does not exist: {item.get('fileName') or item['fileId']}") from None
+                name = item.get("fileName") or item["fileId"]
+                raise JobRefused(f"Project input file does not exist: {name}") from None
             inputs.append({"name": item["name"], "fileId": file["fileId"], "fileName": file["fileName"]})
         job_id = f"{project_id}.{new_id()}"
         output_files = [dict(o, fileName=o["fileName"].replace("${job-id}", job_id)) for o in output_files]

@@ -139,8 +139,8 @@ class Store:
         if not project_ids:
             return set()
         placeholders = ",".join("?" for _ in project_ids)
-        rows = self._query(f"SELECT project_id, file_name FROM files WHERE blob_key = '' AND project_id IN ({placeholders})",
-                           *project_ids)
+        rows = self._query("SELECT project_id, file_name FROM files "
+                           f"WHERE blob_key = '' AND project_id IN ({placeholders})", *project_ids)
         return {(project_id, file_name) for project_id, file_name in rows}
 
     def file(self, file_id: str) -> dict:

@@ -76,7 +76,8 @@ def jobs(controller) -> dict:
     def in_gate_project(output: str, run_method: str) -> str:
         return gui.create_job({
             "computeResourceId": controller.resource_id, "projectId": project_id, "processorName": "letter_count",
-            "inputFiles": [{"name": "input", "fileName": "in.txt"}], "outputFiles": [{"name": "output", "fileName": output}],
+            "inputFiles": [{"name": "input", "fileName": "in.txt"}],
+            "outputFiles": [{"name": "output", "fileName": output}],
             "inputParameters": [{"name": "letter", "value": "o"}],
             "processorSpec": letter_count_spec()["processors"][0],
             "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 60}, "runMethod": run_method})

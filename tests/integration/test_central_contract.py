@@ -15,7 +15,6 @@ from pubnub.enums import PNStatusCategory
 
 from dendro_prefect.central.admin_client import AdminError
 from dendro_prefect.central.process import running_central
-from dendro_prefect.protocol.client import CentralClient
 from dendro_prefect.protocol.signing import compute_resource_headers, generate_keypair, make_resource_code
 from tests.conftest import Resource, create_letter_count_job, letter_count_spec, register
 from tests.pubnub_listener import subscribed
@@ -42,8 +41,8 @@ def resource(central) -> Resource:
 
 def signed(central, resource_id: str, private_key: str, method: str, endpoint: str, **kwargs) -> requests.Response:
     path = f"{PREFIX}/{resource_id}/{endpoint}"
-    return requests.request(method, central.url + path, headers=compute_resource_headers(path, resource_id, private_key),
-                            timeout=10, **kwargs)
+    headers = compute_resource_headers(path, resource_id, private_key)
+    return requests.request(method, central.url + path, headers=headers, timeout=10, **kwargs)
 
 
 def job_call(central, method: str, path: str, key: str, **kwargs) -> requests.Response:
@@ -105,11 +104,13 @@ def test_compute_resource_calls_and_their_refusals(central, resource):
     # Refusals are HTTP 500 with a detail, as every error of these routes (the real central's route wrapper).
     path = f"{PREFIX}/{resource.id}/unfinished_jobs"
     _, other_key = generate_keypair()
-    forged = requests.get(central.url + path, headers=compute_resource_headers(path, resource.id, other_key), timeout=10)
+    forged_headers = compute_resource_headers(path, resource.id, other_key)
+    forged = requests.get(central.url + path, headers=forged_headers, timeout=10)
     assert forged.status_code == 500 and forged.json()["detail"].startswith("Invalid signature")
     headers = compute_resource_headers(path, resource.id, resource.private_key)
-    wrong_payload = requests.get(central.url + path, timeout=10,
-                                 headers=headers | {"compute-resource-payload": path.replace("unfinished_jobs", "apps")})
+    other_path = path.replace("unfinished_jobs", "apps")
+    wrong_payload = requests.get(central.url + path, headers=headers | {"compute-resource-payload": other_path},
+                                 timeout=10)
     assert wrong_payload.status_code == 500 and wrong_payload.json()["detail"].startswith("Unexpected payload")
     assert requests.get(central.url + path, timeout=10).status_code == 422  # the headers are required
     # A resource that was never registered: its jobs are none, everything else is refused.
@@ -132,10 +133,13 @@ def test_job_side_calls_and_their_refusals(central, resource):
     def put_status(body: dict, with_key: str = key) -> requests.Response:
         return job_call(central, "PUT", f"jobs/{job_id}/status", with_key, json=body)
 
-    refused = put_status({"status": "running"})
-    assert (refused.status_code, refused.json()["detail"]) == (500, "Cannot set job status to running when status is pending")
-    refused = put_status({"status": "starting", "error": "no"})
-    assert (refused.status_code, refused.json()["detail"]) == (500, "Cannot set job error when status is starting")
+    def refusal(answer: requests.Response) -> tuple[int, str]:
+        return answer.status_code, answer.json()["detail"]
+
+    assert refusal(put_status({"status": "running"})) == \
+        (500, "Cannot set job status to running when status is pending")
+    assert refusal(put_status({"status": "starting", "error": "no"})) == \
+        (500, "Cannot set job error when status is starting")
     assert put_status({"status": "starting"}, "0" * 32).status_code == 500
     assert job_call(central, "GET", f"jobs/{job_id}/status", "0" * 32).status_code == 500
     assert put_status({"status": "starting"}).json() == {"success": True}
@@ -147,8 +151,7 @@ def test_job_side_calls_and_their_refusals(central, resource):
     assert job_call(central, "GET", f"jobs/{job_id}/outputs/anything/upload_url", key).status_code == 200
     assert job_call(central, "GET", f"jobs/{job_id}/files/{job['outputFiles'][0]['fileId']}", key).status_code == 500
     assert put_status({"status": "failed", "error": "it broke"}).json() == {"success": True}
-    refused = put_status({"status": "failed"})
-    assert (refused.status_code, refused.json()["detail"]) == (500, "Cannot set job status to failed when status is failed")
+    assert refusal(put_status({"status": "failed"})) == (500, "Cannot set job status to failed when status is failed")
     central.delete_job(job_id)
     assert job_call(central, "GET", f"jobs/{job_id}/status", key).json() == {"status": None, "success": True}
     assert put_status({"status": "failed"}).status_code == 500
@@ -198,7 +201,8 @@ def test_a_job_that_does_not_match_its_processor_spec_is_refused(central, resour
     project_id = project_with_input(central)
     spec = letter_count_spec()["processors"][0]
     cases = [
-        ({"inputParameters": [{"name": "letter", "value": 3}]}, "Parameter value is not consistent with type: letter 3 str"),
+        ({"inputParameters": [{"name": "letter", "value": 3}]},
+         "Parameter value is not consistent with type: letter 3 str"),
         ({"inputParameters": [{"name": "letter", "value": "o"}, {"name": "colour", "value": "red"}]},
          "Processor parameter not found: colour"),
         ({"inputParameters": []}, "Required parameter not found: letter"),
@@ -206,7 +210,8 @@ def test_a_job_that_does_not_match_its_processor_spec_is_refused(central, resour
         ({"inputFiles": []}, "Required input not found: input"),
         ({"outputFiles": []}, "Required output not found: output"),
         ({"processorName": "letter_counter"}, "Processor name mismatch: letter_count != letter_counter"),
-        ({"inputFiles": [{"name": "input", "fileName": "absent.txt"}]}, "Project input file does not exist: absent.txt"),
+        ({"inputFiles": [{"name": "input", "fileName": "absent.txt"}]},
+         "Project input file does not exist: absent.txt"),
         ({"processorSpec": spec | {"parameters": [{"name": "letter", "type": "Tuple[str]"}]}},
          "Unknown type in _parameter_value_is_consistent_with_type: Tuple[str]"),
     ]
