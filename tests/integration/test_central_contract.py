@@ -18,7 +18,7 @@ from dendro_prefect.central.process import running_central
 from dendro_prefect.protocol.signing import compute_resource_headers, generate_keypair, make_resource_code
 from tests.conftest import Resource, create_letter_count_job, letter_count_spec, register
 from tests.pubnub_listener import subscribed
-from tests.real_central.harness import running_real_central
+from tests.real_central.harness import RealCentral, running_real_central
 
 PREFIX = "/api/compute_resource/compute_resources"
 
@@ -252,3 +252,17 @@ def test_a_new_job_replaces_the_jobs_that_make_its_output(central, resource):
     named = central.create_job(job_request(resource.id, project_id, "out-${job-id}.json"))
     assert central.job(named)["outputFiles"][0]["fileName"] == f"out-{named}.json"
     assert sorted(unfinished_ids(resource)) == sorted([again, named])
+
+
+def test_run_methods_beyond_the_real_central(central, resource):
+    """Where the stand-in knowingly differs: it takes jobs of runMethod `kubernetes` (our pool) and jobs
+    without one (what the controller must refuse), which the real 0.2.17 central's GUI refuses (HTTP 422:
+    its request model allows local, aws_batch and slurm only)."""
+    project_id = project_with_input(central)
+    for run_method in ("kubernetes", None):
+        request = job_request(resource.id, project_id, f"out-{run_method}.json", runMethod=run_method)
+        if isinstance(central, RealCentral):
+            with pytest.raises(AdminError, match="HTTP 422"):
+                central.create_job(request)
+        else:
+            assert central.job(central.create_job(request))["runMethod"] == run_method
