@@ -97,12 +97,12 @@ class BenchStack:
         """`count` jobs of the app's first processor, no inputs or outputs."""
         processor = json.loads((APPS / self.app / "spec.json").read_text())["processors"][0]
         request = {
-            "computeResourceId": self.resource_id, "projectId": self.admin.create_project("bench"),
+            "computeResourceId": self.resource_id,
             "processorName": processor["name"], "inputFiles": [], "outputFiles": [],
             "inputParameters": parameters or [], "processorSpec": processor,
             "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": memory_gb, "timeSec": 600},
             "runMethod": self.run_method}
-        return [dict(request) for _ in range(count)]
+        return [dict(request, projectId=project_id) for project_id in self.admin.projects_for("bench", count)]
 
 
 async def _cancel(flow_run_id) -> None:
@@ -134,7 +134,8 @@ def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: s
         resource_id, private_key = generate_keypair()
         config_file = workdir / ".dendro_compute_resource.json"
         ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                              central_url=admin.url, container_method=container_method).write(config_file)
+                              central_url=admin.url, container_method=container_method,
+                              pubsub_origin=admin.pubsub_origin).write(config_file)
         admin.approve(resource_id, make_resource_code(private_key))
         admin.set_apps(resource_id, [{"name": app, "specUri": spec_uri or (APPS / app / "spec.json").as_uri()}])
         prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")

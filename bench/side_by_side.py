@@ -16,7 +16,7 @@ Goals (wall time, dendro-prefect / original): at most 0.8 at limit 2, at most 0.
 What the original needs to run against the stand-in, written by this script into its work directory:
 
 - PubSub. The daemon subscribes with the pubnub SDK at PubNub's default origin: it reads only the key,
-  channel and user of `pubsub_subscription`, not the `pubnubOrigin` the stand-in adds. PubNub cannot
+  channel and user of `pubsub_subscription` (as dendro-prefect does, with no `pubsub_origin`). PubNub cannot
   be reached from here, and without PubSub the daemon polls `unfinished_jobs` once every 600 s, so a
   job waiting for a free slot waits up to 10 minutes. The pubnub SDK's own hook, the environment
   variable PUBNUB_REQUEST_HANDLER, loads a request handler (written here) that sends the SDK's requests
@@ -129,12 +129,12 @@ def job_requests(target: Target, jobs: int, job_sec: float) -> list[dict]:
     for both (bench/common.py's requests, with the sleep)."""
     processor = json.loads((APPS / APP / "spec.json").read_text())["processors"][0]
     request = {
-        "computeResourceId": target.resource_id, "projectId": target.admin.create_project("side-by-side"),
+        "computeResourceId": target.resource_id,
         "processorName": processor["name"], "inputFiles": [], "outputFiles": [],
         "inputParameters": [{"name": "min_sec", "value": job_sec}, {"name": "max_sec", "value": job_sec}],
         "processorSpec": processor,
         "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 0.1, "timeSec": 600}, "runMethod": "local"}
-    return [dict(request) for _ in range(jobs)]
+    return [dict(request, projectId=project_id) for project_id in target.admin.projects_for("side-by-side", jobs)]
 
 
 def run_jobs(target: Target, setup: str, jobs: int, job_sec: float, deadline_sec: float) -> Result:

@@ -53,6 +53,11 @@ class ComputeResourceConfig(BaseModel):
     container_method: ContainerMethod = "docker"
     default_job_run_method: RunMethod = "local"
     available_job_run_methods: list[RunMethod] = ["local"]
+    pubsub_origin: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$",
+        description="host:port of the PubNub-compatible server the central publishes to, in place of PubNub's "
+                    "own: set it only for a central whose PubSub is a private PubNub-compatible endpoint (a "
+                    "local central of tests or the demo); TLS unless the host is loopback. Unset: PubNub.")
 
     @field_validator("compute_resource_private_key")
     @classmethod

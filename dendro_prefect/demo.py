@@ -127,7 +127,8 @@ def app_spec_uri(demo, workdir: Path, container_method: str) -> str:
 def register_resource(admin: CentralAdmin, workdir: Path, container_method: str, demo) -> ComputeResourceConfig:
     resource_id, private_key = generate_keypair()
     config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                                   central_url=admin.url, container_method=container_method)
+                                   central_url=admin.url, container_method=container_method,
+                                   pubsub_origin=admin.pubsub_origin)
     config.write(workdir / ".dendro_compute_resource.json")
     admin.approve(resource_id, make_resource_code(private_key), "demo")
     admin.set_apps(resource_id, [{"name": demo.name, "specUri": app_spec_uri(demo, workdir, container_method)}])

@@ -47,8 +47,11 @@ class _Listener(SubscribeCallback):
 
 class JobHints:
     def __init__(self, subscription: PubsubSubscription, compute_resource_id: str,
-                 log: logging.Logger | logging.LoggerAdapter = logger) -> None:
+                 log: logging.Logger | logging.LoggerAdapter = logger, origin: str | None = None) -> None:
+        """`origin`: the configuration's `pubsub_origin` (host:port of a PubNub-compatible server), or
+        None for PubNub itself."""
         self.subscription = subscription
+        self.origin = origin
         self.logger = log
         self.compute_resource_id = compute_resource_id
         self.connected = False
@@ -65,9 +68,9 @@ class JobHints:
         config.user_id = self.subscription.pubnubUser
         config.daemon = True
         config.disable_config_locking = False
-        if self.subscription.pubnubOrigin:
-            config.origin = self.subscription.pubnubOrigin
-            config.ssl = not self.subscription.pubnubOrigin.startswith(("127.", "localhost"))
+        if self.origin:
+            config.origin = self.origin
+            config.ssl = not self.origin.startswith(("127.", "localhost"))
         self._pubnub = PubNub(config)
         self._pubnub.add_listener(_Listener(self))
         self._pubnub.subscribe().channels([self.subscription.pubnubChannel]).execute()

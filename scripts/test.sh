@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests need and run them; CI runs exactly this.
-# .venv holds dendro-prefect; .venv-sdk holds the real dendro 0.2.17 SDK that jobs run with.
+# .venv holds dendro-prefect; .venv-sdk holds the real dendro 0.2.17 SDK that jobs run with; .venv-central the
+# real dendro 0.2.17 central that some tests run against.
 # A docker engine and a one-node Slurm cluster are started (and stopped again) where none answers;
 # the tests start everything else (Prefect server, central stand-in, workers).
 set -euo pipefail
@@ -9,6 +10,10 @@ python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
 python3 -m venv .venv-sdk
 .venv-sdk/bin/pip install --quiet --disable-pip-version-check "dendro==0.2.17"
+# The real Dendro 0.2.17 central's own routers (extra `api`) with an in-memory MongoDB, for
+# tests/e2e/test_real_central.py and tests/integration/test_central_contract.py (see tests/real_central/serve.py).
+python3 -m venv .venv-central
+.venv-central/bin/pip install --quiet --disable-pip-version-check "dendro[api]==0.2.17" "mongomock-motor==0.0.36" uvicorn
 # The spike-sorting app's venv and image take a minute or two each: made in the background while the
 # first tests run (the tests ask for them again and wait for these; see tests/e2e/test_spike_sorting.py).
 # Each in a process group of its own, stopped with the script if still running.

@@ -191,19 +191,22 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
                        apps: list[dict] | None = None, poll_interval_sec: float = 2.0, mock_pubsub: bool = False,
                        pool: str | None = None, worker_type: str = "dendro-local", run_method: str = "local",
                        job_variables: dict | None = None, worker_env: dict | None = None,
-                       deployments: dict | None = None, settle_sec: float = 30.0):
+                       deployments: dict | None = None, settle_sec: float = 30.0, central=None):
     """A controller whose jobs of `run_method` go to `pool` (by default a pool of its own; `local` is
-    prefect.yaml's); `deployments` routes other runMethods elsewhere."""
+    prefect.yaml's); `deployments` routes other runMethods elsewhere. Its central is a stand-in of its own,
+    or `central`, an admin client of a central already running (a `CentralAdmin`, or the real central's
+    `tests.real_central.harness.RealCentral`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     pool = pool or f"{run_method}-{workdir.name}"
     deployment = f"dendro-job/{pool}" if pool == "local" else create_job_pool(pool, worker_type, job_variables)
     deployments = {**DEFAULT_DEPLOYMENTS, **(deployments or {}), run_method: deployment}
     with ExitStack() as stack:
-        admin = stack.enter_context(running_central(workdir / "central", mock_pubsub=mock_pubsub))
+        admin = central or stack.enter_context(running_central(workdir / "central", mock_pubsub=mock_pubsub))
         resource_id, private_key = generate_keypair()
         record_secret(private_key, "compute-resource-key")
         config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                                       central_url=admin.url, container_method=container_method)
+                                       central_url=admin.url, container_method=container_method,
+                                       pubsub_origin=admin.pubsub_origin)
         config_file = workdir / ".dendro_compute_resource.json"
         config.write(config_file)
         admin.approve(resource_id, make_resource_code(private_key))

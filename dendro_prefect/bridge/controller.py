@@ -173,7 +173,7 @@ class Controller:
         `flow_run_id` (its own flow run) it also stops within CANCEL_CHECK_SEC once that run is
         cancelled (see `_wait`). Returns whether it stopped for that."""
         subscription = await anyio.to_thread.run_sync(self.client.get_pubsub_subscription)
-        hints = JobHints(subscription, self.config.compute_resource_id, self.logger)
+        hints = JobHints(subscription, self.config.compute_resource_id, self.logger, self.config.pubsub_origin)
         hints.start()
         deadline = None if run_for_sec is None else time.monotonic() + run_for_sec
         apps_changed = True  # the apps are loaded first, and again whenever the central says they changed

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -21,6 +22,11 @@ class CentralAdmin:
         self.url = url.rstrip("/")
         self._session = requests.Session()
         self._session.headers["dendro-admin-token"] = admin_token
+
+    @property
+    def pubsub_origin(self) -> str:
+        """Where the stand-in's PubNub-compatible hub listens (host:port): a controller's `pubsub_origin`."""
+        return urlsplit(self.url).netloc
 
     @classmethod
     def from_data_dir(cls, data_dir: Path, wait: float = 0.0) -> "CentralAdmin":
@@ -69,6 +75,15 @@ class CentralAdmin:
     def files(self, project_id: str) -> list[dict]:
         return self._call("GET", f"/api/admin/projects/{project_id}/files")["files"]
 
+    def projects_for(self, name: str, jobs: int) -> list[str]:
+        """A project id for each of `jobs` jobs created at once, a new project for every
+        MAX_PENDING_OR_RUNNING_JOBS_WITHOUT_APPROVAL of them: beyond that many pending or running jobs
+        of a project, the central (the real one too) holds new ones for the resource owner's approval."""
+        from .service import MAX_PENDING_OR_RUNNING_JOBS_WITHOUT_APPROVAL as per_project
+
+        projects = [self.create_project(name) for _ in range(-(-jobs // per_project))]
+        return [projects[i // per_project] for i in range(jobs)]
+
     def create_job(self, request: dict) -> str:
         return self._call("POST", "/api/admin/jobs", json=request)["jobId"]
 
@@ -84,6 +99,10 @@ class CentralAdmin:
     def raw_jobs(self, resource_id: str) -> dict[str, object]:
         """The resource's stored job documents by id, malformed ones too, without private keys."""
         return self._call("GET", f"/api/admin/compute_resources/{resource_id}/raw_jobs")["jobs"]
+
+    def approve_job(self, job_id: str) -> None:
+        """Approve a job held for approval, as the resource owner does in the GUI."""
+        self._call("POST", f"/api/gui/jobs/{job_id}/approve")
 
     def jobs(self, resource_id: str | None = None) -> list[dict]:
         params = {"computeResourceId": resource_id} if resource_id else None

@@ -4,6 +4,11 @@ Authentication as the real central does it: compute-resource calls carry an Ed25
 the request path; job-side calls carry the job private key. Admin calls (our addition, standing in
 for the GUI) carry the admin token written next to the database; they also inject faults: an outage
 of the API (`_OutageMiddleware`) and of PubSub (`PubSubHub.set_mode`).
+
+Answers follow the real Dendro 0.2.17 central (tests/integration/test_central_contract.py runs the same
+requests against both): a refusal of a compute-resource or job-side call is HTTP 500 with the real
+central's `detail` (its routes turn every exception into a 500), a request without the required headers
+or with a malformed body 422, a failed registration 401.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ..protocol.models import (
 )
 from ..protocol.signing import verify_resource_code, verify_signature_str
 from .pubsub import PubSubMode
-from .service import Central, dendro_uri, output_blob_key
+from .service import Central, JobRefused, dendro_uri, output_blob_key
 from .store import NotFound, TransitionError
 
 COMPUTE_RESOURCE_PREFIX = "/api/compute_resource/compute_resources/{resource_id}"
@@ -42,7 +47,8 @@ OUTAGE_PREFIXES = ("/api/compute_resource/", "/api/processor/")
 def create_app(central: Central) -> FastAPI:
     app = FastAPI(title="Dendro central stand-in", docs_url=None, redoc_url=None)
     app.state.central = central
-    for exception_type, status_code in ((NotFound, 404), (TransitionError, 409), (ProtocolError, 422)):
+    for exception_type, status_code in ((NotFound, 500), (TransitionError, 500), (JobRefused, 500),
+                                        (ProtocolError, 422)):
         app.add_exception_handler(exception_type, _error_handler(status_code))
     app.add_exception_handler(RequestValidationError, _validation_error_handler)
     app.include_router(_compute_resource_routes(central))
@@ -99,20 +105,24 @@ class SpecBody(BaseModel):
 
 
 def _compute_resource_routes(central: Central) -> APIRouter:
-    def authenticate(
+    def signed(
         resource_id: str,
         request: Request,
-        compute_resource_id: str = Header(""),
-        compute_resource_payload: str = Header(""),
-        compute_resource_signature: str = Header(""),
-    ) -> dict:
-        if compute_resource_id != resource_id or compute_resource_payload != request.url.path:
-            raise HTTPException(401, "compute resource id or payload does not match the request")
+        compute_resource_payload: str = Header(...),
+        compute_resource_signature: str = Header(...),
+    ) -> str:
+        """The request's resource id once its signature verifies (the `compute-resource-id` header is not
+        looked at: the path names the resource, as in the real central)."""
+        if compute_resource_payload != request.url.path:
+            raise HTTPException(500, f"Unexpected payload: {compute_resource_payload}")
         if not verify_signature_str(compute_resource_payload, resource_id, compute_resource_signature):
-            raise HTTPException(401, "invalid compute resource signature")
+            raise HTTPException(500, f"Invalid signature: {compute_resource_signature}")
+        return resource_id
+
+    def authenticate(resource_id: str = Depends(signed)) -> dict:
         resource = central.store.resource(resource_id)
         if resource is None:
-            raise HTTPException(403, f"compute resource {resource_id} is not registered")
+            raise NotFound(f"No compute resource with ID {resource_id}")
         return resource
 
     router = APIRouter(prefix=COMPUTE_RESOURCE_PREFIX)
@@ -122,19 +132,18 @@ def _compute_resource_routes(central: Central) -> APIRouter:
         return {"apps": resource["apps"], "success": True}
 
     @router.get("/pubsub_subscription")
-    def pubsub_subscription(request: Request, resource: dict = Depends(authenticate)) -> dict:
+    def pubsub_subscription(resource: dict = Depends(authenticate)) -> dict:
+        """As the real central: key, channel and user, no server (a controller's configuration names the
+        stand-in's hub as its `pubsub_origin`)."""
         resource_id = resource["computeResourceId"]
-        subscription: dict[str, Any] = {"pubnubChannel": resource_id, "pubnubUser": resource_id}
-        if central.mock_pubsub:
-            subscription["pubnubSubscribeKey"] = "mock-subscribe-key"
-        else:
-            subscription["pubnubSubscribeKey"] = central.hub.subscribe_key
-            subscription["pubnubOrigin"] = request.url.netloc
+        key = "mock-subscribe-key" if central.mock_pubsub else central.hub.subscribe_key
+        subscription = {"pubnubSubscribeKey": key, "pubnubChannel": resource_id, "pubnubUser": resource_id}
         return {"subscription": subscription, "success": True}
 
     @router.get("/unfinished_jobs")
-    def unfinished_jobs(resource: dict = Depends(authenticate)) -> dict:
-        return {"jobs": central.store.unfinished_jobs(resource["computeResourceId"]), "success": True}
+    def unfinished_jobs(resource_id: str = Depends(signed)) -> dict:
+        """A resource that is not registered has no jobs (the real central does not look it up)."""
+        return {"jobs": central.store.unfinished_jobs(resource_id), "success": True}
 
     @router.put("/spec")
     def put_spec(body: SpecBody, resource: dict = Depends(authenticate)) -> dict:
@@ -149,17 +158,17 @@ def _compute_resource_routes(central: Central) -> APIRouter:
 
 
 def _processor_routes(central: Central) -> APIRouter:
-    def authenticate(job_id: str, job_private_key: str = Header("")) -> dict:
+    def authenticate(job_id: str, job_private_key: str = Header(...)) -> dict:
         document = central.store.job(job_id)
         # bytes: compare_digest refuses non-ASCII text, and a malformed job's key may be any text
         if not hmac.compare_digest(str(document.get("jobPrivateKey")).encode(), job_private_key.encode()):
-            raise HTTPException(401, "invalid job private key")
+            raise HTTPException(500, f"Invalid job private key for job {job_id}")
         return document
 
     router = APIRouter(prefix="/api/processor")
 
     @router.get("/jobs/{job_id}/status")
-    def get_status(job_id: str, job_private_key: str = Header("")) -> dict:
+    def get_status(job_id: str, job_private_key: str = Header(...)) -> dict:
         """A deleted job answers status null: that is how a running job learns it was deleted."""
         try:
             document = authenticate(job_id, job_private_key)
@@ -183,7 +192,8 @@ def _processor_routes(central: Central) -> APIRouter:
         inputs = [{"name": i["name"], "dendro_uri": dendro_uri(document["projectId"], i)} for i in document["inputFiles"]]
         return {
             "jobId": document["jobId"], "status": document["status"], "processorName": document["processorName"],
-            "inputs": inputs, "outputs": outputs(document), "parameters": parameters(document), "success": True,
+            "inputs": inputs, "inputFolders": [], "outputs": outputs(document), "outputFolders": [],
+            "parameters": parameters(document),
         }
 
     @router.get("/jobs/{job_id}")
@@ -194,33 +204,34 @@ def _processor_routes(central: Central) -> APIRouter:
         ]
         return {
             "jobId": document["jobId"], "status": document["status"], "processorName": document["processorName"],
-            "inputs": inputs, "outputs": outputs(document), "parameters": parameters(document), "success": True,
+            "inputs": inputs, "inputFolders": [], "outputs": outputs(document), "outputFolders": [],
+            "parameters": parameters(document),
         }
 
     @router.get("/jobs/{job_id}/files/{file_id}")
     def file_info(file_id: str, request: Request, document: dict = Depends(authenticate)) -> dict:
-        file = central.store.file(file_id)
-        if file["projectId"] != document["projectId"]:
-            raise HTTPException(403, "file is not in the job's project")
+        """Any file of the job's project; a pending one (no content yet) is refused."""
+        try:
+            file = central.store.file(file_id)
+        except NotFound:
+            file = None
+        if file is None or file["projectId"] != document["projectId"]:
+            raise HTTPException(500, f"No file with ID {file_id} in project {document['projectId']}")
         if not file["blobKey"]:
-            raise HTTPException(409, f"file {file_id} is a pending output of job {file['jobId']}")
+            raise HTTPException(500, f"Project file content for {file_id} is not a URL")
         return {"downloadUrl": central.download_url(_base_url(request), file["blobKey"]), "isFolder": False, "success": True}
-
-    def output_key(document: dict, output_name: str) -> str:
-        if not output_name.startswith("_") and output_name not in {o["name"] for o in document["outputFiles"]}:
-            raise HTTPException(404, f"job {document['jobId']} has no output {output_name}")
-        return output_blob_key(document["projectId"], document["jobId"], output_name)
 
     @router.get("/jobs/{job_id}/outputs/{output_name}/upload_url")
     def upload_url(output_name: str, request: Request, document: dict = Depends(authenticate)) -> dict:
-        key = output_key(document, output_name)
+        """For any output name, as the real central (it does not look the name up)."""
+        key = output_blob_key(document["projectId"], document["jobId"], output_name)
         return {"uploadUrl": central.blobs.signed_url(_base_url(request), key, "PUT"), "success": True}
 
     @router.get("/jobs/{job_id}/outputs/{output_name}/file_id")
     def output_file_id(output_name: str, document: dict = Depends(authenticate)) -> dict:
         output = next((o for o in document["outputFiles"] if o["name"] == output_name), None)
         if output is None:
-            raise HTTPException(404, f"job {document['jobId']} has no output {output_name}")
+            raise HTTPException(500, f"No output with name {output_name}")
         return {"fileId": output["fileId"], "success": True}
 
     return router
@@ -260,11 +271,12 @@ def _blob_routes(central: Central) -> APIRouter:
 
 
 def _register(central: Central, resource_id: str, code: str, name: str) -> None:
+    """A valid code registers (again: as in the real central, a code may be used more than once while it
+    is valid); an invalid one is refused with 401, as the real central refuses it."""
     reason = verify_resource_code(code, resource_id)
     if reason:
-        raise HTTPException(403, reason)
-    if not central.store.register_resource(resource_id, name, code):
-        raise HTTPException(403, "resource code was used already")
+        raise HTTPException(401, reason)
+    central.store.register_resource(resource_id, name)
 
 
 def _registration_routes(central: Central) -> APIRouter:
@@ -360,6 +372,12 @@ def _admin_routes(central: Central) -> APIRouter:
     @router.post("/api/gui/compute_resources/register")
     def register(body: RegisterRequest) -> dict:
         _register(central, body.computeResourceId, body.resourceCode, body.name)
+        return {"success": True}
+
+    @router.post("/api/gui/jobs/{job_id}/approve")
+    def approve_job(job_id: str) -> dict:
+        """The resource owner approves a job held for approval (the real central's GUI route)."""
+        central.approve_job(job_id)
         return {"success": True}
 
     @router.get("/api/admin/compute_resources/{resource_id}")

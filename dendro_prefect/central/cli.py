@@ -155,6 +155,13 @@ def output(job_id: str, name: str, data_dir: Path = DATA_DIR_OPTION) -> None:
     typer.echo(_run(lambda: _admin(data_dir).output(job_id, name)).decode(errors="replace"))
 
 
+@central_app.command("approve-job")
+def approve_job(job_id: str, data_dir: Path = DATA_DIR_OPTION) -> None:
+    """Approve a job held for approval (10 jobs of its project were pending or running), as its owner does."""
+    _run(lambda: _admin(data_dir).approve_job(job_id))
+    typer.echo(f"Approved {job_id}")
+
+
 @central_app.command("delete-job")
 def delete_job(job_id: str, data_dir: Path = DATA_DIR_OPTION) -> None:
     _run(lambda: _admin(data_dir).delete_job(job_id))

@@ -3,7 +3,8 @@
 Clients point `PNConfiguration.origin` at the stand-in (with `ssl = False`); the SDK then calls the
 routes below exactly as it would call PubNub. Only what the SDK's subscribe loop uses is served:
 the v2 long-poll subscribe, presence heartbeat and leave (acknowledged, no presence tracking), and
-`/time/0`, which the SDK polls to decide that it can reconnect after a network error.
+`/time/0`, which the SDK polls to decide that it can reconnect after a network error; and PubNub's
+REST publish, through which the real Dendro central publishes its messages.
 
 Messages live in memory: a bounded history per channel lets a subscriber that reconnects with an
 older timetoken catch up on what it missed. Channel groups and presence events are not supported.
@@ -214,6 +215,18 @@ class PubSubHub:
         @router.get("/v2/presence/sub-key/{sub_key}/channel/{channels}/leave")
         async def leave(sub_key: str) -> JSONResponse:
             return self._key_error(sub_key) or self._unavailable() or JSONResponse(PRESENCE_OK)
+
+        @router.get("/publish/{pub_key}/{sub_key}/0/{channel}/0/{payload:path}")
+        async def publish(pub_key: str, sub_key: str, channel: str, payload: str) -> JSONResponse:
+            """PubNub's REST publish (the message is the URL-quoted JSON of the last path segment), as the
+            real Dendro central publishes; any publish key is taken. Answers PubNub's `[1, "Sent", tt]`."""
+            if error := self._key_error(sub_key) or self._unavailable():
+                return error
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                return JSONResponse([0, "Invalid JSON", "0"], status_code=400)
+            return JSONResponse([1, "Sent", self.publish(channel, message)])
 
         @router.get("/time/0")
         async def server_time() -> JSONResponse:

@@ -14,13 +14,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..protocol.models import FINISHED_STATUSES, UNFINISHED_STATUSES
+from ..protocol.models import UNFINISHED_STATUSES
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, apps TEXT NOT NULL DEFAULT '[]', spec TEXT, registered_at REAL
 );
-CREATE TABLE IF NOT EXISTS used_codes (code TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS projects (id TEXT PRIMARY KEY, name TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY, project_id TEXT NOT NULL, file_name TEXT NOT NULL, size INTEGER NOT NULL,
@@ -30,15 +29,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, compute_resource_id TEXT NOT NULL, status TEXT NOT NULL, document TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_resource ON jobs (compute_resource_id, status);
+CREATE INDEX IF NOT EXISTS jobs_by_project ON jobs (json_extract(document, '$.projectId'));
 """
 
-# Who may move a job where (the central's rules; `force_update` bypasses them).
+# Who may move a job where (the real central's rules; `force_update` bypasses them). `queued` has none.
 ALLOWED_TRANSITIONS: dict[str, tuple[str, ...]] = {
     "starting": ("pending",),
     "running": ("starting",),
     "completed": ("running",),
     "failed": ("pending", "starting", "running"),
-    "queued": ("pending",),
 }
 STATUS_TIMESTAMPS = {
     "queued": "timestampQueued",
@@ -75,19 +74,13 @@ class Store:
 
     # --- compute resources -----------------------------------------------------------------------------
 
-    def register_resource(self, resource_id: str, name: str, code: str) -> bool:
-        """Register once per code: False when the code was used already (a replay)."""
-        with self._lock:
-            try:
-                self._db.execute("INSERT INTO used_codes VALUES (?)", (code,))
-            except sqlite3.IntegrityError:
-                return False
-            self._db.execute(
-                "INSERT INTO resources (id, name, registered_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET name = excluded.name",
-                (resource_id, name, time.time()),
-            )
-            return True
+    def register_resource(self, resource_id: str, name: str) -> None:
+        """Register, or register again (a new name): as the real central, a valid code may be used again."""
+        self._query(
+            "INSERT INTO resources (id, name, registered_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET name = excluded.name",
+            resource_id, name, time.time(),
+        )
 
     def resource(self, resource_id: str) -> dict | None:
         rows = self._query("SELECT id, name, apps, spec FROM resources WHERE id = ?", resource_id)
@@ -131,6 +124,24 @@ class Store:
                 (file_id, project_id, file_name, size, blob_key, job_id, time.time()),
             )
         return file_id
+
+    def delete_files(self, project_id: str, file_names: list[str] | None = None, job_id: str | None = None) -> None:
+        """Delete a project's files of these names, or those a job made (its outputs, pending or not)."""
+        if file_names:
+            placeholders = ",".join("?" for _ in file_names)
+            self._query(f"DELETE FROM files WHERE project_id = ? AND file_name IN ({placeholders})",
+                        project_id, *file_names)
+        if job_id is not None:
+            self._query("DELETE FROM files WHERE project_id = ? AND job_id = ?", project_id, job_id)
+
+    def pending_file_names(self, project_ids: set[str]) -> set[tuple[str, str]]:
+        """(project, file name) of the files that are a job's output not made yet (no content)."""
+        if not project_ids:
+            return set()
+        placeholders = ",".join("?" for _ in project_ids)
+        rows = self._query("SELECT project_id, file_name FROM files "
+                           f"WHERE blob_key = '' AND project_id IN ({placeholders})", *project_ids)
+        return {(project_id, file_name) for project_id, file_name in rows}
 
     def file(self, file_id: str) -> dict:
         rows = self._query("SELECT id, project_id, file_name, size, blob_key, job_id FROM files WHERE id = ?", file_id)
@@ -185,7 +196,7 @@ class Store:
     def job(self, job_id: str) -> dict:
         rows = self._query("SELECT document FROM jobs WHERE id = ?", job_id)
         if not rows:
-            raise NotFound(f"job {job_id} not found")
+            raise NotFound(f"No job with ID {job_id}")
         return json.loads(rows[0][0])
 
     def save_job(self, document: dict) -> None:
@@ -202,8 +213,9 @@ class Store:
         return (json.loads(row[0]) for row in rows)
 
     def unfinished_jobs(self, resource_id: str) -> list[dict]:
-        """As the central answers: hidden are deleted jobs, jobs awaiting approval, and jobs whose
-        input is still a pending output of another unfinished job of the same project."""
+        """As the real central answers: hidden are deleted jobs, jobs awaiting approval, and jobs with an
+        input that is a pending file of their project (an output of a job that has not completed: a failed
+        job's output stays pending until it is replaced or its job deleted)."""
         placeholders = ",".join("?" for _ in UNFINISHED_STATUSES)
         rows = self._query(
             f"SELECT document FROM jobs WHERE compute_resource_id = ? AND status IN ({placeholders}) ORDER BY rowid",
@@ -211,11 +223,15 @@ class Store:
         )
         jobs = [json.loads(row[0]) for row in rows]
         jobs = [j for j in jobs if not (isinstance(j, dict) and (j.get("deleted") or j.get("pendingApproval")))]
-        pending_outputs = {key: j["jobId"] for j in jobs for key in _file_keys(j, "outputFiles")}
-        return [
-            j for j in jobs
-            if not any(pending_outputs.get(key, j["jobId"]) != j["jobId"] for key in _file_keys(j, "inputFiles"))
-        ]
+        projects = {j["projectId"] for j in jobs if isinstance(j, dict) and isinstance(j.get("projectId"), str)}
+        pending = self.pending_file_names(projects)
+        return [j for j in jobs if not any(key in pending for key in _file_keys(j, "inputFiles"))]
+
+    def project_jobs(self, project_id: str) -> list[dict]:
+        """The jobs of a project."""
+        rows = self._query("SELECT document FROM jobs WHERE json_extract(document, '$.projectId') = ? ORDER BY rowid",
+                           project_id)
+        return [json.loads(row[0]) for row in rows]
 
     def delete_job(self, job_id: str) -> dict:
         document = self.job(job_id)
@@ -225,25 +241,21 @@ class Store:
 
 def _file_keys(job: Any, field: str) -> list[tuple[str, str]]:
     """(projectId, fileName) of a job's input or output files; none of a raw job (admin `raw_jobs`)
-    without a jobId, projectId or list of files."""
-    if not (isinstance(job, dict) and isinstance(job.get("jobId"), str) and isinstance(job.get("projectId"), str)
-            and isinstance(job.get(field), list)):
+    without a projectId or list of files."""
+    if not (isinstance(job, dict) and isinstance(job.get("projectId"), str) and isinstance(job.get(field), list)):
         return []
     return [(job["projectId"], f["fileName"]) for f in job[field] if isinstance(f, dict) and isinstance(f.get("fileName"), str)]
 
 
 def apply_status(document: dict, status: str, error: str | None, force: bool) -> None:
-    """Move a job document to `status` under the central's transition rules."""
+    """Move a job document to `status` under the real central's transition rules, with its words."""
     current = document["status"]
-    if not force:
-        if current in FINISHED_STATUSES:
-            raise TransitionError(f"job {document['jobId']} is {current} already; cannot set {status}")
-        if current not in ALLOWED_TRANSITIONS.get(status, ()):
-            raise TransitionError(f"cannot set job {document['jobId']} to {status} from {current}")
-        if error is not None and status != "failed":
-            raise TransitionError("an error can only be given with status failed")
+    if not force and status in ALLOWED_TRANSITIONS and current not in ALLOWED_TRANSITIONS[status]:
+        raise TransitionError(f"Cannot set job status to {status} when status is {current}")
+    if error and status != "failed":
+        raise TransitionError(f"Cannot set job error when status is {status}")
     document["status"] = status
-    if error is not None:
+    if error:
         document["error"] = error
     if status in STATUS_TIMESTAMPS:
         document[STATUS_TIMESTAMPS[status]] = time.time()

@@ -161,12 +161,11 @@ class DendroJob(WireModel):
 
 
 class PubsubSubscription(WireModel):
-    """`pubnubOrigin` is our extension: where a PubNub-compatible server listens (the stand-in)."""
+    """Where to subscribe: which PubNub server is the configuration's (`pubsub_origin`), not the central's."""
 
     pubnubSubscribeKey: str
     pubnubChannel: str
     pubnubUser: str
-    pubnubOrigin: str | None = None
 
     @property
     def is_mock(self) -> bool:

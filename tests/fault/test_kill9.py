@@ -260,13 +260,13 @@ def set_pool_concurrency(pool: str, limit: int) -> None:
 def count_starts_requests(admin: CentralAdmin, resource_id: str, run_method: str, count: int) -> list[dict]:
     spec = json.loads((COUNT_STARTS / "spec.json").read_text())["processors"][0]
     request = {
-        "computeResourceId": resource_id, "projectId": admin.create_project("kill9"),
+        "computeResourceId": resource_id,
         "processorName": "count_starts", "processorSpec": spec,
         "inputFiles": [], "outputFiles": [], "inputParameters": [],
         "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 0.5, "timeSec": 120},
         "runMethod": run_method,
     }
-    return [dict(request) for _ in range(count)]
+    return [dict(request, projectId=project_id) for project_id in admin.projects_for("kill9", count)]
 
 
 def final_runs_by_job(resource_id: str) -> dict[str, list[FlowRun]] | None:
@@ -335,7 +335,8 @@ def kill9_scenario(prefect: PrefectStack, workdir: Path, sdk_bin: Path, *, jobs:
         record_secret(private_key, "compute-resource-key")
         config_file = workdir / ".dendro_compute_resource.json"
         ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                              central_url=admin.url, container_method="none").write(config_file)
+                              central_url=admin.url, container_method="none",
+                              pubsub_origin=admin.pubsub_origin).write(config_file)
         admin.approve(resource_id, make_resource_code(private_key))
         admin.set_apps(resource_id, [{"name": "count_starts", "specUri": (COUNT_STARTS / "spec.json").as_uri()}])
         chaos = Chaos(

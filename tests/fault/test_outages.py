@@ -44,13 +44,14 @@ LOG = logging.getLogger(__name__)
 
 
 def letter_count_requests(admin, resource_id: str, count: int, **overrides) -> list[dict]:
-    """`count` letter_count job requests on one input, for `admin.create_jobs`."""
+    """`count` letter_count job requests on one input, for `admin.create_jobs`; each output a file of its own
+    (`${job-id}`: a new job replaces the jobs that make its output file)."""
     project_id = admin.create_project("outages")
     admin.upload_file(project_id, "in.txt", b"hello dendro world")
     request = {
         "computeResourceId": resource_id, "projectId": project_id, "processorName": "letter_count",
         "inputFiles": [{"name": "input", "fileName": "in.txt"}],
-        "outputFiles": [{"name": "output", "fileName": "out.json"}],
+        "outputFiles": [{"name": "output", "fileName": "out-${job-id}.json"}],
         "inputParameters": [{"name": "letter", "value": "o"}],
         "processorSpec": letter_count_spec()["processors"][0],
         "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 60},
@@ -111,7 +112,7 @@ def test_a_failure_reported_during_an_outage_reaches_the_central_once_it_is_back
             assert time.monotonic() < deadline, "the outbox never delivered"
             await asyncio.sleep(0.1)
         delivered_after = time.monotonic() - ends
-        # A job deleted meanwhile: the central answers 404 and the update is dropped, not retried.
+        # A job deleted meanwhile: the central refuses (500) and the update is dropped, not retried.
         settled = await outbox.send(resource.client, gone_id, gone_key, "failed", "too late", LOG)
         return delivered_now, delivered_after, settled and not outbox.pending()
 
@@ -182,7 +183,7 @@ def test_messages_twice_and_out_of_order_make_one_flow_run_and_one_launch_per_jo
         client = CentralClient(ctl.admin.url, ctl.resource_id, ctl.config.private_key)
         subscription = client.get_pubsub_subscription()
         ctl.admin.set_pubsub("duplicate-shuffled")
-        with subscribed(subscription.pubnubOrigin, [subscription.pubnubChannel],
+        with subscribed(ctl.admin.pubsub_origin, [subscription.pubnubChannel],
                         subscription.pubnubSubscribeKey) as listener:
             listener.wait_for_status(PNStatusCategory.PNConnectedCategory)
             created = time.monotonic()

@@ -1,4 +1,5 @@
-"""The stand-in central as a real HTTP server on a free loopback port."""
+"""The stand-in central as a real HTTP server on a free loopback port. (What it answers as the real central
+does, status codes and details included, is pinned against the real one in test_central_contract.py.)"""
 
 import json
 import time
@@ -27,25 +28,25 @@ def test_signed_requests_are_served_and_bad_signatures_refused(central, resource
     assert requests.get(central.url + path, headers=headers, timeout=10).status_code == 200
     _, other_key = generate_keypair()
     forged = compute_resource_headers(path, resource.id, other_key)
-    assert requests.get(central.url + path, headers=forged, timeout=10).status_code == 401
+    assert requests.get(central.url + path, headers=forged, timeout=10).status_code == 500
     wrong_payload = dict(headers, **{"compute-resource-payload": path.replace("unfinished_jobs", "apps")})
-    assert requests.get(central.url + path, headers=wrong_payload, timeout=10).status_code == 401
-    assert requests.get(central.url + path, timeout=10).status_code == 401
+    assert requests.get(central.url + path, headers=wrong_payload, timeout=10).status_code == 500
+    assert requests.get(central.url + path, timeout=10).status_code == 422
 
     stranger_id, stranger_key = generate_keypair()
     stranger = CentralClient(central.url, stranger_id, stranger_key, retry_deadline=2)
-    with pytest.raises(CentralError, match="HTTP 403: compute resource .* is not registered") as raised:
-        stranger.get_unfinished_jobs()
+    with pytest.raises(CentralError, match="HTTP 500: No compute resource with ID") as raised:
+        stranger.get_apps()
     assert stranger_key not in str(raised.value)
 
 
-def test_registration_link_cannot_be_replayed_or_used_late(central):
+def test_registration_link_registers_and_late_or_forged_codes_are_refused(central):
+    """The link may be opened again while its code is valid (as with the real central)."""
     resource_id, private_key = generate_keypair()
     link = f"{central.url}/register-compute-resource/{resource_id}/{make_resource_code(private_key)}"
     assert requests.get(link, timeout=10).status_code == 200
     assert central.resource(resource_id)["computeResourceId"] == resource_id
-    replay = requests.get(link, timeout=10)
-    assert replay.status_code == 403 and "used already" in replay.json()["detail"]
+    assert requests.get(link, timeout=10).status_code == 200
     late_id, late_key = generate_keypair()
     late_code = make_resource_code(late_key, int(time.time()) - 400)
     with pytest.raises(AdminError, match="resource code expired"):
@@ -63,7 +64,6 @@ def test_apps_spec_and_subscription(central, resource):
     assert central.job(job_id)["processorSpec"]["name"] == "letter_count"
     subscription = resource.client.get_pubsub_subscription()
     assert subscription.pubnubChannel == resource.id and not subscription.is_mock
-    assert subscription.pubnubOrigin == central.url.removeprefix("http://")
 
 
 def test_mock_pubsub_answers_the_mock_key(mock_pubsub_central):
@@ -75,16 +75,16 @@ def test_status_transitions_follow_the_central_rules(central, resource):
     job_id = create_letter_count_job(central, resource.id)
     key = next(j["jobPrivateKey"] for j in resource.client.get_unfinished_jobs() if j["jobId"] == job_id)
     client = resource.client
-    with pytest.raises(CentralError, match="HTTP 409: cannot set job .* to running from pending"):
+    with pytest.raises(CentralError, match="HTTP 500: Cannot set job status to running when status is pending"):
         client.set_job_status(job_id, key, "running")
-    with pytest.raises(CentralError, match="HTTP 401: invalid job private key"):
+    with pytest.raises(CentralError, match="HTTP 500: Invalid job private key for job"):
         client.set_job_status(job_id, "0" * 32, "starting")
     client.set_job_status(job_id, key, "starting")
-    with pytest.raises(CentralError, match="HTTP 409: an error can only be given with status failed"):
+    with pytest.raises(CentralError, match="HTTP 500: Cannot set job error when status is running"):
         client.set_job_status(job_id, key, "running", error="boom")
     client.set_job_status(job_id, key, "failed", error="boom")
     assert client.get_job_status(job_id, key) == "failed"
-    with pytest.raises(CentralError, match="HTTP 409: job .* is failed already"):
+    with pytest.raises(CentralError, match="HTTP 500: Cannot set job status to starting when status is failed"):
         client.set_job_status(job_id, key, "starting")
     assert central.job(job_id)["error"] == "boom"
     assert client.get_unfinished_jobs() == []
@@ -135,8 +135,6 @@ def test_blob_urls_are_signed_and_expire(central, resource):
     assert requests.get(upload, timeout=10).status_code == 403  # an upload URL does not download
     expired = upload.replace("expires=", "expires=1")  # a different expiry breaks the signature
     assert requests.put(expired, data=b"x", timeout=10).status_code == 403
-    assert requests.get(f"{central.url}/api/processor/jobs/{job_id}/outputs/nothing/upload_url",
-                        headers={"job-private-key": key}, timeout=10).status_code == 404
     file_id = central.job(job_id)["inputFiles"][0]["fileId"]
     info = requests.get(f"{central.url}/api/processor/jobs/{job_id}/files/{file_id}",
                         headers={"job-private-key": key}, timeout=10).json()

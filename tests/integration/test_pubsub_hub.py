@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pytest
+import requests
 import uvicorn
 from fastapi import FastAPI
 from pubnub.enums import PNStatusCategory
@@ -98,3 +101,17 @@ def test_shutdown_cancels_an_outstanding_long_poll(server: Server) -> None:
         assert server.stop() < SHUTDOWN_LIMIT_SEC
         assert not server.thread.is_alive()
         assert not server.hub._waiters
+
+
+def test_rest_publish_as_the_real_central_sends_it(server: Server) -> None:
+    """PubNub's REST publish, built as dendro 0.2.17's `publish_pubsub_message` builds it: the message's JSON,
+    URL-quoted (a `/` in it stays a `/`), as the last path segment."""
+    message = {"type": "newPendingJob", "projectId": "p/1", "computeResourceId": "c", "jobId": "p.1 ü"}
+    path = f"/publish/pub-c-any/{SUBSCRIBE_KEY}/0/jobs/0/{quote(json.dumps(message))}?uuid=dendro"
+    with subscribed(server.origin, ["jobs"], SUBSCRIBE_KEY) as listener:
+        listener.wait_for_status(PNStatusCategory.PNConnectedCategory)
+        answer = requests.get(f"http://{server.origin}{path}", timeout=10)
+        assert answer.status_code == 200 and answer.json()[:2] == [1, "Sent"]
+        assert listener.messages.get(timeout=1).message == message
+    wrong_key = requests.get(f"http://{server.origin}{path.replace(SUBSCRIBE_KEY, 'sub-c-wrong')}", timeout=10)
+    assert wrong_key.status_code == 403
