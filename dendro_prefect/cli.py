@@ -29,17 +29,22 @@ def register_compute_resource(
     container_method: Optional[str] = typer.Option(
         None, help="docker (the default), apptainer, singularity or none; apps without an image run as plain "
         "processes whatever it says. With --from-node-yaml it replaces the file's CONTAINER_METHOD."),
+    pubsub_origin: Optional[str] = typer.Option(
+        None, help="host:port of a private PubNub-compatible server the central publishes to (a local central, "
+        "e.g. `dendro-prefect central serve`); default: PubNub itself."),
 ) -> None:
     """Create this compute resource's key pair and configuration, and print its registration link."""
     config_file = config_path(config_file)
     try:
         if from_node_yaml is not None:
             config = config_from_node_yaml(from_node_yaml, central, container_method)
+            config = ComputeResourceConfig.model_validate({**config.model_dump(), "pubsub_origin": pubsub_origin})
         else:
             resource_id, private_key = generate_keypair()
             config = ComputeResourceConfig(
                 compute_resource_id=resource_id, compute_resource_private_key=private_key,
                 central_url=central, name=name, container_method=container_method or "docker",
+                pubsub_origin=pubsub_origin,
             )
         config.write(config_file)
     except (ConfigError, ValueError) as error:

@@ -2,7 +2,8 @@
 
 `StatusOutbox` holds the updates a worker could not deliver (a job's failure and its reason) and
 retries each with backoff in the background until the central takes it, or refuses it for good: the
-job is gone (404), the job has ended already (409), or any other answer that is not an outage. It
+job is gone, the job has ended already, or any other answer that is not an outage (the central answers
+every refusal with HTTP 500 and its reason). It
 lives in memory, one per worker: a worker that dies with a non-empty outbox loses it, and then the
 controller, which fails at the central every job whose flow run ended while the job is still
 starting or running there, reports those jobs instead.
@@ -155,8 +156,11 @@ async def set_status_before_launch(client: CentralClient, job_id: str, job_priva
     try:
         await until_central_answers(send, outage, within)
     except CentralError as error:
-        if error.status_code == 409 and await _already(client, job_id, job_private_key, status):
-            return  # an earlier try got through, its answer was lost
+        # The central refuses a second `starting` like any other transition it does not allow (HTTP 500,
+        # "Cannot set job status to starting when status is starting"): an earlier try got through and its
+        # answer was lost.
+        if not error.transient and await _already(client, job_id, job_private_key, status):
+            return
         if not error.transient:
             raise
         raise CentralError(f"the central was unreachable for {within:.0f} s, so job {job_id} could not be "

@@ -3,7 +3,7 @@ read from the README itself, against a Prefect server of the test's own and the 
 
 Only what cannot run here is left out or stood in for, each said below: `pip install` (the test's own
 environments are installed: dendro-prefect's bin and the dendro SDK's are on PATH), the central's URL
-(the stand-in's, and its registration page is the stand-in's approval), and the workers of the slurm,
+(the stand-in's, with its PubSub hub as `--pubsub-origin`; its registration page is the stand-in's approval), and the workers of the slurm,
 aws-batch and kubernetes pools (their pools are created and deployed all the same). The configuration
 is written into the user's home by `register-compute-resource` while the workers run in another
 directory and Prefect runs the subscription flow from the clone: they must all find it there. Then the
@@ -61,7 +61,8 @@ def test_the_readme_commands_run_a_job_with_the_configuration_where_register_wro
                                                                 env["PATH"]]))
         registration, workers = None, {}
         for command in commands:
-            argv = shlex.split(command.replace(PUBLIC_CENTRAL, admin.url))
+            # The stand-in in place of the public central: its URL, and its PubSub hub in place of PubNub.
+            argv = shlex.split(command.replace(PUBLIC_CENTRAL, f"{admin.url} --pubsub-origin {admin.pubsub_origin}"))
             if argv[0] == "pip":
                 continue  # installed by the test command
             if argv[:3] == ["prefect", "worker", "start"]:

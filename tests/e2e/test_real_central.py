@@ -124,8 +124,9 @@ def test_a_failing_app_fails_the_job_and_its_flow_run(controller, jobs):
     job = finished_job(controller.admin, jobs["failing"])
     assert (job["status"], job["error"]) == ("failed", "Error running job: return code 1")
     flow_run = final_flow_run(jobs["failing"])
-    assert flow_run.state.is_failed() and flow_run.state.message == "Error running job: return code 1"
-    wait_for_log(flow_run.id, "letter must be one character, not 'xy'")
+    cause = "ValueError: letter must be one character, not 'xy'"  # the app's last line leads in Prefect
+    assert flow_run.state.is_failed() and flow_run.state.message == f"{cause} (Error running job: return code 1)"
+    wait_for_log(flow_run.id, cause)
 
 
 def test_a_job_deleted_while_it_runs_is_killed(controller, jobs):

@@ -101,3 +101,14 @@ def test_a_node_file_with_an_empty_container_method_runs_imageless_apps_as_proce
     config = ComputeResourceConfig.read(out)
     assert config.container_method == ("none" if option else "docker")
     assert container_method_for(config.container_method, None) == "none"
+
+
+def test_register_takes_a_private_pubsub_origin_and_refuses_a_malformed_one(tmp_path):
+    out = tmp_path / "c.json"
+    result = CliRunner().invoke(app, ["register-compute-resource", "--central", "http://127.0.0.1:9",
+                                      "--pubsub-origin", "127.0.0.1:9", "--config", str(out)])
+    assert result.exit_code == 0, result.output
+    assert ComputeResourceConfig.read(out).pubsub_origin == "127.0.0.1:9"
+    bad = CliRunner().invoke(app, ["register-compute-resource", "--central", "http://127.0.0.1:9",
+                                   "--pubsub-origin", "http://x/y", "--config", str(tmp_path / "d.json")])
+    assert bad.exit_code == 1 and "pubsub_origin" in bad.output and not (tmp_path / "d.json").exists()
