@@ -27,6 +27,13 @@ if [ ! -x /usr/bin/chromium ]; then
     apt_chromium() { apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
     apt_chromium 2>/dev/null || { apt-get update -qq >/dev/null && apt_chromium; }
 fi
+# Debian's PostgreSQL: tests/e2e/test_pool_limit.py runs a Prefect server on a cluster of its own
+# (dendro_prefect.embedded.postgres_database); nothing is started here.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt_postgres() { apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends postgresql >/dev/null; }
+    apt_postgres 2>/dev/null || { apt-get -o DPkg::Lock::Timeout=120 update -qq >/dev/null && apt_postgres; }
+fi
 started=()
 stop_started() {
     for pid in "${preparing[@]}"; do kill -- "-$pid" 2>/dev/null || true; done

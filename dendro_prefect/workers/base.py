@@ -43,7 +43,7 @@ from .job_card import job_card, job_card_key
 from .job_dir import JobDirectory
 from .launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, job_environment
 from .outbox import StatusOutbox, set_status_before_launch, until_central_answers
-from .pickup import ScheduledRunPickup
+from .pickup import OneQueryAtATime, ScheduledRunPickup
 from .read_cache import cache_reads
 from .watch import Observation, Watch, WatchedJob
 
@@ -157,6 +157,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         self._tag_slots: TagSlots | None = None
         self._outbox = StatusOutbox()
         self._pickup: ScheduledRunPickup | None = None
+        self._queries = OneQueryAtATime()
 
     @abc.abstractmethod
     def launcher(self, configuration: DendroJobConfiguration) -> Launcher:
@@ -253,7 +254,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         (pickup.py), besides its queries."""
         await super().sync_with_backend()
         if self._pickup is None and self._work_pool is not None:
-            self._pickup = ScheduledRunPickup(self._work_pool.id, super().get_and_submit_flow_runs, self._logger)
+            self._pickup = ScheduledRunPickup(self._work_pool.id, self._query_pool, self._logger)
             self._runs_task_group.start_soon(self._pickup.run)
 
     async def get_and_submit_flow_runs(self):
@@ -264,7 +265,27 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
                 await self._reattach_orphans()
             except Exception as error:  # never let this stop the worker from polling
                 self._logger.warning("Could not look for orphaned jobs: %s", error)
-        return await super().get_and_submit_flow_runs()
+        return await self._query_pool()
+
+    async def _query_pool(self):
+        """Prefect's query and submission, the loop's and the pickup's taking turns (pickup.py
+        `OneQueryAtATime`: the pool's concurrency limit holds only so)."""
+        return await self._queries.query(super().get_and_submit_flow_runs, lambda: self._submitting_flow_run_ids)
+
+    # Where a run's Pending proposal ends, BaseWorker offers no hook: these two private methods of Prefect
+    # 3.9's are the only places that say so (the proposal, and the submission that skips it when the run's
+    # deployment is gone). Each tells the query turns that the run has settled.
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        try:
+            return await super()._propose_pending_state(flow_run)
+        finally:
+            self._queries.settled(flow_run.id)
+
+    async def _submit_run(self, flow_run: FlowRun) -> None:
+        try:
+            await super()._submit_run(flow_run)
+        finally:
+            self._queries.settled(flow_run.id)
 
     async def _reattach_orphans(self) -> None:
         """Take up the runs of this pool that a lost worker left behind. Running (or cancelling) runs:

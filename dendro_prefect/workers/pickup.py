@@ -6,12 +6,15 @@ limit for a run waiting behind it. The query loop stays as it is: the fallback w
 Events only wake the worker; what it submits still comes from its usual query of the pool, so a
 duplicated, late or replayed event costs one query and never a second submission. Wake-ups that
 arrive while a query runs are folded into one more query after it.
+
+Those queries and the loop's take turns (`OneQueryAtATime`): the pool's concurrency limit is only as
+good as the count of Pending and Running runs each query makes.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 from uuid import UUID
 
 import anyio
@@ -20,6 +23,43 @@ from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNam
 
 WAKING_EVENTS = [f"prefect.flow-run.{state}" for state in ("Scheduled", "Completed", "Failed", "Cancelled", "Crashed")]
 RESUBSCRIBE_SEC = 5.0  # after the stream is lost; the query loop carries on meanwhile
+
+
+class OneQueryAtATime:
+    """A worker's queries of its pool, one at a time, each after the runs the last one handed out are
+    settled: proposed Pending (or refused, or given up).
+
+    Prefect's server enforces a pool's concurrency limit only in that query: it hands out as many
+    Scheduled runs as the limit less the pool's Pending and Running runs. The worker proposes Pending
+    afterwards, in a task per run, and while a proposal is in flight its run is still Scheduled and,
+    on PostgreSQL, its row is locked: a query made then (the pickup's and the loop's come close
+    together) counts the slot as free and, skipping the locked row (`FOR UPDATE SKIP LOCKED`), hands
+    out the next run instead. So four jobs ran on a pool limited to two. Once every run handed out
+    has settled, the next query counts them all. The cost: a run scheduled while a query runs waits
+    for that query's Pending proposals (tens of milliseconds) before it is handed out."""
+
+    def __init__(self) -> None:
+        self._turn = anyio.Lock()
+        self._settled: set[UUID] = set()  # since the current turn began
+        self._changed = anyio.Event()
+
+    async def query(self, query: Callable[[], Awaitable[Sequence]], in_flight: Callable[[], set]) -> Sequence:
+        """Run `query` (it hands out runs and starts their submission) in its turn; `in_flight`: the
+        ids of the runs being submitted, among which the ones this query hands out appear."""
+        async with self._turn:
+            self._settled.clear()  # every run of earlier turns has settled
+            before = set(in_flight())
+            runs = await query()
+            handed_out = {run.id for run in runs} - before
+            while not handed_out <= self._settled:
+                self._changed = anyio.Event()
+                await self._changed.wait()
+            return runs
+
+    def settled(self, run_id: UUID) -> None:
+        """The run's Pending proposal is over, whatever its outcome (said again later is harmless)."""
+        self._settled.add(run_id)
+        self._changed.set()
 
 
 class ScheduledRunPickup:
