@@ -45,11 +45,11 @@ def postgres_prefect(tmp_path_factory) -> PrefectStack:
 
 def spans_requests(admin, resource_id: str, count: int) -> list[dict]:
     processor = json.loads((SPANS / "spec.json").read_text())["processors"][0]
-    request = {"computeResourceId": resource_id, "projectId": admin.create_project("pool-limit"),
-               "processorName": processor["name"], "processorSpec": processor, "inputFiles": [], "outputFiles": [],
-               "inputParameters": [], "runMethod": "local",
+    request = {"computeResourceId": resource_id, "processorName": processor["name"], "processorSpec": processor,
+               "inputFiles": [], "outputFiles": [], "inputParameters": [], "runMethod": "local",
                "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 0.1, "timeSec": 60}}
-    return [dict(request) for _ in range(count)]
+    # Projects of 10: beyond that many pending jobs of a project the central holds new ones for approval.
+    return [dict(request, projectId=project_id) for project_id in admin.projects_for("pool-limit", count)]
 
 
 def read_spans(path: Path, job_ids: list[str]) -> dict[str, dict[str, float]]:
