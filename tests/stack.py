@@ -191,7 +191,8 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
                        apps: list[dict] | None = None, poll_interval_sec: float = 2.0, mock_pubsub: bool = False,
                        pool: str | None = None, worker_type: str = "dendro-local", run_method: str = "local",
                        job_variables: dict | None = None, worker_env: dict | None = None,
-                       deployments: dict | None = None, settle_sec: float = 30.0, central=None):
+                       deployments: dict | None = None, settle_sec: float = 30.0, central=None,
+                       submit_concurrency: int = 1):
     """A controller whose jobs of `run_method` go to `pool` (by default a pool of its own; `local` is
     prefect.yaml's); `deployments` routes other runMethods elsewhere. Its central is a stand-in of its own,
     or `central`, an admin client of a central already running (a `CentralAdmin`, or the real central's
@@ -220,7 +221,8 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
         flow_run = run(arun_deployment(
             "dendro-subscription/subscription", timeout=0, as_subflow=False,
             parameters={"config_file": str(config_file), "poll_interval_sec": poll_interval_sec,
-                        "deployments": deployments, "settle_sec": settle_sec},
+                        "deployments": deployments, "settle_sec": settle_sec,
+                        "submit_concurrency": submit_concurrency},
         ))
         try:
             wait_for(lambda: admin.resource(resource_id)["spec"] is not None, "the subscription flow to report the spec")
