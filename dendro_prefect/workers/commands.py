@@ -10,12 +10,23 @@ import os
 import shutil
 from typing import Callable
 
+from pydantic import BaseModel, Field
+
 from .apptainer import apptainer_command_builder
 from .docker_cli import docker_command
 from .job_dir import JobDirectory
 from .launch import AppCommand, LaunchError, LaunchRequest
 
 CommandBuilder = Callable[[LaunchRequest, JobDirectory], AppCommand]
+
+
+class ContainerMethodSetting(BaseModel):
+    """The job setting of the pools that start apps themselves (local, Slurm)."""
+
+    container_method: str = Field(
+        default="", title="Container method",
+        description="docker, apptainer, singularity or none (a plain process in the app's own environment); empty: "
+        "the configuration file's. An app without an image runs as a plain process whatever it says.")
 SDK_COMMAND = "dendro"
 
 

@@ -3,8 +3,8 @@ which lines say why a job failed."""
 
 import logging
 
-from dendro_prefect.workers.base import StreamedOutput, _redactor
 from dendro_prefect.workers.job_dir import JobDirectory, WatchedJobFiles
+from dendro_prefect.workers.job_output import StreamedOutput, redactor
 
 SECRET = "s3cr3t-job-key-0123456789abcdef"
 
@@ -76,7 +76,7 @@ def test_the_apps_last_lines_come_from_its_own_output_not_the_sdks(tmp_path):
 
 def streamed(caplog) -> StreamedOutput:
     caplog.set_level(logging.INFO)
-    return StreamedOutput(_redactor(SECRET), logging.getLogger("flow-run"))
+    return StreamedOutput(redactor(SECRET), logging.getLogger("flow-run"))
 
 
 def test_a_failed_apps_last_line_leads_the_reason_and_its_last_lines_end_the_log(caplog):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
 from ..launch import Launcher
@@ -14,22 +14,9 @@ from .credentials import AwsAccess
 from .launcher import AwsBatchLauncher, BatchSettings
 
 
-class AwsBatchJobConfiguration(DendroJobConfiguration):
-    aws_credentials_block: str = Field(default="")
-    region_name: str = Field(default="")
-    cpu_job_queue: str = Field(default="DendroBatchStack-job-queue-cpu")
-    gpu_job_queue: str = Field(default="DendroBatchStack-job-queue-gpu")
-    job_definition_name: str = Field(default="{app_name}-dendro-jd")
-    job_role_arn: str = Field(default="")
-    extra_container_properties: dict = Field(default_factory=dict)
-    tags: dict[str, str] = Field(default_factory=dict)
-    memory_fraction: float = Field(default=0.9)
-    attempt_margin_sec: float = Field(default=600.0)
-    max_host_retries: int = Field(default=0)
-    runnable_warning_sec: float = Field(default=300.0)
+class AwsBatchJobSettings(BaseModel):
+    """The AWS Batch pool's own job variables, declared once for its form and its jobs."""
 
-
-class AwsBatchVariables(DendroVariables):
     aws_credentials_block: str = Field(
         default="", description="Name of a prefect-aws AwsCredentials block; empty: boto3's default chain "
         "(environment, config files, instance role).")
@@ -51,6 +38,14 @@ class AwsBatchVariables(DendroVariables):
                                   "which also lets the app overwrite a failure set at the central: 0 by default.")
     runnable_warning_sec: float = Field(default=300.0, description="A job RUNNABLE this long gets a log line "
                                         "saying why it waits (queue and compute environment status).")
+
+
+class AwsBatchJobConfiguration(DendroJobConfiguration, AwsBatchJobSettings):
+    pass
+
+
+class AwsBatchVariables(DendroVariables, AwsBatchJobSettings):
+    pass
 
 
 class AwsBatchWorker(DendroWorker):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
 from ..launch import Launcher
@@ -15,31 +15,9 @@ from .launcher import KubernetesLauncher, KubernetesSettings
 from .manifest import default_job_manifest
 
 
-class KubernetesJobConfiguration(DendroJobConfiguration):
-    job_manifest: dict = Field(default_factory=default_job_manifest,
-                               json_schema_extra=dict(template=default_job_manifest()))
-    cluster_config_block: str = Field(default="")
-    kubeconfig_path: str = Field(default="")
-    context: str = Field(default="")
-    deadline_margin_sec: float = Field(default=60.0)
-    pending_warning_sec: float = Field(default=60.0)
-    pending_limit_sec: float = Field(default=600.0)
-    max_evictions: int = Field(default=2)
+class KubernetesJobSettings(BaseModel):
+    """The Kubernetes pool's own job settings, declared once for its form and its jobs."""
 
-
-class KubernetesVariables(DendroVariables):
-    namespace: str = Field(default="default", description="Namespace of the Jobs and their Secrets.")
-    service_account_name: str = Field(default="", description="Service account of the pods; empty: the "
-                                      "namespace's default.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of the pods.")
-    tolerations: list[dict] = Field(default_factory=list, description="tolerations of the pods, e.g. for GPU nodes.")
-    image_pull_secrets: list[dict] = Field(default_factory=list, description="imagePullSecrets, e.g. "
-                                           "[{\"name\": \"regcred\"}].")
-    extra_volumes: list[dict] = Field(default_factory=list, description="More volumes of the pods.")
-    extra_volume_mounts: list[dict] = Field(default_factory=list, description="Their mounts in the app container.")
-    labels: dict[str, str] = Field(default_factory=dict, description="More labels of the Jobs and pods.")
-    ttl_seconds_after_finished: int = Field(default=3600, description="Kubernetes removes a finished Job after "
-                                            "this long, should its worker be gone (the worker removes it at once).")
     cluster_config_block: str = Field(default="", description="Name of a prefect-kubernetes KubernetesClusterConfig "
                                       "block; empty: kubeconfig_path, else the in-cluster service account, else "
                                       "~/.kube/config.")
@@ -53,6 +31,28 @@ class KubernetesVariables(DendroVariables):
     pending_limit_sec: float = Field(default=600.0, description="A pod Pending this long fails the job with "
                                      "the reason its events give.")
     max_evictions: int = Field(default=2, description="How often a job whose pod was evicted is started again.")
+
+
+class KubernetesJobConfiguration(DendroJobConfiguration, KubernetesJobSettings):
+    job_manifest: dict = Field(default_factory=default_job_manifest,
+                               json_schema_extra=dict(template=default_job_manifest()))
+
+
+class KubernetesVariables(DendroVariables, KubernetesJobSettings):
+    """The settings, and the placeholders of the Job manifest (`job_manifest`, in the configuration only)."""
+
+    namespace: str = Field(default="default", description="Namespace of the Jobs and their Secrets.")
+    service_account_name: str = Field(default="", description="Service account of the pods; empty: the "
+                                      "namespace's default.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of the pods.")
+    tolerations: list[dict] = Field(default_factory=list, description="tolerations of the pods, e.g. for GPU nodes.")
+    image_pull_secrets: list[dict] = Field(default_factory=list, description="imagePullSecrets, e.g. "
+                                           "[{\"name\": \"regcred\"}].")
+    extra_volumes: list[dict] = Field(default_factory=list, description="More volumes of the pods.")
+    extra_volume_mounts: list[dict] = Field(default_factory=list, description="Their mounts in the app container.")
+    labels: dict[str, str] = Field(default_factory=dict, description="More labels of the Jobs and pods.")
+    ttl_seconds_after_finished: int = Field(default=3600, description="Kubernetes removes a finished Job after "
+                                            "this long, should its worker be gone (the worker removes it at once).")
 
 
 class KubernetesWorker(DendroWorker):

@@ -3,10 +3,8 @@ plain processes (`none`)."""
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
-from ..commands import command_builder, container_method_for
+from ..commands import ContainerMethodSetting, command_builder, container_method_for
 from ..launch import Launcher, LaunchError
 from .docker import DockerLauncher
 from .process import ProcessLauncher
@@ -14,16 +12,12 @@ from .process import ProcessLauncher
 CONTAINER_METHODS = ("docker", "apptainer", "singularity", "none")
 
 
-class LocalJobConfiguration(DendroJobConfiguration):
-    container_method: str = Field(default="")
+class LocalJobConfiguration(DendroJobConfiguration, ContainerMethodSetting):
+    pass
 
 
-class LocalVariables(DendroVariables):
-    container_method: str = Field(
-        default="",
-        description="docker, apptainer, singularity or none (a plain process in the app's own environment); "
-        "empty: the container_method of the compute resource's configuration file.",
-    )
+class LocalVariables(DendroVariables, ContainerMethodSetting):
+    pass
 
 
 class LocalWorker(DendroWorker):

@@ -8,28 +8,15 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
-from ..commands import command_builder, container_method_for
+from ..commands import ContainerMethodSetting, command_builder, container_method_for
 from ..launch import Launcher
 from .launcher import SlurmLauncher, SlurmSettings
 from .script import ClusterOptions
 
 
-class SlurmJobConfiguration(DendroJobConfiguration):
-    partition: str = Field(default="")
-    gpu_partition: str = Field(default="")
-    account: str = Field(default="")
-    qos: str = Field(default="")
-    extra_sbatch_lines: list[str] = Field(default_factory=list)
-    setup_lines: list[str] = Field(default_factory=list)
-    container_method: str = Field(default="")
-    time_margin_sec: float = Field(default=60.0)
-    max_requeues: int = Field(default=2)
-    pack_batches: bool = Field(default=False)
-    pack_window_sec: float = Field(default=2.0)
-    max_jobs_per_allocation: int = Field(default=16)
+class SlurmJobSettings(ContainerMethodSetting):
+    """The Slurm pool's own job variables, declared once for its form and its jobs."""
 
-
-class SlurmVariables(DendroVariables):
     partition: str = Field(default="", description="Partition of CPU jobs (empty: the cluster's default).")
     gpu_partition: str = Field(default="", description="Partition of jobs that ask for GPUs (empty: partition).")
     account: str = Field(default="", description="--account to charge.")
@@ -38,9 +25,6 @@ class SlurmVariables(DendroVariables):
                                           description="More #SBATCH options, one per line, e.g. --constraint=ib.")
     setup_lines: list[str] = Field(default_factory=list,
                                    description="Shell lines run before the app, e.g. `module load apptainer`.")
-    container_method: str = Field(
-        default="", description="none, apptainer, singularity or docker on the compute nodes; empty: the "
-        "configuration file's.")
     time_margin_sec: float = Field(
         default=60.0, description="Added to the job's timeSec for Slurm's --time: the dendro SDK stops the app at "
         "timeSec and reports it; Slurm's limit is the backstop.")
@@ -50,8 +34,14 @@ class SlurmVariables(DendroVariables):
                                "for the same resources into one allocation, each job a step (srun).")
     pack_window_sec: float = Field(default=2.0, description="How long a pack waits for more jobs of its batch.")
     max_jobs_per_allocation: int = Field(default=16, description="The most jobs packed into one allocation.")
-    job_root: str = Field(default="dendro-jobs",
-                          description="Job directories: must be on a file system the compute nodes share.")
+
+
+class SlurmJobConfiguration(DendroJobConfiguration, SlurmJobSettings):
+    pass
+
+
+class SlurmVariables(DendroVariables, SlurmJobSettings):
+    pass
 
 
 class SlurmWorker(DendroWorker):
