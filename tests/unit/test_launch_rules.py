@@ -75,3 +75,16 @@ def test_sdk_bin_dir_comes_first_on_the_apps_path(tmp_path, monkeypatch):
     command = plain_command(request(tmp_path, sdk_bin_dir=str(sdk)), JobDirectory.create(tmp_path / "job"))
     assert command.env["PATH"] == f"{sdk}{os.pathsep}/usr/bin"
     assert command.env["DENDRO_JOB_CLEANUP_DIR"] == str(tmp_path / "job" / "tmp")
+
+
+def test_the_local_worker_takes_the_container_method_of_the_configuration_file(tmp_path):
+    from dendro_prefect.config import ComputeResourceConfig
+    from dendro_prefect.protocol.signing import generate_keypair
+
+    resource_id, private_key = generate_keypair()
+    config_file = tmp_path / "c.json"
+    ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
+                          container_method="docker").write(config_file)
+    worker = LocalWorker(work_pool_name="local-unit")
+    configuration = LocalJobConfiguration(config_file=str(config_file), app_image="app:1")
+    assert isinstance(worker.launcher(configuration), DockerLauncher)

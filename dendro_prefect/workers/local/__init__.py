@@ -33,7 +33,7 @@ class LocalWorker(DendroWorker):
         self._launchers: dict[str, Launcher] = {}
 
     def launcher(self, configuration: LocalJobConfiguration) -> Launcher:
-        configured = configuration.container_method or self._central(configuration.config_file).config.container_method
+        configured = configuration.container_method or self.central_jobs(configuration.config_file).config.container_method
         if configured not in CONTAINER_METHODS:
             raise LaunchError(f"unknown container method {configured!r}; use one of {', '.join(CONTAINER_METHODS)}")
         method = container_method_for(configured, configuration.app_image)

@@ -64,7 +64,7 @@ class SlurmWorker(DendroWorker):
 
     def launcher(self, configuration: SlurmJobConfiguration) -> Launcher:
         method = container_method_for(
-            configuration.container_method or self._central(configuration.config_file).config.container_method,
+            configuration.container_method or self.central_jobs(configuration.config_file).config.container_method,
             configuration.app_image)
         settings = SlurmSettings(
             cluster=ClusterOptions(
