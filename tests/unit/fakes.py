@@ -19,6 +19,7 @@ import httpx
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from dendro_prefect.bridge.routing import job_tag, resource_tag
+from dendro_prefect.workers.kubernetes.watch import NamespaceWatch
 from dendro_prefect.workers.launch import InfrastructureState, Launcher, LaunchRequest
 from tests.unit.test_models import job_document
 
@@ -320,6 +321,25 @@ class StaticCache:
         return list(self.objects.values())
 
 
+class StaticWatch(NamespaceWatch):
+    """A namespace's Jobs and Pods as the test sets them, in place of the watch API's caches."""
+
+    def __init__(self, *_: Any) -> None:
+        self.jobs = StaticCache()
+        self.pods = StaticCache()
+
+    def start(self, timeout: float = 30.0) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def put(self, *objects: Any) -> None:
+        for item in objects:
+            cache = self.pods if item.kind == "Pod" else self.jobs
+            cache.objects[item.metadata.name] = item
+
+
 @dataclass
 class FakeKubernetes:
     """The Kubernetes API as the launcher calls it through `client.BatchV1Api`/`CoreV1Api`: created and deleted
@@ -387,7 +407,7 @@ def k8s_job(name: str, condition: str | None = None, reason: str | None = None, 
     from kubernetes.client import V1Job, V1JobCondition, V1JobStatus, V1ObjectMeta
 
     conditions = [V1JobCondition(type=condition, status="True", reason=reason)] if condition else None
-    return V1Job(metadata=V1ObjectMeta(name=name, labels={"dendro.org/attempt": str(attempt)}),
+    return V1Job(kind="Job", metadata=V1ObjectMeta(name=name, labels={"dendro.org/attempt": str(attempt)}),
                  status=V1JobStatus(conditions=conditions))
 
 
@@ -413,6 +433,6 @@ def k8s_pod(job_name: str, phase: str, *, waiting: str | None = None, waiting_me
     statuses = [V1ContainerStatus(name="app", image="app:1", image_id="", ready=False, restart_count=0,
                                   state=container_state)] if container_state else None
     created = datetime(2024, 1, 1, tzinfo=timezone.utc) - timedelta(seconds=age_sec)
-    return V1Pod(metadata=V1ObjectMeta(name=name or f"{job_name}-abcde", labels={"job-name": job_name},
+    return V1Pod(kind="Pod", metadata=V1ObjectMeta(name=name or f"{job_name}-abcde", labels={"job-name": job_name},
                                        creation_timestamp=created),
                  status=V1PodStatus(phase=phase, reason=reason, message=message, container_statuses=statuses))
