@@ -49,9 +49,11 @@ class TagSlots:
     async def _limit_names(self, tags: list[str]) -> list[str]:
         if self._clock() - self._read_at > LIMITS_MAX_AGE_SEC:
             names: set[str] = set()
+            offset = 0  # by the limits read, not the active ones kept: a page of inactive ones would be read forever
             while True:
-                page = await self._client.read_global_concurrency_limits(limit=LIMITS_PAGE, offset=len(names))
+                page = await self._client.read_global_concurrency_limits(limit=LIMITS_PAGE, offset=offset)
                 names.update(limit.name for limit in page if limit.active)
+                offset += len(page)
                 if len(page) < LIMITS_PAGE:
                     break
             self._active = {name for name in names if name.startswith(TAG_LIMIT_PREFIX)}

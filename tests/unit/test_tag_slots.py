@@ -68,6 +68,20 @@ async def test_many_limits_are_read_page_by_page(clock, monkeypatch):
     assert limits.leases[lease] == ["tag:project:p8"] and limits.reads == 3
 
 
+async def test_inactive_limits_filling_a_page_do_not_stop_the_reading(clock, monkeypatch):
+    monkeypatch.setattr(concurrency, "LIMITS_PAGE", 4)
+    limits = FakeLimits(*(Limit(f"tag:old:{i}", 1, active=False) for i in range(4)), Limit("tag:project:p1", 1))
+    original = limits.read_global_concurrency_limits
+
+    async def bounded(limit, offset):
+        assert limits.reads < 10, "the limits were read over and over"
+        return await original(limit=limit, offset=offset)
+
+    limits.read_global_concurrency_limits = bounded
+    assert await TagSlots(limits, clock).acquire(run_with(["project:p1"])) is not None
+    assert limits.reads == 2
+
+
 async def test_a_full_limit_sends_the_job_back_with_prefects_retry_after(clock):
     limits = FakeLimits(Limit("tag:app:letter_count", 1, taken=1))
     with pytest.raises(SlotsTaken, match="^concurrency limit app:letter_count is full$") as taken:
