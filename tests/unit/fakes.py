@@ -86,9 +86,22 @@ class FakeCentral:
     def __init__(self, documents: list[dict] = ()) -> None:
         self.jobs = {d["jobId"]: d for d in documents}
         self.status_changes: list[tuple[str, str, str | None]] = []  # (job id, status, error)
+        self.apps: list = []  # ComputeResourceApp
+        self.specs: list = []  # ComputeResourceSpec, as reported
+        self.fail_with: Exception | None = None
 
     def get_unfinished_jobs(self) -> list[dict]:
+        if self.fail_with is not None:
+            raise self.fail_with
         return list(self.jobs.values())
+
+    def get_apps(self) -> list:
+        if self.fail_with is not None:
+            raise self.fail_with
+        return list(self.apps)
+
+    def put_spec(self, spec) -> None:
+        self.specs.append(spec)
 
     def set_job_status(self, job_id: str, job_private_key: str, status: str, error: str | None = None,
                        **_: Any) -> None:

@@ -8,9 +8,11 @@ import base64
 
 import pytest
 from kubernetes.client.rest import ApiException
+from kubernetes.config import kube_config
 
 from dendro_prefect.workers.kubernetes import KubernetesJobConfiguration, KubernetesWorker
 from dendro_prefect.workers.kubernetes import launcher as k8s_launcher
+from dendro_prefect.workers.kubernetes.cluster import ClusterAccess
 from dendro_prefect.workers.kubernetes.launcher import (
     CONFIG_ERRORS,
     IMAGE_ERRORS,
@@ -315,3 +317,38 @@ def test_the_worker_reuses_one_launcher_per_cluster_and_settings():
 def test_the_worker_gives_kubernetes_the_deadline_margin_before_it_kills_a_job_itself(time_limit_sec, expected):
     configuration = KubernetesJobConfiguration(time_limit_sec=time_limit_sec, deadline_margin_sec=60.0)
     assert KubernetesWorker(work_pool_name="k8s-unit").job_time_limit(configuration) == expected
+
+
+# --- cluster access ----------------------------------------------------------------------------------------------
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- {name: lab, cluster: {server: "https://k8s.lab.invalid:6443"}}
+- {name: other, cluster: {server: "https://k8s.other.invalid:6443"}}
+users:
+- {name: runner, user: {token: "not-a-real-token"}}
+contexts:
+- {name: lab, context: {cluster: lab, user: runner}}
+- {name: other, context: {cluster: other, user: runner}}
+current-context: lab
+"""
+
+
+@pytest.mark.parametrize("context, server", [("", "https://k8s.lab.invalid:6443"),
+                                             ("other", "https://k8s.other.invalid:6443")])
+def test_a_kubeconfig_file_and_its_context_choose_the_cluster(tmp_path, context, server):
+    path = tmp_path / "config.yaml"
+    path.write_text(KUBECONFIG)
+    api = ClusterAccess(kubeconfig_path=str(path), context=context).api_client()
+    assert api.configuration.host == server
+
+
+def test_no_configuration_anywhere_fails_the_launch_saying_so(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # not in a pod
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "none"))  # no ~/.kube/config
+    with pytest.raises(LaunchError, match="^no Kubernetes cluster configuration: "):
+        ClusterAccess().api_client()
+    with pytest.raises(LaunchError, match="^no Kubernetes cluster configuration: "):
+        ClusterAccess(kubeconfig_path=str(tmp_path / "missing.yaml")).api_client()

@@ -4,8 +4,10 @@ client and the Reconciler's own clock: what the central says × what Prefect say
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 from uuid import uuid4
 
+import httpx
 import pytest
 from prefect.client.schemas.objects import StateType
 
@@ -15,6 +17,7 @@ from dendro_prefect.bridge.controller import Controller
 from dendro_prefect.bridge.reconcile import Reconciler, active_runs, latest_runs, requeue_crashed, why_run_ended
 from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.config import ComputeResourceConfig
+from dendro_prefect.protocol.client import CentralError
 from dendro_prefect.protocol.models import ComputeResourceApp, DendroJob, parse
 from tests.conftest import LETTER_COUNT_APP
 from tests.unit.fakes import (
@@ -368,3 +371,46 @@ async def test_the_controller_fails_a_running_job_whose_run_was_cancelled_after_
     clock.advance(SETTLE)
     await controller.intake(prefect)
     assert central.failures() == {JOB: f"its flow run {run.name} was cancelled in Prefect"}
+
+
+# --- the controller's rounds ----------------------------------------------------------------------------------------
+
+
+async def test_the_apps_are_loaded_and_reported_with_the_resources_run_methods_skipping_broken_ones(controller,
+                                                                                                   central, caplog):
+    central.apps = [ComputeResourceApp(name="letter_count", specUri=(LETTER_COUNT_APP / "spec.json").as_uri()),
+                    ComputeResourceApp(name="ftp", specUri="ftp://example/spec.json")]
+    await controller.load_apps()
+    (spec,) = central.specs
+    assert [app.name for app in spec.apps] == ["letter_count"]
+    assert spec.defaultJobRunMethod == "local" and spec.availableJobRunMethods == ["local"]
+    assert "App ftp skipped: spec URI ftp://example/spec.json is neither file:// nor http(s)://" in caplog.text
+    assert controller.last_contact is not None
+
+
+async def test_a_round_with_the_central_unreachable_is_retried_next_round_and_says_why(controller, central, prefect):
+    central.fail_with = CentralError("GET unfinished_jobs: connection refused", transient=True)
+    assert await controller._round(prefect, load_apps=False) is False
+    assert controller.last_error == "central unreachable: GET unfinished_jobs: connection refused"
+    assert controller.heartbeat(SimpleNamespace(connected=False)).last_error == controller.last_error
+    central.fail_with = None
+    central.jobs[JOB] = job(JOB)
+    await controller._round(prefect, load_apps=False)
+    assert controller.jobs_submitted == 1 and controller.last_intake is not None
+
+
+async def test_apps_whose_loading_failed_are_loaded_again_next_round(controller, central, prefect):
+    central.fail_with = CentralError("GET apps: 503", transient=True)
+    assert await controller._round(prefect, load_apps=True) is True
+    central.fail_with = None
+    assert await controller._round(prefect, load_apps=True) is False
+    assert len(central.specs) == 1
+
+
+async def test_a_failure_of_prefects_api_in_a_round_is_recorded_not_raised(controller, central, prefect):
+    async def restarting(**_):
+        raise httpx.ConnectError("All connection attempts failed")
+
+    prefect.read_flow_runs = restarting
+    await controller._round(prefect, load_apps=False)
+    assert controller.last_error == "intake round failed: ConnectError: All connection attempts failed"

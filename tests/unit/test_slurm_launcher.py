@@ -313,3 +313,9 @@ def test_the_worker_refuses_an_unknown_container_method_on_the_nodes():
 def test_the_worker_gives_slurm_the_margin_before_it_kills_a_job_itself(time_limit_sec, margin, expected):
     configuration = SlurmJobConfiguration(time_limit_sec=time_limit_sec, time_margin_sec=margin)
     assert SlurmWorker(work_pool_name="slurm-unit").job_time_limit(configuration) == expected
+
+
+async def test_a_slurm_command_that_cannot_run_is_a_launch_error_naming_it(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(LaunchError, match="^sbatch failed: .*No such file or directory"):
+        await slurm_launcher._slurm("sbatch", "--parsable", "batch.sh")
