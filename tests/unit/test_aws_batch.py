@@ -42,12 +42,20 @@ class Aws:
         return self.batch, self.logs
 
 
-@pytest.fixture
-def aws():
+@pytest.fixture(scope="module")
+def clients():
+    """The clients, made once (botocore loads its service models for each new one); stubbed per test."""
     batch, logs = aws_client("batch"), aws_client("logs")
     submitted: list = []
     batch.meta.events.register("before-parameter-build.batch.SubmitJob",
                                lambda params, **_: submitted.append(copy.deepcopy(params)))
+    return batch, logs, submitted
+
+
+@pytest.fixture
+def aws(clients):
+    batch, logs, submitted = clients
+    submitted.clear()
     with Stubber(batch) as batch_stub, Stubber(logs) as logs_stub:
         yield Aws(batch, logs, batch_stub, logs_stub, submitted)
         batch_stub.assert_no_pending_responses()
@@ -393,6 +401,7 @@ async def test_kill_terminates_the_batch_job_with_a_reason(aws):
     aws.batch_stub.add_response("terminate_job", {}, {
         "jobId": JOB_ID, "reason": "Stopped by dendro-prefect: the job was cancelled, failed or deleted"})
     await launcher(aws).kill(f"aws-batch:{JOB_ID}")
+    aws.batch_stub.assert_no_pending_responses()  # terminate_job was called, with these parameters
 
 
 # --- the worker's part -------------------------------------------------------------------------------------------
