@@ -370,6 +370,7 @@ class FakeKubernetes:
     listed_jobs: list[Any] = field(default_factory=list)  # what list_namespaced_job answers (attach)
     refuse_job: Any = None  # an ApiException
     refuse_secret: Any = None
+    watch: StaticWatch = field(default_factory=StaticWatch)  # the namespace's Jobs and Pods, as the watch sees them
 
     def batch_api(self, _api=None) -> "FakeKubernetes._Batch":
         return FakeKubernetes._Batch(self)

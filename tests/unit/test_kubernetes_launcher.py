@@ -20,7 +20,7 @@ from dendro_prefect.workers.kubernetes.launcher import (
     KubernetesSettings,
 )
 from dendro_prefect.workers.launch import InfrastructureState, LaunchError
-from tests.unit.fakes import JOB_KEY, FakeKubernetes, StaticWatch, k8s_job, k8s_pod, launch_request, pod_event
+from tests.unit.fakes import JOB_KEY, FakeKubernetes, k8s_job, k8s_pod, launch_request, pod_event
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +36,6 @@ class Access:
 @pytest.fixture
 def cluster(monkeypatch) -> FakeKubernetes:
     fake = FakeKubernetes()
-    fake.watch = StaticWatch()
     monkeypatch.setattr(k8s_launcher.client, "BatchV1Api", fake.batch_api)
     monkeypatch.setattr(k8s_launcher.client, "CoreV1Api", fake.core_api)
     monkeypatch.setattr(k8s_launcher, "cluster_identity", lambda api: "c0ffee")
