@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 from uuid import UUID
 
 import anyio
@@ -39,21 +39,25 @@ class SlotsTaken(Exception):
 class TagSlots:
     """The tag limits of a worker's Prefect server, read at most every few seconds, and their slots."""
 
-    def __init__(self, client: PrefectClient) -> None:
+    def __init__(self, client: PrefectClient, clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock` (monotonic seconds) says when the limits were read; tests move it instead of waiting."""
         self._client = client
+        self._clock = clock
         self._active: set[str] = set()
         self._read_at = float("-inf")
 
     async def _limit_names(self, tags: list[str]) -> list[str]:
-        if time.monotonic() - self._read_at > LIMITS_MAX_AGE_SEC:
+        if self._clock() - self._read_at > LIMITS_MAX_AGE_SEC:
             names: set[str] = set()
+            offset = 0  # by the limits read, not the active ones kept: a page of inactive ones would be read forever
             while True:
-                page = await self._client.read_global_concurrency_limits(limit=LIMITS_PAGE, offset=len(names))
+                page = await self._client.read_global_concurrency_limits(limit=LIMITS_PAGE, offset=offset)
                 names.update(limit.name for limit in page if limit.active)
+                offset += len(page)
                 if len(page) < LIMITS_PAGE:
                     break
             self._active = {name for name in names if name.startswith(TAG_LIMIT_PREFIX)}
-            self._read_at = time.monotonic()
+            self._read_at = self._clock()
         return sorted(name for name in (TAG_LIMIT_PREFIX + tag for tag in tags) if name in self._active)
 
     async def acquire(self, flow_run: FlowRun, wait: bool = True) -> UUID | None:
