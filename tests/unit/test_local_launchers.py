@@ -87,6 +87,10 @@ async def test_the_key_is_never_on_the_process_command_line(tmp_path):
     infrastructure_id = await launcher.submit(launch_request(tmp_path))
     pid = int(infrastructure_id.split(":")[1])
     try:
+        # Until the child has exec'd, /proc shows the worker's own command line and environment.
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"sleep") and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         assert JOB_KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
         assert JOB_KEY.encode() in Path(f"/proc/{pid}/environ").read_bytes()  # where the SDK reads it
     finally:
