@@ -17,28 +17,19 @@ class AdminError(RuntimeError):
     pass
 
 
-class CentralAdmin:
-    def __init__(self, url: str, admin_token: str) -> None:
+class CentralHttp:
+    """JSON calls to a central (the stand-in, or the real one in tests) as one signed-in client; a refusal
+    raises AdminError with the central's detail."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.url = url.rstrip("/")
         self._session = requests.Session()
-        self._session.headers["dendro-admin-token"] = admin_token
+        self._session.headers.update(headers)
 
     @property
     def pubsub_origin(self) -> str:
-        """Where the stand-in's PubNub-compatible hub listens (host:port): a controller's `pubsub_origin`."""
+        """Where its PubNub-compatible hub listens (host:port): a controller's `pubsub_origin`."""
         return urlsplit(self.url).netloc
-
-    @classmethod
-    def from_data_dir(cls, data_dir: Path, wait: float = 0.0) -> "CentralAdmin":
-        """Connect to the stand-in that serves `data_dir`, waiting up to `wait` seconds for it."""
-        announcement = data_dir / CENTRAL_FILE
-        deadline = time.monotonic() + wait
-        while not announcement.exists():
-            if time.monotonic() >= deadline:
-                raise AdminError(f"no stand-in central serves {data_dir} (start one with `dendro-prefect central serve`)")
-            time.sleep(0.05)
-        info = json.loads(announcement.read_text())
-        return cls(info["url"], info["adminToken"])
 
     def _call(self, method: str, path: str, **kwargs: Any) -> dict:
         try:
@@ -54,8 +45,26 @@ class CentralAdmin:
         return response.json()
 
     def approve(self, resource_id: str, code: str, name: str = "dendro-prefect") -> None:
+        """Register the compute resource with the resource code of its registration link."""
         self._call("POST", "/api/gui/compute_resources/register",
                    json={"computeResourceId": resource_id, "resourceCode": code, "name": name})
+
+
+class CentralAdmin(CentralHttp):
+    def __init__(self, url: str, admin_token: str) -> None:
+        super().__init__(url, {"dendro-admin-token": admin_token})
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path, wait: float = 0.0) -> "CentralAdmin":
+        """Connect to the stand-in that serves `data_dir`, waiting up to `wait` seconds for it."""
+        announcement = data_dir / CENTRAL_FILE
+        deadline = time.monotonic() + wait
+        while not announcement.exists():
+            if time.monotonic() >= deadline:
+                raise AdminError(f"no stand-in central serves {data_dir} (start one with `dendro-prefect central serve`)")
+            time.sleep(0.05)
+        info = json.loads(announcement.read_text())
+        return cls(info["url"], info["adminToken"])
 
     def resource(self, resource_id: str) -> dict:
         return self._call("GET", f"/api/admin/compute_resources/{resource_id}")["computeResource"]

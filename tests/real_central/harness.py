@@ -16,13 +16,13 @@ import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import quote, urlsplit
+from typing import Iterator
+from urllib.parse import quote
 
 import pytest
 import requests
 
-from dendro_prefect.central.admin_client import AdminError
+from dendro_prefect.central.admin_client import AdminError, CentralHttp
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = Path(__file__).resolve().parent / "serve.py"
@@ -38,61 +38,34 @@ def central_python() -> Path:
     return python
 
 
-class RealCentral:
+class RealCentral(CentralHttp):
     """A client of the real central's GUI routes, signed in as the user of `github_access_token`."""
 
     def __init__(self, url: str, github_access_token: str) -> None:
-        self.url = url.rstrip("/")
-        self._session = requests.Session()
-        self._session.headers["github-access-token"] = github_access_token
+        super().__init__(url, {"github-access-token": github_access_token})
         self._project_resources: dict[str, str] = {}
 
-    @property
-    def pubsub_origin(self) -> str:
-        """Where its PubNub-compatible hub listens (host:port), for a controller's `pubsub_origin`."""
-        return urlsplit(self.url).netloc
-
-    def call(self, method: str, path: str, **kwargs: Any) -> dict:
-        try:
-            response = self._session.request(method, self.url + path, timeout=60, **kwargs)
-        except requests.RequestException as error:
-            raise AdminError(f"{method} {path}: {type(error).__name__}: central unreachable at {self.url}") from None
-        if not response.ok:
-            try:
-                detail = response.json().get("detail")
-            except ValueError:
-                detail = response.text[:200]
-            raise AdminError(f"{method} {path}: HTTP {response.status_code}: {detail}")
-        return response.json()
-
-    # --- compute resources -----------------------------------------------------------------------------
-
-    def approve(self, resource_id: str, code: str, name: str = "dendro-prefect") -> None:
-        """Register the compute resource with the resource code of its registration link."""
-        self.call("POST", "/api/gui/compute_resources/register",
-                  json={"computeResourceId": resource_id, "resourceCode": code, "name": name})
-
     def resource(self, resource_id: str) -> dict:
-        return self.call("GET", f"/api/gui/compute_resources/{resource_id}")["computeResource"]
+        return self._call("GET", f"/api/gui/compute_resources/{resource_id}")["computeResource"]
 
     def set_apps(self, resource_id: str, apps: list[dict]) -> None:
-        self.call("PUT", f"/api/gui/compute_resources/{resource_id}/apps", json={"apps": apps})
+        self._call("PUT", f"/api/gui/compute_resources/{resource_id}/apps", json={"apps": apps})
 
     # --- projects and files ----------------------------------------------------------------------------
 
     def create_project(self, name: str) -> str:
-        return self.call("POST", "/api/gui/projects", json={"name": name})["projectId"]
+        return self._call("POST", "/api/gui/projects", json={"name": name})["projectId"]
 
     def set_project_resource(self, project_id: str, resource_id: str) -> None:
         """The project's compute resource, where its jobs go (the GUI's project settings)."""
         if self._project_resources.get(project_id) != resource_id:
-            self.call("PUT", f"/api/gui/projects/{project_id}/compute_resource_id",
+            self._call("PUT", f"/api/gui/projects/{project_id}/compute_resource_id",
                       json={"computeResourceId": resource_id})
             self._project_resources[project_id] = resource_id
 
     def upload_file(self, project_id: str, file_name: str, data: bytes) -> str:
         """As the GUI uploads: the central makes the file and a signed upload URL of its bucket, then PUT."""
-        answer = self.call("POST", f"/api/gui/projects/{project_id}/create_file_and_initiate_upload",
+        answer = self._call("POST", f"/api/gui/projects/{project_id}/create_file_and_initiate_upload",
                            json={"fileName": file_name, "size": len(data)})
         response = requests.put(answer["uploadUrl"], data=data, timeout=60)
         if not response.ok:
@@ -100,7 +73,7 @@ class RealCentral:
         return answer["fileId"]
 
     def files(self, project_id: str) -> list[dict]:
-        return self.call("GET", f"/api/gui/projects/{project_id}/files")["files"]
+        return self._call("GET", f"/api/gui/projects/{project_id}/files")["files"]
 
     # --- jobs ----------------------------------------------------------------------------------------------
 
@@ -111,22 +84,22 @@ class RealCentral:
         resource_id = request.pop("computeResourceId", None)
         if resource_id:
             self.set_project_resource(request["projectId"], resource_id)
-        return self.call("POST", "/api/gui/jobs", json=request)["jobId"]
+        return self._call("POST", "/api/gui/jobs", json=request)["jobId"]
 
     def create_jobs(self, requests_: list[dict]) -> list[str]:
         return [self.create_job(request) for request in requests_]
 
     def approve_job(self, job_id: str) -> None:
-        self.call("POST", f"/api/gui/jobs/{job_id}/approve")
+        self._call("POST", f"/api/gui/jobs/{job_id}/approve")
 
     def job(self, job_id: str) -> dict:
-        return self.call("GET", f"/api/gui/jobs/{job_id}")["job"]
+        return self._call("GET", f"/api/gui/jobs/{job_id}")["job"]
 
     def jobs(self, project_id: str) -> list[dict]:
-        return self.call("GET", f"/api/gui/projects/{project_id}/jobs")["jobs"]
+        return self._call("GET", f"/api/gui/projects/{project_id}/jobs")["jobs"]
 
     def delete_job(self, job_id: str) -> None:
-        self.call("DELETE", f"/api/gui/jobs/{job_id}")
+        self._call("DELETE", f"/api/gui/jobs/{job_id}")
 
     def download(self, url: str) -> bytes:
         response = requests.get(url, timeout=60)
@@ -142,7 +115,7 @@ class RealCentral:
         output = next((o for o in job["outputFiles"] if o["name"] == output_name), None)
         if output is None:
             raise AdminError(f"job {job_id} has no output {output_name}")
-        file = self.call("GET", f"/api/gui/projects/{job['projectId']}/files/{quote(output['fileName'])}")["file"]
+        file = self._call("GET", f"/api/gui/projects/{job['projectId']}/files/{quote(output['fileName'])}")["file"]
         if not file["content"].startswith("url:"):
             raise AdminError(f"output {output_name} of job {job_id} is {file['content']!r} (status {job['status']})")
         return self.download(file["content"].removeprefix("url:"))
