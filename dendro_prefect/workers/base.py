@@ -61,8 +61,7 @@ class JobSettings(BaseModel):
     time_limit_sec: float | None = Field(default=None, title="Time limit (s)",
                                          description="Time limit (requiredResources.timeSec).")
     job_root: str = Field(default="dendro-jobs", title="Job root directory",
-                          description="Directory that holds one working directory per job (Slurm: on a file "
-                          "system the compute nodes share).")
+                          description="Directory that holds one working directory per job.")
     sdk_bin_dir: str = Field(
         default="", title="dendro SDK directory",
         description="Apps without an image run as plain processes under the dendro SDK, which needs its `dendro` "
