@@ -49,6 +49,12 @@ class CentralHttp:
         self._call("POST", "/api/gui/compute_resources/register",
                    json={"computeResourceId": resource_id, "resourceCode": code, "name": name})
 
+    def download(self, url: str) -> bytes:
+        response = requests.get(url, timeout=60)
+        if not response.ok:
+            raise AdminError(f"download failed: HTTP {response.status_code}")
+        return response.content
+
 
 class CentralAdmin(CentralHttp):
     def __init__(self, url: str, admin_token: str) -> None:
@@ -132,12 +138,6 @@ class CentralAdmin(CentralHttp):
         """PubSub "up", "down" (an outage: 503, messages lost) or "duplicate-shuffled" (each message
         delivered twice, out of order)."""
         self._call("PUT", "/api/admin/faults/pubsub", json={"mode": mode})
-
-    def download(self, url: str) -> bytes:
-        response = requests.get(url, timeout=60)
-        if not response.ok:
-            raise AdminError(f"download failed: HTTP {response.status_code}")
-        return response.content
 
     def output(self, job_id: str, output_name: str) -> bytes:
         """The content of a job output, or of `_console_output`."""

@@ -101,12 +101,6 @@ class RealCentral(CentralHttp):
     def delete_job(self, job_id: str) -> None:
         self._call("DELETE", f"/api/gui/jobs/{job_id}")
 
-    def download(self, url: str) -> bytes:
-        response = requests.get(url, timeout=60)
-        if not response.ok:
-            raise AdminError(f"download failed: HTTP {response.status_code}")
-        return response.content
-
     def output(self, job_id: str, output_name: str) -> bytes:
         """The content of a job output (the project file it became), or of `_console_output`."""
         job = self.job(job_id)
