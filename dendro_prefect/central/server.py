@@ -6,7 +6,6 @@ stand-in waits for that file instead of sleeping; it holds the URL and the admin
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from .announce import announce_when_listening
 from .app import create_app
 from .blobs import BlobStore
 from .pubsub import PubSubHub
@@ -52,19 +52,9 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 0, mock_pubsub: b
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{bound_host}:{bound_port}"
     announcement = data_dir / CENTRAL_FILE
-    announcement.unlink(missing_ok=True)
     server = uvicorn.Server(uvicorn.Config(create_app(central), log_level="warning", timeout_graceful_shutdown=2))
-
-    original_startup = server.startup
-
-    async def startup(sockets=None):
-        await original_startup(sockets=sockets)
-        temporary = announcement.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"url": url, "adminToken": central.admin_token, "pid": os.getpid()}, handle)
-        os.replace(temporary, announcement)
-        print(f"Dendro central stand-in listening on {url} (data in {data_dir})", flush=True)
+    announce_when_listening(server, announcement, {"url": url, "adminToken": central.admin_token, "pid": os.getpid()},
+                            f"Dendro central stand-in listening on {url} (data in {data_dir})")
 
     original_shutdown = server.shutdown
 
@@ -73,5 +63,5 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 0, mock_pubsub: b
         announcement.unlink(missing_ok=True)
         await original_shutdown(sockets=sockets)
 
-    server.startup, server.shutdown = startup, shutdown
+    server.shutdown = shutdown
     server.run(sockets=[sock])

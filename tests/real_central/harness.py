@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ import pytest
 import requests
 
 from dendro_prefect.central.admin_client import AdminError, CentralHttp
+from dendro_prefect.embedded import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = Path(__file__).resolve().parent / "serve.py"
@@ -136,9 +138,4 @@ def running_real_central(data_dir: Path, startup_timeout: float = 60.0) -> Itera
         info = json.loads(announcement.read_text())
         yield RealCentral(info["url"], info["githubAccessToken"])
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, signal.SIGTERM, timeout=10)
