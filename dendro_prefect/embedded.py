@@ -316,7 +316,3 @@ def running_prefect(home: Path, *, database: str = "sqlite", project: bool = Tru
         if controller:
             stack.enter_context(controller_worker(prefect))
         yield prefect
-
-
-def deploy_all(home: Path, api_url: str, project_dir: Path) -> None:
-    deploy_project(api_url, home, project_dir)
