@@ -106,11 +106,10 @@ def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: s
     """Everything up, and the subscription flow reporting the app's spec, before it yields. The app is
     a test fixture's (tests/fixtures/apps/<app>) unless `spec_uri` names another. Its jobs of `run_method`
     go to a pool of its own, `bench-<run_method>`, with `job_variables`."""
-    pool = f"bench-{run_method}"
+    pool = Deployment(f"bench-{run_method}", worker_type, job_variables)
     with running_prefect(workdir / "prefect", database=database) as prefect:
-        prefect.deploy(Deployment(pool, worker_type, job_variables))
         apps = [{"name": app, "specUri": spec_uri or (APPS / app / "spec.json").as_uri()}]
-        with running_controller(prefect, workdir, apps, pool=pool, worker_type=worker_type, run_method=run_method,
+        with running_controller(prefect, workdir, apps, pool=pool, run_method=run_method,
                                 container_method=container_method, worker_env=worker_env,
                                 poll_interval_sec=poll_interval_sec, submit_concurrency=submit_concurrency) as running:
             yield BenchStack(running.admin, running.resource_id, workdir, run_method, app,

@@ -18,7 +18,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator
 
 import requests
 import yaml
@@ -179,7 +179,6 @@ def prefect_cli(home: Path | None, api_url: str, *args: str, cwd: Path | None = 
     return result.stdout
 
 
-
 # The work pools that prefect.yaml's deployments name, with their worker types.
 WORK_POOLS = {
     "dendro-controller": "process",
@@ -234,12 +233,15 @@ def deploy_project(api_url: str, home: Path | None = None, project_dir: Path = P
     prefect_cli(home, api_url, "--no-prompt", "deploy", "--all", cwd=project_dir)
 
 
-def deploy(*deployments: Deployment, api_url: str | None = None, home: Path | None = None,
-           project_dir: Path = PROJECT_DIR) -> list[str]:
-    """Pools of our own and their deployments, all in one `prefect deploy` (seconds a call): of a prefect.yaml
-    generated from the project's (its deployments replaced by copies of TEMPLATES'), run from the project as
-    `prefect deploy --all` there would be. Against `api_url` (by default this process's PREFECT_API_URL) with
-    `home` as PREFECT_HOME (by default this process's). Returns the deployments' `<flow>/<name>`."""
+@contextmanager
+def deploying(*deployments: Deployment, api_url: str | None = None, home: Path | None = None,
+              project_dir: Path = PROJECT_DIR) -> Iterator[Callable[[], list[str]]]:
+    """Pools of our own and their deployments, all in one `prefect deploy` (seconds a call), under way while
+    the caller starts other things: yields a function that waits for it (raising if it failed) and returns the
+    deployments' `<flow>/<name>`; a deploy still running at exit is stopped. The pools exist at once; the
+    deployments come from a prefect.yaml generated from the project's (its deployments replaced by copies of
+    TEMPLATES'), run from the project as `prefect deploy --all` there would be. Against `api_url` (by default
+    this process's PREFECT_API_URL) with `home` as PREFECT_HOME (by default this process's)."""
     from prefect.settings import PREFECT_API_URL
 
     api_url = api_url or PREFECT_API_URL.value()
@@ -257,9 +259,27 @@ def deploy(*deployments: Deployment, api_url: str | None = None, home: Path | No
     with tempfile.TemporaryDirectory(prefix="dendro-deploy-") as directory:
         prefect_file = Path(directory) / "prefect.yaml"
         prefect_file.write_text(yaml.safe_dump({**project, "deployments": entries}, sort_keys=False))
-        prefect_cli(home, api_url, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file),
-                    cwd=project_dir)
-    return [deployment.full_name for deployment in deployments]
+        command = [PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)]
+        process = subprocess.Popen(command, cwd=project_dir, env=prefect_env(home, api_url), text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+        def wait(timeout: float = 300.0) -> list[str]:
+            output, _ = process.communicate(timeout=timeout)
+            if process.returncode != 0:
+                raise RuntimeError(f"{' '.join(command[1:])} failed:\n{output}")
+            return [deployment.full_name for deployment in deployments]
+
+        try:
+            yield wait
+        finally:
+            stop_process(process, signal.SIGTERM, timeout=5)
+
+
+def deploy(*deployments: Deployment, api_url: str | None = None, home: Path | None = None,
+           project_dir: Path = PROJECT_DIR) -> list[str]:
+    """`deploying`, waited for: pools of our own and their deployments; returns the deployments' `<flow>/<name>`."""
+    with deploying(*deployments, api_url=api_url, home=home, project_dir=project_dir) as wait:
+        return wait()
 
 
 @dataclass
@@ -283,6 +303,9 @@ class Prefect:
 
     def deploy(self, *deployments: Deployment) -> list[str]:
         return deploy(*deployments, api_url=self.api_url, home=self.home)
+
+    def deploying(self, *deployments: Deployment) -> ContextManager[Callable[[], list[str]]]:
+        return deploying(*deployments, api_url=self.api_url, home=self.home)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from .bridge.routing import DEFAULT_DEPLOYMENTS
 from .central.process import running_central
 from .config import CONFIG_FILE_NAME, ComputeResourceConfig
-from .embedded import Prefect, controller_worker
+from .embedded import Deployment, Prefect, controller_worker
 from .protocol.signing import generate_keypair, make_resource_code
 
 SUBSCRIPTION_DEPLOYMENT = "dendro-subscription/subscription"
@@ -94,30 +94,36 @@ class Controller:
 
 @contextmanager
 def running_controller(
-    prefect: Prefect, workdir: Path, apps: list[dict], *, pool: str = "local", worker_type: str = "dendro-local",
-    run_method: str = "local", deployments: dict[str, str] | None = None, central: Any = None,
-    mock_pubsub: bool = False, container_method: str = "none", resource_name: str = "dendro-prefect",
-    sdk_bin: Path | None = None, worker_env: dict[str, str] | None = None, worker_name: str | None = None,
-    poll_interval_sec: float | None = None, settle_sec: float | None = None, submit_concurrency: int | None = None,
-    startup_timeout: float = 120.0,
+    prefect: Prefect, workdir: Path, apps: list[dict], *, pool: str | Deployment = "local",
+    worker_type: str = "dendro-local", run_method: str = "local", deployments: dict[str, str] | None = None,
+    central: Any = None, mock_pubsub: bool = False, container_method: str = "none",
+    resource_name: str = "dendro-prefect", sdk_bin: Path | None = None, worker_env: dict[str, str] | None = None,
+    worker_name: str | None = None, poll_interval_sec: float | None = None, settle_sec: float | None = None,
+    submit_concurrency: int | None = None, startup_timeout: float = 120.0,
 ) -> Iterator[Controller]:
     """A compute resource with `apps`, registered at `central` (an admin client, see register_resource) or at a
-    stand-in of its own in `workdir/central`; a worker of `pool` in `workdir` (with the dendro SDK's `sdk_bin`
+    stand-in of its own in `workdir/central`; a worker of its pool in `workdir` (with the dendro SDK's `sdk_bin`
     first on its PATH, and `worker_env`); and its subscription flow run, on `prefect`'s controller worker (or
-    one of its own), routing `run_method` to `dendro-job/<pool>` (deployed beforehand: prefect.yaml's own, or
-    with `embedded.deploy`) and other runMethods as `deployments` says, else as prefect.yaml does. The
+    one of its own), routing `run_method` to its pool's deployment and other runMethods as `deployments` says,
+    else as prefect.yaml does. Its pool: `pool`, deployed already (prefect.yaml's `local` by default), of
+    `worker_type`; or a pool of its own, a `Deployment` deployed (`prefect deploy`) while the rest starts. The
     subscription parameters left None keep the flow's defaults. Yields once the flow has reported the apps'
     spec (it has subscribed); at exit the flow run is cancelled and ended, then the workers stop."""
     env = {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}"} if sdk_bin else {}
     env.update(worker_env or {})
     with ExitStack() as stack:
+        if isinstance(pool, Deployment):
+            deployed = stack.enter_context(prefect.deploying(pool))
+            pool, worker_type, deployment = pool.pool, pool.worker_type, pool.full_name
+        else:
+            deployed, deployment = (lambda: []), f"dendro-job/{pool}"
         admin = central or stack.enter_context(running_central(workdir / "central", mock_pubsub=mock_pubsub))
         config = register_resource(admin, workdir, apps, container_method, resource_name)
         controller = prefect.controller_worker or stack.enter_context(
             controller_worker(prefect, f"controller-{workdir.name}.log"))
         job_worker = stack.enter_context(prefect.worker(pool, worker_type, workdir, f"{pool}.log", env, worker_name))
         parameters = {"config_file": str(workdir / CONFIG_FILE_NAME),
-                      "deployments": {**DEFAULT_DEPLOYMENTS, **(deployments or {}), run_method: f"dendro-job/{pool}"},
+                      "deployments": {**DEFAULT_DEPLOYMENTS, **(deployments or {}), run_method: deployment},
                       "poll_interval_sec": poll_interval_sec, "settle_sec": settle_sec,
                       "submit_concurrency": submit_concurrency}
         flow_run_id = stack.enter_context(subscription_run({k: v for k, v in parameters.items() if v is not None}))
@@ -130,4 +136,5 @@ def running_controller(
                 raise RuntimeError(f"the subscription flow run {flow_run_id} did not report the apps' spec within "
                                    f"{startup_timeout:.0f} s; see the controller worker's log in {prefect.home}")
             time.sleep(0.1)
+        deployed()
         yield Controller(admin, config, workdir, flow_run_id, pool, worker_type, env, processes, controller)

@@ -154,14 +154,12 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
     `tests.real_central.harness.RealCentral`). Its apps: letter_count as a plain process by default."""
     workdir.mkdir(parents=True, exist_ok=True)
     pool = pool or f"{run_method}-{workdir.name}"
-    if pool != "local":
-        prefect.deploy(Deployment(pool, worker_type, job_variables))
     with embedded_controller.running_controller(
-        prefect, workdir, apps or [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir)}], pool=pool,
-        worker_type=worker_type, run_method=run_method, deployments=deployments, central=central,
-        mock_pubsub=mock_pubsub, container_method=container_method, sdk_bin=sdk_bin, worker_env=worker_env,
-        worker_name=worker_name(pool), poll_interval_sec=poll_interval_sec, settle_sec=settle_sec,
-        submit_concurrency=submit_concurrency,
+        prefect, workdir, apps or [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir)}],
+        pool=pool if pool == "local" else Deployment(pool, worker_type, job_variables), worker_type=worker_type,
+        run_method=run_method, deployments=deployments, central=central, mock_pubsub=mock_pubsub,
+        container_method=container_method, sdk_bin=sdk_bin, worker_env=worker_env, worker_name=worker_name(pool),
+        poll_interval_sec=poll_interval_sec, settle_sec=settle_sec, submit_concurrency=submit_concurrency,
     ) as controller:
         record_secret(controller.config.compute_resource_private_key.get_secret_value(), "compute-resource-key")
         yield controller
