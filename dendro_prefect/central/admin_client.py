@@ -17,30 +17,21 @@ class AdminError(RuntimeError):
     pass
 
 
-class CentralAdmin:
-    def __init__(self, url: str, admin_token: str) -> None:
+class CentralHttpClient:
+    """JSON calls to a central's own routes (the stand-in's, or the real central's in the tests), a refusal
+    raising AdminError with its HTTP status and detail; and the GUI's registration of a compute resource."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
         self.url = url.rstrip("/")
         self._session = requests.Session()
-        self._session.headers["dendro-admin-token"] = admin_token
+        self._session.headers.update(headers)
 
     @property
     def pubsub_origin(self) -> str:
-        """Where the stand-in's PubNub-compatible hub listens (host:port): a controller's `pubsub_origin`."""
+        """Where the central's PubNub-compatible hub listens (host:port): a controller's `pubsub_origin`."""
         return urlsplit(self.url).netloc
 
-    @classmethod
-    def from_data_dir(cls, data_dir: Path, wait: float = 0.0) -> "CentralAdmin":
-        """Connect to the stand-in that serves `data_dir`, waiting up to `wait` seconds for it."""
-        announcement = data_dir / CENTRAL_FILE
-        deadline = time.monotonic() + wait
-        while not announcement.exists():
-            if time.monotonic() >= deadline:
-                raise AdminError(f"no stand-in central serves {data_dir} (start one with `dendro-prefect central serve`)")
-            time.sleep(0.05)
-        info = json.loads(announcement.read_text())
-        return cls(info["url"], info["adminToken"])
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict:
+    def call(self, method: str, path: str, **kwargs: Any) -> dict:
         try:
             response = self._session.request(method, self.url + path, timeout=60, **kwargs)
         except requests.RequestException as error:
@@ -54,26 +45,53 @@ class CentralAdmin:
         return response.json()
 
     def approve(self, resource_id: str, code: str, name: str = "dendro-prefect") -> None:
-        self._call("POST", "/api/gui/compute_resources/register",
-                   json={"computeResourceId": resource_id, "resourceCode": code, "name": name})
+        """Register the compute resource with the resource code of its registration link."""
+        self.call("POST", "/api/gui/compute_resources/register",
+                  json={"computeResourceId": resource_id, "resourceCode": code, "name": name})
+
+    def download(self, url: str) -> bytes:
+        """A file of the central's bucket (a job's output or console output) by its URL."""
+        response = requests.get(url, timeout=60)
+        if not response.ok:
+            raise AdminError(f"download failed: HTTP {response.status_code}")
+        return response.content
+
+
+class CentralAdmin(CentralHttpClient):
+    """The stand-in's admin API."""
+
+    def __init__(self, url: str, admin_token: str) -> None:
+        super().__init__(url, {"dendro-admin-token": admin_token})
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path, wait: float = 0.0) -> "CentralAdmin":
+        """Connect to the stand-in that serves `data_dir`, waiting up to `wait` seconds for it."""
+        announcement = data_dir / CENTRAL_FILE
+        deadline = time.monotonic() + wait
+        while not announcement.exists():
+            if time.monotonic() >= deadline:
+                raise AdminError(f"no stand-in central serves {data_dir} (start one with `dendro-prefect central serve`)")
+            time.sleep(0.05)
+        info = json.loads(announcement.read_text())
+        return cls(info["url"], info["adminToken"])
 
     def resource(self, resource_id: str) -> dict:
-        return self._call("GET", f"/api/admin/compute_resources/{resource_id}")["computeResource"]
+        return self.call("GET", f"/api/admin/compute_resources/{resource_id}")["computeResource"]
 
     def set_apps(self, resource_id: str, apps: list[dict]) -> None:
-        self._call("PUT", f"/api/admin/compute_resources/{resource_id}/apps", json={"apps": apps})
+        self.call("PUT", f"/api/admin/compute_resources/{resource_id}/apps", json={"apps": apps})
 
     def publish(self, resource_id: str, message: object) -> None:
-        self._call("POST", f"/api/admin/compute_resources/{resource_id}/publish", json=message)
+        self.call("POST", f"/api/admin/compute_resources/{resource_id}/publish", json=message)
 
     def create_project(self, name: str) -> str:
-        return self._call("POST", "/api/admin/projects", json={"name": name})["projectId"]
+        return self.call("POST", "/api/admin/projects", json={"name": name})["projectId"]
 
     def upload_file(self, project_id: str, file_name: str, data: bytes) -> str:
-        return self._call("PUT", f"/api/admin/projects/{project_id}/files/{file_name}", data=data)["fileId"]
+        return self.call("PUT", f"/api/admin/projects/{project_id}/files/{file_name}", data=data)["fileId"]
 
     def files(self, project_id: str) -> list[dict]:
-        return self._call("GET", f"/api/admin/projects/{project_id}/files")["files"]
+        return self.call("GET", f"/api/admin/projects/{project_id}/files")["files"]
 
     def projects_for(self, name: str, jobs: int) -> list[str]:
         """A project id for each of `jobs` jobs created at once, a new project for every
@@ -85,50 +103,44 @@ class CentralAdmin:
         return [projects[i // per_project] for i in range(jobs)]
 
     def create_job(self, request: dict) -> str:
-        return self._call("POST", "/api/admin/jobs", json=request)["jobId"]
+        return self.call("POST", "/api/admin/jobs", json=request)["jobId"]
 
     def create_jobs(self, requests: list[dict]) -> list[str]:
-        return self._call("POST", "/api/admin/job_batches", json={"jobs": requests})["jobIds"]
+        return self.call("POST", "/api/admin/job_batches", json={"jobs": requests})["jobIds"]
 
     def insert_raw_jobs(self, resource_id: str, documents: list) -> list[str]:
         """Store job documents of the resource unvalidated, as they are (for tests of malformed jobs);
         returns their ids (a document's jobId when it is a non-empty string)."""
-        return self._call("POST", f"/api/admin/compute_resources/{resource_id}/raw_jobs",
+        return self.call("POST", f"/api/admin/compute_resources/{resource_id}/raw_jobs",
                           json={"jobs": documents})["jobIds"]
 
     def raw_jobs(self, resource_id: str) -> dict[str, object]:
         """The resource's stored job documents by id, malformed ones too, without private keys."""
-        return self._call("GET", f"/api/admin/compute_resources/{resource_id}/raw_jobs")["jobs"]
+        return self.call("GET", f"/api/admin/compute_resources/{resource_id}/raw_jobs")["jobs"]
 
     def approve_job(self, job_id: str) -> None:
         """Approve a job held for approval, as the resource owner does in the GUI."""
-        self._call("POST", f"/api/gui/jobs/{job_id}/approve")
+        self.call("POST", f"/api/gui/jobs/{job_id}/approve")
 
     def jobs(self, resource_id: str | None = None) -> list[dict]:
         params = {"computeResourceId": resource_id} if resource_id else None
-        return self._call("GET", "/api/admin/jobs", params=params)["jobs"]
+        return self.call("GET", "/api/admin/jobs", params=params)["jobs"]
 
     def job(self, job_id: str) -> dict:
-        return self._call("GET", f"/api/admin/jobs/{job_id}")["job"]
+        return self.call("GET", f"/api/admin/jobs/{job_id}")["job"]
 
     def delete_job(self, job_id: str) -> None:
-        self._call("DELETE", f"/api/admin/jobs/{job_id}")
+        self.call("DELETE", f"/api/admin/jobs/{job_id}")
 
     def fail_requests(self, seconds: float, status: int = 503) -> None:
         """For `seconds` from now every compute-resource and job-side request answers `status`
         (blobs, admin and PubSub stay up); 0 ends an outage early."""
-        self._call("POST", "/api/admin/faults/fail_requests", json={"seconds": seconds, "status": status})
+        self.call("POST", "/api/admin/faults/fail_requests", json={"seconds": seconds, "status": status})
 
     def set_pubsub(self, mode: str) -> None:
         """PubSub "up", "down" (an outage: 503, messages lost) or "duplicate-shuffled" (each message
         delivered twice, out of order)."""
-        self._call("PUT", "/api/admin/faults/pubsub", json={"mode": mode})
-
-    def download(self, url: str) -> bytes:
-        response = requests.get(url, timeout=60)
-        if not response.ok:
-            raise AdminError(f"download failed: HTTP {response.status_code}")
-        return response.content
+        self.call("PUT", "/api/admin/faults/pubsub", json={"mode": mode})
 
     def output(self, job_id: str, output_name: str) -> bytes:
         """The content of a job output, or of `_console_output`."""

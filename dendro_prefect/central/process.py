@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from ..embedded import stop_process
 from .admin_client import AdminError, CentralAdmin
 from .server import CENTRAL_FILE
 
@@ -30,10 +32,5 @@ def running_central(data_dir: Path, *, mock_pubsub: bool = False, startup_timeou
             raise AdminError(f"the stand-in central did not start; its log ends with:\n{tail}") from None
         yield admin
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, signal.SIGTERM, timeout=10)
         log.close()

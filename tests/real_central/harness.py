@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import quote, urlsplit
+from typing import Iterator
+from urllib.parse import quote
 
 import pytest
 import requests
 
-from dendro_prefect.central.admin_client import AdminError
+from dendro_prefect.central.admin_client import AdminError, CentralHttpClient
+from dendro_prefect.embedded import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = Path(__file__).resolve().parent / "serve.py"
@@ -38,39 +40,14 @@ def central_python() -> Path:
     return python
 
 
-class RealCentral:
+class RealCentral(CentralHttpClient):
     """A client of the real central's GUI routes, signed in as the user of `github_access_token`."""
 
     def __init__(self, url: str, github_access_token: str) -> None:
-        self.url = url.rstrip("/")
-        self._session = requests.Session()
-        self._session.headers["github-access-token"] = github_access_token
+        super().__init__(url, {"github-access-token": github_access_token})
         self._project_resources: dict[str, str] = {}
 
-    @property
-    def pubsub_origin(self) -> str:
-        """Where its PubNub-compatible hub listens (host:port), for a controller's `pubsub_origin`."""
-        return urlsplit(self.url).netloc
-
-    def call(self, method: str, path: str, **kwargs: Any) -> dict:
-        try:
-            response = self._session.request(method, self.url + path, timeout=60, **kwargs)
-        except requests.RequestException as error:
-            raise AdminError(f"{method} {path}: {type(error).__name__}: central unreachable at {self.url}") from None
-        if not response.ok:
-            try:
-                detail = response.json().get("detail")
-            except ValueError:
-                detail = response.text[:200]
-            raise AdminError(f"{method} {path}: HTTP {response.status_code}: {detail}")
-        return response.json()
-
     # --- compute resources -----------------------------------------------------------------------------
-
-    def approve(self, resource_id: str, code: str, name: str = "dendro-prefect") -> None:
-        """Register the compute resource with the resource code of its registration link."""
-        self.call("POST", "/api/gui/compute_resources/register",
-                  json={"computeResourceId": resource_id, "resourceCode": code, "name": name})
 
     def resource(self, resource_id: str) -> dict:
         return self.call("GET", f"/api/gui/compute_resources/{resource_id}")["computeResource"]
@@ -128,12 +105,6 @@ class RealCentral:
     def delete_job(self, job_id: str) -> None:
         self.call("DELETE", f"/api/gui/jobs/{job_id}")
 
-    def download(self, url: str) -> bytes:
-        response = requests.get(url, timeout=60)
-        if not response.ok:
-            raise AdminError(f"download failed: HTTP {response.status_code}")
-        return response.content
-
     def output(self, job_id: str, output_name: str) -> bytes:
         """The content of a job output (the project file it became), or of `_console_output`."""
         job = self.job(job_id)
@@ -169,9 +140,4 @@ def running_real_central(data_dir: Path, startup_timeout: float = 60.0) -> Itera
         info = json.loads(announcement.read_text())
         yield RealCentral(info["url"], info["githubAccessToken"])
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, signal.SIGTERM, timeout=10)
