@@ -6,7 +6,6 @@ stand-in waits for that file instead of sleeping; it holds the URL and the admin
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import uvicorn
 
+from .announce import announce_while_serving
 from .app import create_app
 from .blobs import BlobStore
 from .pubsub import PubSubHub
@@ -55,23 +55,6 @@ def serve(data_dir: Path, host: str = "127.0.0.1", port: int = 0, mock_pubsub: b
     announcement.unlink(missing_ok=True)
     server = uvicorn.Server(uvicorn.Config(create_app(central), log_level="warning", timeout_graceful_shutdown=2))
 
-    original_startup = server.startup
-
-    async def startup(sockets=None):
-        await original_startup(sockets=sockets)
-        temporary = announcement.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"url": url, "adminToken": central.admin_token, "pid": os.getpid()}, handle)
-        os.replace(temporary, announcement)
-        print(f"Dendro central stand-in listening on {url} (data in {data_dir})", flush=True)
-
-    original_shutdown = server.shutdown
-
-    async def shutdown(sockets=None):
-        """Withdraw the announcement here: uvicorn re-raises SIGTERM after shutdown, so no `finally` runs."""
-        announcement.unlink(missing_ok=True)
-        await original_shutdown(sockets=sockets)
-
-    server.startup, server.shutdown = startup, shutdown
+    announce_while_serving(server, announcement, {"url": url, "adminToken": central.admin_token},
+                           f"Dendro central stand-in listening on {url} (data in {data_dir})")
     server.run(sockets=[sock])

@@ -31,7 +31,6 @@ without asking GitHub, so this server makes one and hands it out as the GUI user
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import socket
@@ -47,6 +46,7 @@ from fastapi.responses import FileResponse
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the stand-in's hub and blob storage (fastapi and the standard library only)
 
+from dendro_prefect.central.announce import announce_while_serving  # noqa: E402
 from dendro_prefect.central.blobs import BlobStore  # noqa: E402
 from dendro_prefect.central.pubsub import PubSubHub  # noqa: E402
 
@@ -175,18 +175,8 @@ def serve(data_dir: Path) -> None:
     announcement = data_dir / ANNOUNCEMENT
     announcement.unlink(missing_ok=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    original_startup = server.startup
-
-    async def startup(sockets=None):
-        await original_startup(sockets=sockets)
-        temporary = announcement.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"url": url, "githubAccessToken": token, "pid": os.getpid()}, handle)
-        os.replace(temporary, announcement)
-        print(f"the real Dendro central (0.2.17) listens on {url}", flush=True)
-
-    server.startup = startup
+    announce_while_serving(server, announcement, {"url": url, "githubAccessToken": token},
+                           f"the real Dendro central (0.2.17) listens on {url}")
     server.run(sockets=[sock])
 
 
