@@ -1,17 +1,15 @@
-"""The stack every benchmark runs on: a Prefect server (PostgreSQL or SQLite), the central stand-in, a
-registered compute resource, its subscription flow and one pool's worker, all on this machine and
-stopped (by PID) when the benchmark ends."""
+"""The stack every benchmark runs on, brought up by dendro_prefect's embedded stack: a Prefect server
+(PostgreSQL or SQLite), the central stand-in, a registered compute resource, its subscription flow and one
+pool's worker, all on this machine and stopped (by PID) when the benchmark ends."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import statistics
 import sys
 import tempfile
-import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,14 +17,9 @@ from typing import Iterator
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
-
-from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS  # noqa: E402
 from dendro_prefect.central.admin_client import CentralAdmin  # noqa: E402
-from dendro_prefect.central.process import running_central  # noqa: E402
-from dendro_prefect.config import ComputeResourceConfig  # noqa: E402
-from dendro_prefect.embedded import postgres_database, prefect_cli, prefect_server, prefect_worker  # noqa: E402
-from dendro_prefect.protocol.signing import generate_keypair, make_resource_code  # noqa: E402
+from dendro_prefect.embedded import Deployment, running_prefect  # noqa: E402
+from dendro_prefect.embedded_controller import running_controller  # noqa: E402
 
 APPS = REPO / "tests" / "fixtures" / "apps"
 
@@ -105,67 +98,19 @@ class BenchStack:
         return [dict(request, projectId=project_id) for project_id in self.admin.projects_for("bench", count)]
 
 
-async def _cancel(flow_run_id) -> None:
-    """Cancel a flow run and wait (up to a minute) for it to end."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelling
-
-    async with get_client() as client:
-        await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
-        deadline = time.monotonic() + 60
-        while not (await client.read_flow_run(flow_run_id)).state.is_final() and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-
-
 @contextmanager
 def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: str, app: str,
                 job_variables: dict | None = None, worker_env: dict | None = None, poll_interval_sec: float = 2.0,
                 submit_concurrency: int = 1, spec_uri: str | None = None,
                 container_method: str = "none") -> Iterator[BenchStack]:
     """Everything up, and the subscription flow reporting the app's spec, before it yields. The app is
-    a test fixture's (tests/fixtures/apps/<app>) unless `spec_uri` names another."""
-    home = workdir / "prefect"
-    pool = f"bench-{run_method}"
-    with ExitStack() as stack:
-        database_url = stack.enter_context(postgres_database(workdir / "postgres")) if database == "postgres" else None
-        api_url = stack.enter_context(prefect_server(home, database_url=database_url))
-        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
-        admin = stack.enter_context(running_central(workdir / "central"))
-        resource_id, private_key = generate_keypair()
-        config_file = workdir / ".dendro_compute_resource.json"
-        ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                              central_url=admin.url, container_method=container_method,
-                              pubsub_origin=admin.pubsub_origin).write(config_file)
-        admin.approve(resource_id, make_resource_code(private_key))
-        admin.set_apps(resource_id, [{"name": app, "specUri": spec_uri or (APPS / app / "spec.json").as_uri()}])
-        prefect_cli(home, api_url, "work-pool", "create", "dendro-controller", "--type", "process")
-        prefect_cli(home, api_url, "work-pool", "create", pool, "--type", worker_type)
-        prefect_cli(home, api_url, "deploy", "--name", "subscription", cwd=REPO)
-        from prefect.client.orchestration import get_client
-        from prefect.deployments import arun_deployment
-
-        async def setup():
-            async with get_client() as client:
-                flow_id = await client.create_flow_from_name("dendro-job")
-                await client.create_deployment(flow_id=flow_id, name=pool, work_pool_name=pool,
-                                               entrypoint="flows/dendro_job.py:dendro_job",
-                                               job_variables=job_variables or {})
-            return await arun_deployment("dendro-subscription/subscription", timeout=0, as_subflow=False, parameters={
-                "config_file": str(config_file), "poll_interval_sec": poll_interval_sec,
-                "submit_concurrency": submit_concurrency,
-                "deployments": {**DEFAULT_DEPLOYMENTS, run_method: f"dendro-job/{pool}"}})
-
-        subscription = asyncio.run(setup())
-        controller_worker = stack.enter_context(
-            prefect_worker(home, api_url, "dendro-controller", "process", REPO, "controller.log"))
-        # Stopping a process worker leaves its flow's process running: the subscription flow run is cancelled
-        # (and stops within seconds) before its worker stops.
-        stack.callback(lambda: asyncio.run(_cancel(subscription.id)))
-        pool_worker = stack.enter_context(
-            prefect_worker(home, api_url, pool, worker_type, workdir, f"{pool}.log", worker_env))
-        deadline = time.monotonic() + 120
-        while admin.resource(resource_id)["spec"] is None:
-            if time.monotonic() > deadline:
-                raise SystemExit("the subscription flow did not start")
-            time.sleep(0.2)
-        yield BenchStack(admin, resource_id, workdir, run_method, app, controller_worker.pid, pool_worker.pid)
+    a test fixture's (tests/fixtures/apps/<app>) unless `spec_uri` names another. Its jobs of `run_method`
+    go to a pool of its own, `bench-<run_method>`, with `job_variables`."""
+    pool = Deployment(f"bench-{run_method}", worker_type, job_variables)
+    with running_prefect(workdir / "prefect", database=database) as prefect:
+        apps = [{"name": app, "specUri": spec_uri or (APPS / app / "spec.json").as_uri()}]
+        with running_controller(prefect, workdir, apps, pool=pool, run_method=run_method,
+                                container_method=container_method, worker_env=worker_env,
+                                poll_interval_sec=poll_interval_sec, submit_concurrency=submit_concurrency) as running:
+            yield BenchStack(running.admin, running.resource_id, workdir, run_method, app,
+                             running.controller_worker.pid, running.processes[0].pid)

@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 from common import REPO, bench_workdir, cpu_sec, prefect_server_pid
 from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Completed, Pending, Running
 
-from dendro_prefect.embedded import postgres_database, prefect_cli, prefect_server
+from dendro_prefect.embedded import Deployment, running_prefect
 
 JOB_VARIABLES = {"app_name": "noop", "app_executable": str(REPO / "tests/fixtures/apps/noop/main.sh"),
                  "num_cpus": 1, "memory_gb": 0.1, "time_limit_sec": 600}
@@ -61,19 +59,13 @@ def main() -> None:
     parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--workdir", type=Path, help="keep the server's files in DIR/prefect_floor")
     args = parser.parse_args()
-    with bench_workdir(args.workdir, "prefect_floor") as workdir, ExitStack() as stack:
-        database_url = (stack.enter_context(postgres_database(workdir / "postgres"))
-                        if args.database == "postgres" else None)
-        home = workdir / "prefect"
-        api_url = stack.enter_context(prefect_server(home, database_url=database_url))
-        stack.enter_context(temporary_settings(updates={PREFECT_API_URL: api_url}))
-        prefect_cli(home, api_url, "work-pool", "create", "floor", "--type", "dendro-local")
+    with bench_workdir(args.workdir, "prefect_floor") as workdir, running_prefect(
+            workdir / "prefect", database=args.database, project=False, controller=False) as prefect:
+        [name] = prefect.deploy(Deployment("floor"))
 
         async def deployment():
             async with get_client() as client:
-                flow_id = await client.create_flow_from_name("dendro-job")
-                return await client.create_deployment(flow_id=flow_id, name="floor", work_pool_name="floor",
-                                                      entrypoint="flows/dendro_job.py:dendro_job")
+                return (await client.read_deployment_by_name(name)).id
 
         deployment_id = asyncio.run(deployment())
         print(f"Prefect server on {args.database}, {args.callers} callers:", flush=True)

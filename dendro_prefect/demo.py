@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import typer
@@ -23,13 +21,11 @@ from . import spike_sorting
 from .apps import build_app_image, local_spec_uri
 from .central.admin_client import CentralAdmin
 from .central.process import running_central
-from .config import ComputeResourceConfig
-from .embedded import WORK_POOLS, deploy_all, prefect_server, prefect_worker
-from .protocol.signing import generate_keypair, make_resource_code
+from .embedded import PROJECT_DIR, WORK_POOLS, running_prefect
+from .embedded_controller import running_controller
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = PROJECT_DIR
 DEMO_TEXT = "Dendro runs neurophysiology analyses; dendro-prefect runs Dendro jobs on Prefect.\n"
-SUBSCRIPTION_DEPLOYMENT = "dendro-subscription/subscription"
 
 
 def follow_job(admin: CentralAdmin, job_id: str, timeout: float) -> dict:
@@ -124,37 +120,6 @@ def app_spec_uri(demo, workdir: Path, container_method: str) -> str:
     return local_spec_uri(demo.app_dir, workdir, demo.image)
 
 
-def register_resource(admin: CentralAdmin, workdir: Path, container_method: str, demo) -> ComputeResourceConfig:
-    resource_id, private_key = generate_keypair()
-    config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                                   central_url=admin.url, container_method=container_method,
-                                   pubsub_origin=admin.pubsub_origin)
-    config.write(workdir / ".dendro_compute_resource.json")
-    admin.approve(resource_id, make_resource_code(private_key), "demo")
-    admin.set_apps(resource_id, [{"name": demo.name, "specUri": app_spec_uri(demo, workdir, container_method)}])
-    return config
-
-
-def start_subscription(api_url: str, config_file: Path, poll_interval_sec: float) -> str:
-    os.environ["PREFECT_API_URL"] = api_url
-    from prefect.deployments import arun_deployment
-
-    flow_run = asyncio.run(arun_deployment(
-        SUBSCRIPTION_DEPLOYMENT, parameters={"config_file": str(config_file), "poll_interval_sec": poll_interval_sec},
-        timeout=0, as_subflow=False,
-    ))
-    return str(flow_run.id)
-
-
-def wait_for_controller(admin: CentralAdmin, resource_id: str, timeout: float) -> None:
-    """The subscription flow reports the apps' spec once it has subscribed: wait for that."""
-    deadline = time.monotonic() + timeout
-    while admin.resource(resource_id)["spec"] is None:
-        if time.monotonic() > deadline:
-            raise typer.Exit("the subscription flow did not start; see the controller worker's log")
-        time.sleep(0.1)
-
-
 def final_flow_run(api_url: str, job_id: str, timeout: float) -> str:
     """The job's flow run once it is in a final state, as a line with its URL."""
     from prefect.client.orchestration import get_client
@@ -182,38 +147,36 @@ def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, 
     workdir = workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    home = workdir / "prefect"
     if container_method == "auto":
         container_method = "docker" if docker_available() else "none"
-    with ExitStack() as stack:
-        typer.echo("Starting a Prefect server (SQLite) and the Dendro central stand-in …")
-        api_url = stack.enter_context(prefect_server(home))
-        admin = stack.enter_context(running_central(workdir / "central"))
-        demo.prepare(workdir)
-        config = register_resource(admin, workdir, container_method, demo)
-        typer.echo(f"Prefect UI: {api_url.removesuffix('/api')}   central: {admin.url}")
-        typer.echo(f"Compute resource {config.compute_resource_id} registered with app {demo.name} "
-                   f"(container method {container_method})")
-        deploy_all(home, api_url, REPO)
+    typer.echo("Starting a Prefect server (SQLite) with the work pools and deployments of prefect.yaml, and the "
+               "Dendro central stand-in …")
+    with running_prefect(workdir / "prefect") as prefect, running_central(workdir / "central") as admin:
+        typer.echo(f"Prefect UI: {prefect.api_url.removesuffix('/api')}   central: {admin.url}")
         typer.echo(f"Work pools {', '.join(WORK_POOLS)} created; deployments of prefect.yaml applied")
-        stack.enter_context(prefect_worker(home, api_url, "dendro-controller", "process", REPO, "controller-worker.log"))
-        sdk_path = f"{sdk_venv.resolve() / 'bin'}{os.pathsep}{os.environ['PATH']}"
-        stack.enter_context(prefect_worker(home, api_url, "local", "dendro-local", workdir, "local-worker.log",
-                                           {"PATH": sdk_path}))
-        start_subscription(api_url, workdir / ".dendro_compute_resource.json", 10.0)
-        wait_for_controller(admin, config.compute_resource_id, timeout)
-        typer.echo("Subscription flow running; workers started")
-        job_id = demo.submit(admin, config.compute_resource_id)
-        typer.echo(f"Submitted job {job_id}; its statuses at the central:")
-        job = follow_job(admin, job_id, timeout)
-        typer.echo(f"Flow run {final_flow_run(api_url, job_id, 30)}")
-        if job["status"] != "completed":
-            raise typer.Exit(f"job failed: {job.get('error')}")
-        demo.show_output(admin, job_id, workdir)
-        if keep_running:
-            typer.echo("Keeping everything running; press Ctrl-C to stop.")
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
+        demo.prepare(workdir)
+        apps = [{"name": demo.name, "specUri": app_spec_uri(demo, workdir, container_method)}]
+        with running_controller(prefect, workdir, apps, central=admin, container_method=container_method,
+                                resource_name="demo", sdk_bin=sdk_venv.resolve() / "bin", poll_interval_sec=10.0,
+                                startup_timeout=timeout) as controller:
+            typer.echo(f"Compute resource {controller.resource_id} registered with app {demo.name} (container "
+                       f"method {container_method}); its subscription flow and the local worker running")
+            follow_demo_job(demo, prefect.api_url, admin, controller.resource_id, workdir, timeout, keep_running)
+
+
+def follow_demo_job(demo, api_url: str, admin: CentralAdmin, resource_id: str, workdir: Path, timeout: float,
+                    keep_running: bool) -> None:
+    job_id = demo.submit(admin, resource_id)
+    typer.echo(f"Submitted job {job_id}; its statuses at the central:")
+    job = follow_job(admin, job_id, timeout)
+    typer.echo(f"Flow run {final_flow_run(api_url, job_id, 30)}")
+    if job["status"] != "completed":
+        raise typer.Exit(f"job failed: {job.get('error')}")
+    demo.show_output(admin, job_id, workdir)
+    if keep_running:
+        typer.echo("Keeping everything running; press Ctrl-C to stop.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass

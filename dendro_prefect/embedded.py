@@ -1,8 +1,11 @@
-"""The embedded default: a Prefect server on SQLite and Prefect workers as child processes, on
-loopback and free ports, for the demo and the tests. Each is stopped by its PID when done."""
+"""The embedded stack, Prefect's side: a Prefect server (SQLite, or a PostgreSQL server of its own), work
+pools and their deployments applied with `prefect deploy`, and Prefect workers, as child processes on
+loopback and free ports, for the demo, the tests and the benches. Each is stopped by its PID when done.
+`running_prefect` brings them up together; `embedded_controller` adds a compute resource to them."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -10,16 +13,21 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, ContextManager, Iterator
 
 import requests
+import yaml
 
 from .config import HOME_ENV
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+# The clone: prefect.yaml and the flows its deployments name. Prefect runs the flows from here.
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -28,10 +36,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def prefect_env(home: Path, api_url: str | None = None) -> dict[str, str]:
-    """The environment of our Prefect processes: their own home (database, profiles) and no analytics."""
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_CLI_PROMPT="false", PREFECT_SERVER_LOGGING_LEVEL="WARNING")
+def prefect_env(home: Path | None, api_url: str | None = None) -> dict[str, str]:
+    """The environment of our Prefect processes: their own home (database, profiles; None: this process's) and
+    no analytics."""
+    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_CLI_PROMPT="false",
+               PREFECT_SERVER_LOGGING_LEVEL="WARNING")
+    if home:
+        env["PREFECT_HOME"] = str(home)
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
@@ -159,7 +170,7 @@ def prefect_worker(
         log.close()
 
 
-def prefect_cli(home: Path, api_url: str, *args: str, cwd: Path | None = None) -> str:
+def prefect_cli(home: Path | None, api_url: str, *args: str, cwd: Path | None = None) -> str:
     """Run a `prefect` command against our server; its output, or an error with it."""
     result = subprocess.run([PREFECT, *args], env=prefect_env(home, api_url), cwd=cwd, capture_output=True,
                             text=True, timeout=300)
@@ -176,10 +187,155 @@ WORK_POOLS = {
     "aws-batch": "dendro-aws-batch",
     "kubernetes": "dendro-kubernetes",
 }
+# The deployment of prefect.yaml that a pool of our own copies, by flow.
+TEMPLATES = {"dendro-job": "local", "dendro-subscription": "subscription"}
 
 
-def deploy_all(home: Path, api_url: str, project_dir: Path) -> None:
-    """Create the work pools of prefect.yaml, then `prefect deploy --all` from `project_dir`."""
-    for pool, worker_type in WORK_POOLS.items():
-        prefect_cli(home, api_url, "work-pool", "create", pool, "--type", worker_type)
-    prefect_cli(home, api_url, "deploy", "--all", cwd=project_dir)
+@dataclass(frozen=True)
+class Deployment:
+    """A work pool of our own and a deployment of one of prefect.yaml's flows on it: a copy of the flow's
+    deployment in prefect.yaml (TEMPLATES) with its own name (the pool's by default), pool and job variables."""
+
+    pool: str
+    worker_type: str = "dendro-local"
+    job_variables: dict | None = None
+    flow: str = "dendro-job"
+    name: str | None = None
+
+    @property
+    def full_name(self) -> str:
+        """`<flow>/<deployment>`, as the subscription flow's `deployments` and `prefect deployment run` name it."""
+        return f"{self.flow}/{self.name or self.pool}"
+
+
+def create_work_pools(api_url: str, pools: dict[str, str]) -> None:
+    """Work pools (name → worker type) with their type's default job template, as `prefect work-pool create`
+    makes them (through the API: the CLI's start-up would cost seconds a pool); an existing one is updated."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
+
+    async def create() -> None:
+        async with get_client() as client:
+            for name, worker_type in pools.items():
+                template = await get_default_base_job_template_for_infrastructure_type(worker_type)
+                await client.create_work_pool(WorkPoolCreate(name=name, type=worker_type, base_job_template=template),
+                                              overwrite=True)
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        asyncio.run(create())
+
+
+def deploy_project(api_url: str, home: Path | None = None, project_dir: Path = PROJECT_DIR) -> None:
+    """prefect.yaml's work pools, then `prefect deploy --all` from the project, as the README has a user do."""
+    create_work_pools(api_url, WORK_POOLS)
+    prefect_cli(home, api_url, "--no-prompt", "deploy", "--all", cwd=project_dir)
+
+
+@contextmanager
+def deploying(*deployments: Deployment, api_url: str | None = None, home: Path | None = None,
+              project_dir: Path = PROJECT_DIR) -> Iterator[Callable[[], list[str]]]:
+    """Pools of our own and their deployments, all in one `prefect deploy` (seconds a call), under way while
+    the caller starts other things: yields a function that waits for it (raising if it failed) and returns the
+    deployments' `<flow>/<name>`; a deploy still running at exit is stopped. The pools exist at once; the
+    deployments come from a prefect.yaml generated from the project's (its deployments replaced by copies of
+    TEMPLATES'), run from the project as `prefect deploy --all` there would be. Against `api_url` (by default
+    this process's PREFECT_API_URL) with `home` as PREFECT_HOME (by default this process's)."""
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = api_url or PREFECT_API_URL.value()
+    project = yaml.safe_load((project_dir / "prefect.yaml").read_text())
+    templates = {entry["name"]: entry for entry in project["deployments"]}
+    entries = []
+    for deployment in deployments:
+        template = TEMPLATES[deployment.flow]
+        entry = dict(templates[template], name=deployment.name or deployment.pool,
+                     description=f"prefect.yaml's {template} on work pool {deployment.pool}")
+        entry["work_pool"] = dict(entry.get("work_pool") or {}, name=deployment.pool,
+                                  job_variables=deployment.job_variables or {})
+        entries.append(entry)
+    create_work_pools(api_url, {deployment.pool: deployment.worker_type for deployment in deployments})
+    with tempfile.TemporaryDirectory(prefix="dendro-deploy-") as directory:
+        prefect_file = Path(directory) / "prefect.yaml"
+        prefect_file.write_text(yaml.safe_dump({**project, "deployments": entries}, sort_keys=False))
+        command = [PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file)]
+        process = subprocess.Popen(command, cwd=project_dir, env=prefect_env(home, api_url), text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+        def wait(timeout: float = 300.0) -> list[str]:
+            output, _ = process.communicate(timeout=timeout)
+            if process.returncode != 0:
+                raise RuntimeError(f"{' '.join(command[1:])} failed:\n{output}")
+            return [deployment.full_name for deployment in deployments]
+
+        try:
+            yield wait
+        finally:
+            stop_process(process, signal.SIGTERM, timeout=5)
+
+
+def deploy(*deployments: Deployment, api_url: str | None = None, home: Path | None = None,
+           project_dir: Path = PROJECT_DIR) -> list[str]:
+    """`deploying`, waited for: pools of our own and their deployments; returns the deployments' `<flow>/<name>`."""
+    with deploying(*deployments, api_url=api_url, home=home, project_dir=project_dir) as wait:
+        return wait()
+
+
+@dataclass
+class Prefect:
+    """A Prefect server of ours: its home (database, profiles, our workers' logs), its API URL, and the process
+    worker of pool dendro-controller that runs subscription flows, once started (`controller_worker`)."""
+
+    home: Path
+    api_url: str
+    controller_worker: subprocess.Popen | None = None
+
+    def cli(self, *args: str, cwd: Path | None = None) -> str:
+        return prefect_cli(self.home, self.api_url, *args, cwd=cwd)
+
+    def worker(self, pool: str, worker_type: str, cwd: Path, log_name: str | None = None,
+               env: dict[str, str] | None = None, name: str | None = None,
+               extra_args: tuple[str, ...] = ()) -> ContextManager[subprocess.Popen]:
+        """`prefect worker start` for `pool` (see prefect_worker); its log is `<home>/<pool>.log` by default."""
+        return prefect_worker(self.home, self.api_url, pool, worker_type, cwd, log_name or f"{pool}.log", env,
+                              name=name, extra_args=extra_args)
+
+    def deploy(self, *deployments: Deployment) -> list[str]:
+        return deploy(*deployments, api_url=self.api_url, home=self.home)
+
+    def deploying(self, *deployments: Deployment) -> ContextManager[Callable[[], list[str]]]:
+        return deploying(*deployments, api_url=self.api_url, home=self.home)
+
+
+@contextmanager
+def controller_worker(prefect: Prefect, log_name: str = "controller.log") -> Iterator[subprocess.Popen]:
+    """The process worker of pool dendro-controller, in the project (the subscription deployment's pull step
+    runs the flow from there), as `prefect.controller_worker` while it runs. Stop the subscription flow runs it
+    runs first: stopping a process worker leaves its flow runs' processes running."""
+    with prefect.worker("dendro-controller", "process", PROJECT_DIR, log_name) as worker:
+        prefect.controller_worker = worker
+        try:
+            yield worker
+        finally:
+            prefect.controller_worker = None
+
+
+@contextmanager
+def running_prefect(home: Path, *, database: str = "sqlite", project: bool = True,
+                    controller: bool = True) -> Iterator[Prefect]:
+    """A Prefect server with its database under `home` (`sqlite`), or on a PostgreSQL server of its own under
+    `home/postgres` (`postgres`, for volume); with prefect.yaml's work pools and deployments (`project`) and
+    the process worker of pool dendro-controller (`controller`). Within, this process's Prefect client talks
+    to it (PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with ExitStack() as stack:
+        database_url = stack.enter_context(postgres_database(home / "postgres")) if database == "postgres" else None
+        prefect = Prefect(home, stack.enter_context(prefect_server(home, database_url=database_url)))
+        stack.enter_context(temporary_settings({PREFECT_API_URL: prefect.api_url}))
+        if project:
+            deploy_project(prefect.api_url, prefect.home)
+        if controller:
+            stack.enter_context(controller_worker(prefect))
+        yield prefect

@@ -1,23 +1,20 @@
-"""End to end with real parts: a Prefect server (SQLite), the central stand-in, `prefect deploy --all`
-of our prefect.yaml, a process worker running the subscription flow, a `dendro-local` worker, and
-apps written with the real dendro SDK."""
+"""End to end with real parts, brought up by dendro_prefect's embedded stack (embedded, embedded_controller): a
+Prefect server (SQLite) with prefect.yaml's pools and deployments, the central stand-in, a process worker
+running the subscription flow, `dendro-local` workers, and apps written with the real dendro SDK."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import time
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 
 import docker
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
@@ -28,60 +25,33 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.client.schemas.objects import FlowRun
-from prefect.deployments import arun_deployment
-from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
+from dendro_prefect import embedded_controller
 from dendro_prefect.apps import local_spec_uri
-from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.central.admin_client import CentralAdmin
-from dendro_prefect.central.process import running_central
-from dendro_prefect.config import ComputeResourceConfig
-from dendro_prefect.embedded import deploy_all, prefect_server, prefect_worker
-from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
+from dendro_prefect.embedded import Deployment, Prefect, controller_worker, deploy, prefect_worker, running_prefect
+from dendro_prefect.embedded_controller import Controller  # noqa: F401 (the test modules import it from here)
 from tests.conftest import LETTER_COUNT_APP, REPO, wait_for  # noqa: F401 (the test modules import it from here)
 from tests.secrets_scan import assert_no_secrets_leaked, record_central_jobs, record_secret
 
 IMAGE = "dendro-letter-count:local"
 
 
-@dataclass
-class PrefectStack:
-    home: Path
-    api_url: str
-    # The process worker of pool dendro-controller that runs the controllers' subscription flows, shared
-    # by every controller of the session (None: each controller starts its own).
-    controller_worker: subprocess.Popen | None = None
+# The tests' Prefect: its home, API URL and the process worker of pool dendro-controller that runs the
+# controllers' subscription flows (None: each controller starts its own).
+PrefectStack = Prefect
 
 
 @pytest.fixture(scope="session")
 def prefect_stack(tmp_path_factory) -> PrefectStack:
     home = tmp_path_factory.mktemp("prefect")
-    with prefect_server(home) as api_url, temporary_settings({PREFECT_API_URL: api_url}):
-        deploy_all(home, api_url, REPO)
-        with prefect_worker(home, api_url, "dendro-controller", "process", REPO, "controller.log") as worker:
-            yield PrefectStack(home, api_url, worker)
+    with running_prefect(home, controller=False) as prefect:
+        with controller_worker(prefect):
+            yield prefect
         # Before the server stops: no key or credential of the session in Prefect, the job directories or the
         # workers' logs (a finding fails the session).
         assert_no_secrets_leaked(home, tmp_path_factory.getbasetemp())
-
-
-@dataclass
-class Controller:
-    """A registered compute resource whose subscription flow and dendro-local worker are running."""
-
-    admin: CentralAdmin
-    config: ComputeResourceConfig
-    workdir: Path
-    subscription_run_id: str
-    pool: str
-    worker_type: str
-    worker_env: dict
-    processes: list  # the job pool's worker process
-
-    @property
-    def resource_id(self) -> str:
-        return self.config.compute_resource_id
 
 
 def run(coroutine):
@@ -162,28 +132,13 @@ def letter_count_spec_uri(workdir: Path, image: str | None = None, executable: s
     return local_spec_uri(LETTER_COUNT_APP, workdir, image, executable)
 
 
-ENTRYPOINTS = {"dendro-job": "flows/dendro_job.py:dendro_job", "dendro-subscription": "flows/subscription.py:subscription"}
-
-
 def create_job_pool(pool: str, worker_type: str = "dendro-local", job_variables: dict | None = None,
                     flow: str = "dendro-job", deployment: str | None = None) -> str:
-    """A work pool with a `<flow>/<deployment>` deployment (named as the pool by default); returns the
-    deployment's name. Each controller of the tests has its own, so that no worker of another takes its
-    jobs. (What `prefect deploy` makes of prefect.yaml, without the CLI's start-up.)"""
-    deployment = deployment or pool
-
-    async def create() -> None:
-        async with get_client() as client:
-            await client.create_work_pool(WorkPoolCreate(name=pool, type=worker_type), overwrite=True)
-            flow_id = await client.create_flow_from_name(flow)
-            # The pull step `prefect deploy` writes: a process worker runs the flow from the repository.
-            await client.create_deployment(
-                flow_id=flow_id, name=deployment, work_pool_name=pool, entrypoint=ENTRYPOINTS[flow],
-                job_variables=job_variables or {},
-                pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}])
-
-    run(create())
-    return f"{flow}/{deployment}"
+    """A work pool with a `<flow>/<deployment>` deployment (named as the pool by default), applied with
+    `prefect deploy` on the Prefect server of PREFECT_API_URL; returns the deployment's name. Each controller
+    of the tests has its own, so that no worker of another takes its jobs."""
+    [name] = deploy(Deployment(pool, worker_type, job_variables, flow, deployment))
+    return name
 
 
 @contextmanager
@@ -196,41 +151,18 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
     """A controller whose jobs of `run_method` go to `pool` (by default a pool of its own; `local` is
     prefect.yaml's); `deployments` routes other runMethods elsewhere. Its central is a stand-in of its own,
     or `central`, an admin client of a central already running (a `CentralAdmin`, or the real central's
-    `tests.real_central.harness.RealCentral`)."""
+    `tests.real_central.harness.RealCentral`). Its apps: letter_count as a plain process by default."""
     workdir.mkdir(parents=True, exist_ok=True)
     pool = pool or f"{run_method}-{workdir.name}"
-    deployment = f"dendro-job/{pool}" if pool == "local" else create_job_pool(pool, worker_type, job_variables)
-    deployments = {**DEFAULT_DEPLOYMENTS, **(deployments or {}), run_method: deployment}
-    with ExitStack() as stack:
-        admin = central or stack.enter_context(running_central(workdir / "central", mock_pubsub=mock_pubsub))
-        resource_id, private_key = generate_keypair()
-        record_secret(private_key, "compute-resource-key")
-        config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                                       central_url=admin.url, container_method=container_method,
-                                       pubsub_origin=admin.pubsub_origin)
-        config_file = workdir / ".dendro_compute_resource.json"
-        config.write(config_file)
-        admin.approve(resource_id, make_resource_code(private_key))
-        admin.set_apps(resource_id, apps or [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir)}])
-        if prefect.controller_worker is None:
-            stack.enter_context(prefect_worker(prefect.home, prefect.api_url, "dendro-controller", "process", REPO,
-                                               f"controller-{workdir.name}.log"))
-        job_worker_env = {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}", **(worker_env or {})}
-        job_worker = stack.enter_context(prefect_worker(prefect.home, prefect.api_url, pool, worker_type, workdir,
-                                                        f"{pool}.log", job_worker_env, name=worker_name(pool)))
-        flow_run = run(arun_deployment(
-            "dendro-subscription/subscription", timeout=0, as_subflow=False,
-            parameters={"config_file": str(config_file), "poll_interval_sec": poll_interval_sec,
-                        "deployments": deployments, "settle_sec": settle_sec,
-                        "submit_concurrency": submit_concurrency},
-        ))
-        try:
-            wait_for(lambda: admin.resource(resource_id)["spec"] is not None, "the subscription flow to report the spec")
-            yield Controller(admin, config, workdir, str(flow_run.id), pool, worker_type, job_worker_env, [job_worker])
-        finally:
-            cancel_flow_run(flow_run.id)
-            job_worker.send_signal(signal.SIGINT)  # stops while the flow run ends (and is waited for below)
-            wait_for(lambda: run(_read_state(flow_run.id)).is_final(), "the subscription flow run to end", 60)
+    with embedded_controller.running_controller(
+        prefect, workdir, apps or [{"name": "letter_count", "specUri": letter_count_spec_uri(workdir)}],
+        pool=pool if pool == "local" else Deployment(pool, worker_type, job_variables), worker_type=worker_type,
+        run_method=run_method, deployments=deployments, central=central, mock_pubsub=mock_pubsub,
+        container_method=container_method, sdk_bin=sdk_bin, worker_env=worker_env, worker_name=worker_name(pool),
+        poll_interval_sec=poll_interval_sec, settle_sec=settle_sec, submit_concurrency=submit_concurrency,
+    ) as controller:
+        record_secret(controller.config.compute_resource_private_key.get_secret_value(), "compute-resource-key")
+        yield controller
 
 
 def worker_name(pool: str) -> str:

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from dendro_prefect.embedded import POSTGRES_BIN, postgres_database, prefect_server
+from dendro_prefect.embedded import POSTGRES_BIN, running_prefect
 from tests.conftest import FIXTURES
-from tests.stack import PrefectStack, create_job_pool, run, running_controller, wait_for
+from tests.stack import PrefectStack, run, running_controller, wait_for
 
 ROUNDS = 5
 JOBS = 30
@@ -33,13 +31,8 @@ SPANS = FIXTURES / "apps" / "spans"
 def postgres_prefect(tmp_path_factory) -> PrefectStack:
     if not list(POSTGRES_BIN.glob("*/bin/postgres")):
         pytest.fail("PostgreSQL is not installed (Debian package `postgresql`; scripts/test.sh installs it)")
-    workdir = tmp_path_factory.mktemp("postgres-prefect")
-    with ExitStack() as stack:
-        database_url = stack.enter_context(postgres_database(workdir / "postgres"))
-        api_url = stack.enter_context(prefect_server(workdir / "prefect", database_url=database_url))
-        stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
-        create_job_pool("dendro-controller", "process", flow="dendro-subscription", deployment="subscription")
-        yield PrefectStack(workdir / "prefect", api_url)
+    with running_prefect(tmp_path_factory.mktemp("postgres-prefect"), database="postgres") as prefect:
+        yield prefect
 
 
 def spans_requests(admin, resource_id: str, count: int) -> list[dict]:

@@ -44,9 +44,9 @@ from prefect.states import Crashed
 from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS, resource_tag
 from dendro_prefect.central.admin_client import CentralAdmin
 from dendro_prefect.central.process import running_central
-from dendro_prefect.config import ComputeResourceConfig
+from dendro_prefect.config import CONFIG_FILE_NAME
 from dendro_prefect.embedded import prefect_worker
-from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
+from dendro_prefect.embedded_controller import register_resource
 from tests.conftest import FIXTURES, REPO
 from tests.e2e.test_slurm_pool import slurm, slurm_ready
 from tests.secrets_scan import record_secret
@@ -331,14 +331,10 @@ def kill9_scenario(prefect: PrefectStack, workdir: Path, sdk_bin: Path, *, jobs:
         stack.callback(remove_leftovers, job_ids)
         stack.callback(lambda: [kill(pid) for pid in app_processes(starts_dir)])
         admin = stack.enter_context(running_central(workdir / "central"))
-        resource_id, private_key = generate_keypair()
-        record_secret(private_key, "compute-resource-key")
-        config_file = workdir / ".dendro_compute_resource.json"
-        ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
-                              central_url=admin.url, container_method="none",
-                              pubsub_origin=admin.pubsub_origin).write(config_file)
-        admin.approve(resource_id, make_resource_code(private_key))
-        admin.set_apps(resource_id, [{"name": "count_starts", "specUri": (COUNT_STARTS / "spec.json").as_uri()}])
+        config = register_resource(admin, workdir, [{"name": "count_starts",
+                                                     "specUri": (COUNT_STARTS / "spec.json").as_uri()}])
+        resource_id, config_file = config.compute_resource_id, workdir / CONFIG_FILE_NAME
+        record_secret(config.compute_resource_private_key.get_secret_value(), "compute-resource-key")
         chaos = Chaos(
             prefect, admin, resource_id, workdir, pool, worker_type,
             worker_env={"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}", "COUNT_STARTS_DIR": str(starts_dir)},

@@ -7,11 +7,10 @@ from urllib.parse import urlparse
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from dendro_prefect.embedded import prefect_server
+from dendro_prefect.embedded import deploy_project, prefect_server
 from tests.conftest import create_letter_count_job
 from tests.stack import (
     PrefectStack,
-    create_job_pool,
     final_flow_run,
     finished_job,
     run,
@@ -26,7 +25,7 @@ def test_jobs_run_across_a_prefect_server_restart(tmp_path, sdk_bin):
     with ExitStack() as server:
         api_url = server.enter_context(prefect_server(home))
         with temporary_settings({PREFECT_API_URL: api_url}):
-            create_job_pool("dendro-controller", "process", flow="dendro-subscription", deployment="subscription")
+            deploy_project(api_url, home)
             with running_controller(PrefectStack(home, api_url), tmp_path / "restart", sdk_bin) as controller:
                 before = create_letter_count_job(controller.admin, controller.resource_id,
                                                  inputParameters=[{"name": "letter", "value": "o"},

@@ -1,0 +1,140 @@
+"""The embedded stack, Dendro's side: a compute resource registered at a central (the stand-in, started here,
+or one already running), its pool's worker and its subscription flow run, on a Prefect of `embedded`. The
+demo, the tests and the benches bring a controller up with `running_controller`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .bridge.routing import DEFAULT_DEPLOYMENTS
+from .central.process import running_central
+from .config import CONFIG_FILE_NAME, ComputeResourceConfig
+from .embedded import Deployment, Prefect, controller_worker
+from .protocol.signing import generate_keypair, make_resource_code
+
+SUBSCRIPTION_DEPLOYMENT = "dendro-subscription/subscription"
+
+
+def register_resource(admin: Any, workdir: Path, apps: list[dict], container_method: str = "none",
+                      name: str = "dendro-prefect") -> ComputeResourceConfig:
+    """A new compute resource registered at the central of `admin` (the stand-in's `CentralAdmin`, or a client
+    of another central with its methods) with `apps`, its configuration written into `workdir` with the
+    central's PubSub hub as `pubsub_origin`."""
+    resource_id, private_key = generate_keypair()
+    config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
+                                   central_url=admin.url, container_method=container_method,
+                                   pubsub_origin=admin.pubsub_origin)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config.write(workdir / CONFIG_FILE_NAME)
+    admin.approve(resource_id, make_resource_code(private_key), name)
+    admin.set_apps(resource_id, apps)
+    return config
+
+
+async def _cancel_and_wait(flow_run_id, timeout: float) -> bool:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    async with get_client() as client:
+        await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+        deadline = time.monotonic() + timeout
+        while not (await client.read_flow_run(flow_run_id)).state.is_final():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.2)
+    return True
+
+
+@contextmanager
+def subscription_run(parameters: dict, deployment: str = SUBSCRIPTION_DEPLOYMENT,
+                     stop_timeout: float = 60.0) -> Iterator[str]:
+    """A flow run of the subscription deployment with `parameters`; yields its id. At exit it is cancelled and
+    waited for (the controller stops within 2 s of it): before its worker stops, which would leave it running."""
+    from prefect.deployments import arun_deployment
+
+    flow_run = asyncio.run(arun_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False))
+    try:
+        yield str(flow_run.id)
+    finally:
+        if not asyncio.run(_cancel_and_wait(flow_run.id, stop_timeout)):
+            raise RuntimeError(f"the subscription flow run {flow_run.id} did not end within {stop_timeout:.0f} s "
+                               "of its cancellation")
+
+
+@dataclass
+class Controller:
+    """A compute resource registered at a central, whose subscription flow and pool's worker run."""
+
+    admin: Any  # the central's admin client (see register_resource)
+    config: ComputeResourceConfig
+    workdir: Path  # its configuration file, the pool worker's directory (job directories), the stand-in's data
+    subscription_run_id: str
+    pool: str
+    worker_type: str
+    worker_env: dict  # what the pool's worker was started with, to start another
+    processes: list[subprocess.Popen]  # the pool's worker (a caller may stop or replace it)
+    controller_worker: subprocess.Popen  # the process worker that runs the subscription flow run
+
+    @property
+    def resource_id(self) -> str:
+        return self.config.compute_resource_id
+
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / CONFIG_FILE_NAME
+
+
+@contextmanager
+def running_controller(
+    prefect: Prefect, workdir: Path, apps: list[dict], *, pool: str | Deployment = "local",
+    worker_type: str = "dendro-local", run_method: str = "local", deployments: dict[str, str] | None = None,
+    central: Any = None, mock_pubsub: bool = False, container_method: str = "none",
+    resource_name: str = "dendro-prefect", sdk_bin: Path | None = None, worker_env: dict[str, str] | None = None,
+    worker_name: str | None = None, poll_interval_sec: float | None = None, settle_sec: float | None = None,
+    submit_concurrency: int | None = None, startup_timeout: float = 120.0,
+) -> Iterator[Controller]:
+    """A compute resource with `apps`, registered at `central` (an admin client, see register_resource) or at a
+    stand-in of its own in `workdir/central`; a worker of its pool in `workdir` (with the dendro SDK's `sdk_bin`
+    first on its PATH, and `worker_env`); and its subscription flow run, on `prefect`'s controller worker (or
+    one of its own), routing `run_method` to its pool's deployment and other runMethods as `deployments` says,
+    else as prefect.yaml does. Its pool: `pool`, deployed already (prefect.yaml's `local` by default), of
+    `worker_type`; or a pool of its own, a `Deployment` deployed (`prefect deploy`) while the rest starts. The
+    subscription parameters left None keep the flow's defaults. Yields once the flow has reported the apps'
+    spec (it has subscribed); at exit the flow run is cancelled and ended, then the workers stop."""
+    env = {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}"} if sdk_bin else {}
+    env.update(worker_env or {})
+    with ExitStack() as stack:
+        if isinstance(pool, Deployment):
+            deployed = stack.enter_context(prefect.deploying(pool))
+            pool, worker_type, deployment = pool.pool, pool.worker_type, pool.full_name
+        else:
+            deployed, deployment = (lambda: []), f"dendro-job/{pool}"
+        admin = central or stack.enter_context(running_central(workdir / "central", mock_pubsub=mock_pubsub))
+        config = register_resource(admin, workdir, apps, container_method, resource_name)
+        controller = prefect.controller_worker or stack.enter_context(
+            controller_worker(prefect, f"controller-{workdir.name}.log"))
+        job_worker = stack.enter_context(prefect.worker(pool, worker_type, workdir, f"{pool}.log", env, worker_name))
+        parameters = {"config_file": str(workdir / CONFIG_FILE_NAME),
+                      "deployments": {**DEFAULT_DEPLOYMENTS, **(deployments or {}), run_method: deployment},
+                      "poll_interval_sec": poll_interval_sec, "settle_sec": settle_sec,
+                      "submit_concurrency": submit_concurrency}
+        flow_run_id = stack.enter_context(subscription_run({k: v for k, v in parameters.items() if v is not None}))
+        processes = [job_worker]
+        # At exit, first of all: the pool's worker (if still there) stops while the flow run ends.
+        stack.callback(lambda: [p.send_signal(signal.SIGINT) for p in processes if p.poll() is None])
+        deadline = time.monotonic() + startup_timeout
+        while admin.resource(config.compute_resource_id)["spec"] is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the subscription flow run {flow_run_id} did not report the apps' spec within "
+                                   f"{startup_timeout:.0f} s; see the controller worker's log in {prefect.home}")
+            time.sleep(0.1)
+        deployed()
+        yield Controller(admin, config, workdir, flow_run_id, pool, worker_type, env, processes, controller)
