@@ -49,4 +49,5 @@ if ! timeout 10 sinfo >/dev/null 2>&1; then
     bash scripts/start-slurm.sh
     started+=(slurm)
 fi
-.venv/bin/python -m pytest "$@"
+# Independent modules side by side (tests/conftest.py groups them): PYTEST_PROCESSES=0 runs them in this process.
+.venv/bin/python -m pytest -n "${PYTEST_PROCESSES:-3}" --dist loadgroup "$@"

@@ -117,6 +117,18 @@ def create_count_starts_job(admin: CentralAdmin, resource_id: str, **overrides) 
     return admin.create_job(request)
 
 
+# The suite runs in several processes (pytest-xdist, `--dist loadgroup`; scripts/test.sh): a module's tests
+# stay together (its module-scoped controller starts once), and the modules that run jobs on the one-node Slurm
+# cluster (2 CPUs) share one process, so that their jobs do not queue behind each other's.
+SLURM_MODULES = {"test_slurm_pool", "test_slurm_docker", "test_slurm_packing", "test_spike_sorting", "test_kill9"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group("slurm" if module in SLURM_MODULES else str(item.path)))
+
+
 def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
     """Poll `condition` until it returns something truthy (and return that); fail at the deadline."""
     deadline = time.monotonic() + timeout
