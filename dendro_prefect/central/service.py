@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from ..protocol.models import JobStatusUpdate, ProcessorSpec, RequiredResources, RunMethod, parse
+from ..protocol.signing import verify_resource_code
 from .blobs import BlobStore
 from .pubsub import PubSubHub
 from .store import NotFound, Store, apply_status, new_id
@@ -26,6 +27,10 @@ def output_blob_key(project_id: str, job_id: str, output_name: str) -> str:
 
 def dendro_uri(project_id: str, file: dict) -> str:
     return f"dendro:?project={project_id}&file_id={file['fileId']}&label={file['fileName']}"
+
+
+class RegistrationRefused(ValueError):
+    """A registration code that does not verify (the real central answers 401)."""
 
 
 class JobRefused(ValueError):
@@ -214,6 +219,14 @@ class Central:
         for job in self.store.project_jobs(project_id):
             if any(isinstance(o, dict) and o.get("fileName") in file_names for o in job.get("outputFiles") or []):
                 self.delete_job(job["jobId"])
+
+    def register(self, resource_id: str, code: str, name: str) -> None:
+        """A valid code registers (again: as in the real central, a code may be used more than once while it
+        is valid); an invalid one is refused, as the real central refuses it (401)."""
+        reason = verify_resource_code(code, resource_id)
+        if reason:
+            raise RegistrationRefused(reason)
+        self.store.register_resource(resource_id, name)
 
     def approve_job(self, job_id: str) -> None:
         """The resource owner's approval of a held job: published as a status change (of the same status),
