@@ -17,9 +17,9 @@ from typing import Iterator
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dendro_prefect.central.admin_client import CentralAdmin  # noqa: E402
 from dendro_prefect.embedded import Deployment, running_prefect  # noqa: E402
 from dendro_prefect.embedded_controller import running_controller  # noqa: E402
+from dendro_prefect.stand_in.admin_client import StandInAdmin  # noqa: E402
 
 APPS = REPO / "tests" / "fixtures" / "apps"
 
@@ -78,7 +78,7 @@ def bench_workdir(kept: Path | None, name: str) -> Iterator[Path]:
 
 @dataclass
 class BenchStack:
-    admin: CentralAdmin
+    admin: StandInAdmin
     resource_id: str
     workdir: Path
     run_method: str

@@ -51,9 +51,9 @@ from urllib.parse import urlsplit
 
 from common import APPS, REPO, bench_stack, bench_workdir, percentile
 
-from dendro_prefect.central.admin_client import CentralAdmin
-from dendro_prefect.central.process import running_central
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
+from dendro_prefect.stand_in.admin_client import StandInAdmin
+from dendro_prefect.stand_in.process import running_stand_in
 
 APP = "count_starts"
 POOL = "bench-local"  # bench_stack's pool for run method local
@@ -120,7 +120,7 @@ class Result:
 class Target:
     """A compute resource at a central: the original daemon's, or dendro-prefect's."""
 
-    admin: CentralAdmin
+    admin: StandInAdmin
     resource_id: str
 
 
@@ -238,7 +238,7 @@ def write_app(directory: Path, sdk_bin: Path) -> Path:
     return spec_file
 
 
-def daemon_env(admin: CentralAdmin, sdk_bin: Path, mark: str, handler_dir: Path | None) -> dict[str, str]:
+def daemon_env(admin: StandInAdmin, sdk_bin: Path, mark: str, handler_dir: Path | None) -> dict[str, str]:
     """The daemon's environment: the stand-in's URL, the SDK's bin first on PATH (the job's SDK runs
     `dendro internal-job-monitor`), unbuffered output (its log shows when it is ready), the mark, and
     with PubSub the request handler of the pubnub SDK."""
@@ -263,7 +263,7 @@ def original_venv(venv: Path) -> Path:
     return venv / "bin"
 
 
-def wait_ready(process: subprocess.Popen, log: Path, admin: CentralAdmin, resource_id: str, line: str,
+def wait_ready(process: subprocess.Popen, log: Path, admin: StandInAdmin, resource_id: str, line: str,
                timeout_sec: float = 120.0) -> None:
     """Up means: it reported its apps' spec and said `line` (listening on PubSub, or its first round done)."""
     deadline = time.monotonic() + timeout_sec
@@ -279,7 +279,7 @@ def wait_ready(process: subprocess.Popen, log: Path, admin: CentralAdmin, resour
 @contextmanager
 def original_daemon(workdir: Path, sdk_bin: Path, pubsub: bool, mark: str) -> Iterator[Target]:
     """`dendro start-compute-resource` on a stand-in of its own, registered, with the app, and up."""
-    with running_central(workdir / "central", mock_pubsub=not pubsub) as admin:
+    with running_stand_in(workdir / "central", mock_pubsub=not pubsub) as admin:
         resource_id, private_key = generate_keypair()
         admin.approve(resource_id, make_resource_code(private_key), name="original daemon")
         admin.set_apps(resource_id, [{"name": APP, "specUri": write_app(workdir, sdk_bin).as_uri()}])

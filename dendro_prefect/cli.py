@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from .central.cli import central_app
 from .config import ComputeResourceConfig, ConfigError, config_from_node_yaml, config_path
 from .protocol.signing import generate_keypair, make_resource_code
+from .stand_in.cli import stand_in_app
 
 app = typer.Typer(no_args_is_help=True, help="A Dendro compute resource built on Prefect.")
-app.add_typer(central_app, name="central")
+app.add_typer(stand_in_app, name="stand-in")
 
 
 @app.command("register-compute-resource")
@@ -31,7 +31,7 @@ def register_compute_resource(
         "processes whatever it says. With --from-node-yaml it replaces the file's CONTAINER_METHOD."),
     pubsub_origin: Optional[str] = typer.Option(
         None, help="host:port of a private PubNub-compatible server the central publishes to (a local central, "
-        "e.g. `dendro-prefect central serve`); default: PubNub itself."),
+        "e.g. `dendro-prefect stand-in serve`); default: PubNub itself."),
 ) -> None:
     """Create this compute resource's key pair and configuration, and print its registration link."""
     config_file = config_path(config_file)

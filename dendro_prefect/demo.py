@@ -19,16 +19,16 @@ import typer
 
 from . import spike_sorting
 from .apps import build_app_image, local_spec_uri
-from .central.admin_client import CentralAdmin
-from .central.process import running_central
 from .embedded import PROJECT_DIR, WORK_POOLS, running_prefect
 from .embedded_controller import running_controller
+from .stand_in.admin_client import StandInAdmin
+from .stand_in.process import running_stand_in
 
 REPO = PROJECT_DIR
 DEMO_TEXT = "Dendro runs neurophysiology analyses; dendro-prefect runs Dendro jobs on Prefect.\n"
 
 
-def follow_job(admin: CentralAdmin, job_id: str, timeout: float) -> dict:
+def follow_job(admin: StandInAdmin, job_id: str, timeout: float) -> dict:
     """Print each status the job passes through, with the time since submission, until it ends."""
     started, seen = time.monotonic(), None
     while True:
@@ -63,7 +63,7 @@ class LetterCountDemo:
     def prepare(self, workdir: Path) -> None:
         pass
 
-    def submit(self, admin: CentralAdmin, resource_id: str) -> str:
+    def submit(self, admin: StandInAdmin, resource_id: str) -> str:
         project_id = admin.create_project("demo")
         admin.upload_file(project_id, "text.txt", DEMO_TEXT.encode())
         spec = json.loads((self.app_dir / "spec.json").read_text())
@@ -77,7 +77,7 @@ class LetterCountDemo:
             "runMethod": "local",
         })
 
-    def show_output(self, admin: CentralAdmin, job_id: str, workdir: Path) -> None:
+    def show_output(self, admin: StandInAdmin, job_id: str, workdir: Path) -> None:
         typer.echo(f"Output count.json: {admin.output(job_id, 'output').decode()}")
 
 
@@ -94,12 +94,12 @@ class SpikeSortingDemo:
                    "time) and making a synthetic recording with known ground truth …")
         self.recording = spike_sorting.make_recording(workdir / "recording")
 
-    def submit(self, admin: CentralAdmin, resource_id: str) -> str:
+    def submit(self, admin: StandInAdmin, resource_id: str) -> str:
         project_id = admin.create_project("demo")
         admin.upload_file(project_id, "recording.nwb", self.recording.nwb.read_bytes())
         return admin.create_job(spike_sorting.job_request(resource_id, project_id, "recording.nwb"))
 
-    def show_output(self, admin: CentralAdmin, job_id: str, workdir: Path) -> None:
+    def show_output(self, admin: StandInAdmin, job_id: str, workdir: Path) -> None:
         sorted_nwb = workdir / "sorting.nwb"
         sorted_nwb.write_bytes(admin.output(job_id, "output"))
         summary = spike_sorting.compare_with_ground_truth(sorted_nwb, self.recording)
@@ -151,7 +151,7 @@ def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, 
         container_method = "docker" if docker_available() else "none"
     typer.echo("Starting a Prefect server (SQLite) with the work pools and deployments of prefect.yaml, and the "
                "Dendro central stand-in …")
-    with running_prefect(workdir / "prefect") as prefect, running_central(workdir / "central") as admin:
+    with running_prefect(workdir / "prefect") as prefect, running_stand_in(workdir / "central") as admin:
         typer.echo(f"Prefect UI: {prefect.api_url.removesuffix('/api')}   central: {admin.url}")
         typer.echo(f"Work pools {', '.join(WORK_POOLS)} created; deployments of prefect.yaml applied")
         demo.prepare(workdir)
@@ -164,7 +164,7 @@ def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, 
             follow_demo_job(demo, prefect.api_url, admin, controller.resource_id, workdir, timeout, keep_running)
 
 
-def follow_demo_job(demo, api_url: str, admin: CentralAdmin, resource_id: str, workdir: Path, timeout: float,
+def follow_demo_job(demo, api_url: str, admin: StandInAdmin, resource_id: str, workdir: Path, timeout: float,
                     keep_running: bool) -> None:
     job_id = demo.submit(admin, resource_id)
     typer.echo(f"Submitted job {job_id}; its statuses at the central:")

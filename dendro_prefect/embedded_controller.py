@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .bridge.routing import DEFAULT_DEPLOYMENTS
-from .central.process import running_central
 from .config import CONFIG_FILE_NAME, ComputeResourceConfig
+from .controller.routing import DEFAULT_DEPLOYMENTS
 from .embedded import Deployment, Prefect, controller_worker
 from .protocol.signing import generate_keypair, make_resource_code
+from .stand_in.process import running_stand_in
 
 SUBSCRIPTION_DEPLOYMENT = "dendro-subscription/subscription"
 
 
 def register_resource(admin: Any, workdir: Path, apps: list[dict], container_method: str = "none",
                       name: str = "dendro-prefect") -> ComputeResourceConfig:
-    """A new compute resource registered at the central of `admin` (the stand-in's `CentralAdmin`, or a client
+    """A new compute resource registered at the central of `admin` (the stand-in's `StandInAdmin`, or a client
     of another central with its methods) with `apps`, its configuration written into `workdir` with the
     central's PubSub hub as `pubsub_origin`."""
     resource_id, private_key = generate_keypair()
@@ -70,7 +70,7 @@ def subscription_run(parameters: dict, deployment: str = SUBSCRIPTION_DEPLOYMENT
 
 
 @dataclass
-class Controller:
+class RunningController:
     """A compute resource registered at a central, whose subscription flow and pool's worker run."""
 
     admin: Any  # the central's admin client (see register_resource)
@@ -100,7 +100,7 @@ def running_controller(
     resource_name: str = "dendro-prefect", sdk_bin: Path | None = None, worker_env: dict[str, str] | None = None,
     worker_name: str | None = None, poll_interval_sec: float | None = None, settle_sec: float | None = None,
     submit_concurrency: int | None = None, startup_timeout: float = 120.0,
-) -> Iterator[Controller]:
+) -> Iterator[RunningController]:
     """A compute resource with `apps`, registered at `central` (an admin client, see register_resource) or at a
     stand-in of its own in `workdir/central`; a worker of its pool in `workdir` (with the dendro SDK's `sdk_bin`
     first on its PATH, and `worker_env`); and its subscription flow run, on `prefect`'s controller worker (or
@@ -117,7 +117,7 @@ def running_controller(
             pool, worker_type, deployment = pool.pool, pool.worker_type, pool.full_name
         else:
             deployed, deployment = (lambda: []), f"dendro-job/{pool}"
-        admin = central or stack.enter_context(running_central(workdir / "central", mock_pubsub=mock_pubsub))
+        admin = central or stack.enter_context(running_stand_in(workdir / "central", mock_pubsub=mock_pubsub))
         config = register_resource(admin, workdir, apps, container_method, resource_name)
         controller = prefect.controller_worker or stack.enter_context(
             controller_worker(prefect, f"controller-{workdir.name}.log"))
@@ -137,4 +137,4 @@ def running_controller(
                                    f"{startup_timeout:.0f} s; see the controller worker's log in {prefect.home}")
             time.sleep(0.1)
         deployed()
-        yield Controller(admin, config, workdir, flow_run_id, pool, worker_type, env, processes, controller)
+        yield RunningController(admin, config, workdir, flow_run_id, pool, worker_type, env, processes, controller)

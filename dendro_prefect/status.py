@@ -1,6 +1,6 @@
 """`dendro-prefect status`: the compute resource as the Prefect API sees it. Work pools of our worker
 types (and the subscription flow's), their workers, the Dendro jobs that hold a flow run in Pending,
-Running or Cancelling, and every controller's heartbeat (bridge/heartbeat.py)."""
+Running or Cancelling, and every controller's heartbeat (controller/heartbeat.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from .bridge.heartbeat import ControllerHeartbeat, read_heartbeats, utcnow
+from .controller.heartbeat import ControllerHeartbeat, read_heartbeats, utcnow
 
 JOB_FLOW = "dendro-job"
 SUBSCRIPTION_FLOW = "dendro-subscription"

@@ -1,4 +1,4 @@
-"""The subscription flow: the long-running bridge from the Dendro central to Prefect flow runs."""
+"""The subscription flow: the long-running controller that turns the Dendro central's jobs into Prefect flow runs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, State
 
-from dendro_prefect.bridge.controller import Controller
-from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.config import ComputeResourceConfig
+from dendro_prefect.controller.rounds import Controller
+from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS
 
 
 @flow(name="dendro-subscription")

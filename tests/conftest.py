@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from dendro_prefect.central.admin_client import CentralAdmin
-from dendro_prefect.central.process import running_central
 from dendro_prefect.protocol.client import CentralClient
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
+from dendro_prefect.stand_in.admin_client import StandInAdmin
+from dendro_prefect.stand_in.process import running_stand_in
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -46,13 +46,13 @@ def test_output_dir() -> Path:
 
 @pytest.fixture
 def central(tmp_path: Path):
-    with running_central(tmp_path / "central") as admin:
+    with running_stand_in(tmp_path / "central") as admin:
         yield admin
 
 
 @pytest.fixture
 def mock_pubsub_central(tmp_path: Path):
-    with running_central(tmp_path / "central", mock_pubsub=True) as admin:
+    with running_stand_in(tmp_path / "central", mock_pubsub=True) as admin:
         yield admin
 
 
@@ -63,14 +63,14 @@ class Resource:
     client: CentralClient
 
 
-def register(admin: CentralAdmin) -> Resource:
+def register(admin: StandInAdmin) -> Resource:
     resource_id, private_key = generate_keypair()
     admin.approve(resource_id, make_resource_code(private_key))
     return Resource(resource_id, private_key, CentralClient(admin.url, resource_id, private_key, retry_deadline=5))
 
 
 @pytest.fixture
-def resource(central: CentralAdmin) -> Resource:
+def resource(central: StandInAdmin) -> Resource:
     return register(central)
 
 
@@ -78,7 +78,7 @@ def letter_count_spec() -> dict:
     return json.loads((LETTER_COUNT_APP / "spec.json").read_text())
 
 
-def create_letter_count_job(admin: CentralAdmin, resource_id: str, text: str = "hello dendro world",
+def create_letter_count_job(admin: StandInAdmin, resource_id: str, text: str = "hello dendro world",
                             letter: str = "o", **overrides) -> str:
     project_id = admin.create_project("test")
     admin.upload_file(project_id, "in.txt", text.encode())
@@ -105,7 +105,7 @@ def count_starts_app() -> dict:
     return {"name": "count_starts", "specUri": (COUNT_STARTS_APP / "spec.json").as_uri()}
 
 
-def create_count_starts_job(admin: CentralAdmin, resource_id: str, **overrides) -> str:
+def create_count_starts_job(admin: StandInAdmin, resource_id: str, **overrides) -> str:
     spec = json.loads((COUNT_STARTS_APP / "spec.json").read_text())["processors"][0]
     request = {
         "computeResourceId": resource_id, "projectId": admin.create_project("count-starts"),

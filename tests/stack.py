@@ -29,9 +29,9 @@ from prefect.states import Cancelling
 
 from dendro_prefect import embedded_controller
 from dendro_prefect.apps import local_spec_uri
-from dendro_prefect.central.admin_client import CentralAdmin
 from dendro_prefect.embedded import Deployment, Prefect, controller_worker, deploy, prefect_worker, running_prefect
-from dendro_prefect.embedded_controller import Controller  # noqa: F401 (the test modules import it from here)
+from dendro_prefect.embedded_controller import RunningController  # noqa: F401 (the test modules import it from here)
+from dendro_prefect.stand_in.admin_client import StandInAdmin
 from tests.conftest import LETTER_COUNT_APP, REPO, wait_for  # noqa: F401 (the test modules import it from here)
 from tests.secrets_scan import assert_no_secrets_leaked, record_central_jobs, record_secret
 
@@ -58,11 +58,11 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-def intake(bridge) -> int:
-    """One intake round of a controller (bridge.controller.Bridge) made by a test itself."""
+def intake(resource_controller) -> int:
+    """One intake round of a controller (dendro_prefect.controller.rounds.Controller) made by a test itself."""
     async def one() -> int:
         async with get_client() as client:
-            return await bridge.intake(client)
+            return await resource_controller.intake(client)
 
     return run(one())
 
@@ -121,7 +121,7 @@ def cancel_flow_run(flow_run_id) -> None:
     run(cancel())
 
 
-def finished_job(admin: CentralAdmin, job_id: str, timeout: float = 90.0) -> dict:
+def finished_job(admin: StandInAdmin, job_id: str, timeout: float = 90.0) -> dict:
     return wait_for(lambda: (j := admin.job(job_id))["status"] in ("completed", "failed") and j,
                     f"job {job_id} to finish", timeout)
 
@@ -150,7 +150,7 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
                        submit_concurrency: int = 1):
     """A controller whose jobs of `run_method` go to `pool` (by default a pool of its own; `local` is
     prefect.yaml's); `deployments` routes other runMethods elsewhere. Its central is a stand-in of its own,
-    or `central`, an admin client of a central already running (a `CentralAdmin`, or the real central's
+    or `central`, an admin client of a central already running (a `StandInAdmin`, or the real central's
     `tests.real_central.harness.RealCentral`). Its apps: letter_count as a plain process by default."""
     workdir.mkdir(parents=True, exist_ok=True)
     pool = pool or f"{run_method}-{workdir.name}"
@@ -176,7 +176,7 @@ async def _read_state(flow_run_id):
 
 
 @pytest.fixture(scope="module")
-def controller(prefect_stack, tmp_path_factory, sdk_bin) -> Controller:
+def controller(prefect_stack, tmp_path_factory, sdk_bin) -> RunningController:
     """A controller on prefect.yaml's `local` pool; its runMethod `kubernetes` names a deployment that
     does not exist, for the tests of jobs that cannot run."""
     with running_controller(prefect_stack, tmp_path_factory.mktemp("controller"), sdk_bin, pool="local",
@@ -199,7 +199,7 @@ def docker_client():
     return client
 
 
-def restart_worker_and_finish(controller: Controller, prefect: PrefectStack, job_id: str, infrastructure: str,
+def restart_worker_and_finish(controller: RunningController, prefect: PrefectStack, job_id: str, infrastructure: str,
                               output_in_job_dir: bool = False) -> None:
     """SIGKILL the pool's worker while the job runs; a new worker of the pool must take the job up by
     the infrastructure id on its flow run (`<infrastructure>:…`) and follow it to completion. The
@@ -234,7 +234,7 @@ def infrastructure_id_of(job_id: str, kind: str) -> str:
     return run.infrastructure_pid.split(":", 1)[1]
 
 
-def cancel_running_job(controller: Controller, job_id: str, side: str) -> float:
+def cancel_running_job(controller: RunningController, job_id: str, side: str) -> float:
     """Once the job runs, cancel it from `side`: `prefect` cancels its flow run, `central` deletes the
     job. Returns when (time.monotonic()), to measure how fast its infrastructure goes."""
     wait_for(lambda: controller.admin.job(job_id)["status"] == "running", "the job to run")
@@ -246,7 +246,7 @@ def cancel_running_job(controller: Controller, job_id: str, side: str) -> float:
     return time.monotonic()
 
 
-def completed_letter_count(controller: Controller, job_id: str) -> str:
+def completed_letter_count(controller: RunningController, job_id: str) -> str:
     """Assert that a letter_count job counting 'o' in "hello dendro world" completed, at the central and
     in Prefect, with its output; return its flow-run log, which has the app's line."""
     job = finished_job(controller.admin, job_id)

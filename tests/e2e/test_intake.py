@@ -6,9 +6,9 @@ import logging
 import pytest
 from prefect.client.orchestration import get_client
 
-from dendro_prefect.bridge.controller import Controller as Bridge
-from dendro_prefect.bridge.routing import plan_flow_run
 from dendro_prefect.config import ComputeResourceConfig
+from dendro_prefect.controller.rounds import Controller
+from dendro_prefect.controller.routing import plan_flow_run
 from dendro_prefect.protocol.models import DendroJob, parse
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from tests.conftest import create_letter_count_job, letter_count_spec
@@ -51,9 +51,9 @@ def test_restarted_controllers_reuse_the_flow_run_of_a_job(controller, tmp_path)
     config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
                                    central_url=controller.admin.url)
     job_id = create_letter_count_job(controller.admin, resource_id)
-    first, second = (Bridge(config, {"local": parking}, logging.getLogger("test")) for _ in range(2))
-    for bridge in (first, second):
-        run(bridge.load_apps())
+    first, second = (Controller(config, {"local": parking}, logging.getLogger("test")) for _ in range(2))
+    for resource_controller in (first, second):
+        run(resource_controller.load_apps())
     assert intake(first) == 1
     assert intake(second) == 0
     job = parse(DendroJob, controller.admin.job(job_id) | {"jobPrivateKey": "unused"}, "job")

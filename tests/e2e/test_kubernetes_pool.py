@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client, config
 from prefect_kubernetes import KubernetesClusterConfig
 
-from dendro_prefect.workers.kubernetes.watch import ResourceCache
+from dendro_prefect.workers.kubernetes.namespace_watch import ResourceCache
 from tests.conftest import FIXTURES, LETTER_COUNT_APP, create_letter_count_job
 from tests.k8s_stand_in import running_api_server
 from tests.secrets_scan import kubernetes_objects_scanned, record_secret

@@ -26,8 +26,8 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
-from dendro_prefect.central.process import running_central
 from dendro_prefect.embedded import prefect_env, prefect_server, stop_process
+from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import LETTER_COUNT_APP, REPO, create_letter_count_job
 from tests.stack import final_flow_run, finished_job, wait_for
 
@@ -52,7 +52,7 @@ def test_the_readme_commands_run_a_job_with_the_configuration_where_register_wro
     with ExitStack() as stack:
         api_url = stack.enter_context(prefect_server(tmp_path / "prefect"))
         stack.enter_context(temporary_settings({PREFECT_API_URL: api_url}))
-        admin = stack.enter_context(running_central(tmp_path / "central"))
+        admin = stack.enter_context(running_stand_in(tmp_path / "central"))
         env = prefect_env(tmp_path / "prefect", api_url)
         env.pop("DENDRO_PREFECT_HOME", None)
         # `pip install dendro==0.2.17` beside dendro-prefect: the SDK's environment first (its python3 runs

@@ -25,9 +25,9 @@ import time
 
 import pytest
 
-from dendro_prefect.bridge.heartbeat import read_heartbeats
-from dendro_prefect.central.admin_client import AdminError
+from dendro_prefect.controller.heartbeat import read_heartbeats
 from dendro_prefect.protocol.client import CentralClient
+from dendro_prefect.stand_in.admin_client import AdminError
 from tests.conftest import create_letter_count_job, letter_count_spec, wait_for
 from tests.real_central.harness import running_real_central
 from tests.secrets_scan import record_secret

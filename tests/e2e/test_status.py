@@ -2,7 +2,7 @@
 Prefect API, and the health endpoint of a dendro worker started with `--with-healthcheck`.
 
 Tests marked WIRING need the controller to publish its heartbeat on every loop
-(`bridge/heartbeat.publish_heartbeat`); the others hold without it."""
+(`controller/heartbeat.publish_heartbeat`); the others hold without it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import requests
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-from dendro_prefect.bridge.heartbeat import (
+from dendro_prefect.controller.heartbeat import (
     EVENT,
     VARIABLE_TAG,
     ControllerHeartbeat,

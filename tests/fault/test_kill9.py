@@ -41,12 +41,12 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import arun_deployment
 from prefect.states import Crashed
 
-from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS, resource_tag
-from dendro_prefect.central.admin_client import CentralAdmin
-from dendro_prefect.central.process import running_central
 from dendro_prefect.config import CONFIG_FILE_NAME
+from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS, resource_tag
 from dendro_prefect.embedded import prefect_worker
 from dendro_prefect.embedded_controller import register_resource
+from dendro_prefect.stand_in.admin_client import StandInAdmin
+from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import FIXTURES, REPO
 from tests.e2e.test_slurm_pool import slurm, slurm_ready
 from tests.secrets_scan import record_secret
@@ -86,7 +86,7 @@ class Chaos:
     Every process it starts is stopped (by PID) when `stack` closes."""
 
     prefect: PrefectStack
-    admin: CentralAdmin
+    admin: StandInAdmin
     resource_id: str
     workdir: Path
     pool: str
@@ -257,7 +257,7 @@ def set_pool_concurrency(pool: str, limit: int) -> None:
     run(update())
 
 
-def count_starts_requests(admin: CentralAdmin, resource_id: str, run_method: str, count: int) -> list[dict]:
+def count_starts_requests(admin: StandInAdmin, resource_id: str, run_method: str, count: int) -> list[dict]:
     spec = json.loads((COUNT_STARTS / "spec.json").read_text())["processors"][0]
     request = {
         "computeResourceId": resource_id,
@@ -284,7 +284,7 @@ def unfinished_runs(resource_id: str) -> str:
         f"worker={(r.labels or {}).get('prefect.worker.name')}" for r in runs])
 
 
-def stuck_jobs(admin: CentralAdmin, resource_id: str, job_ids: list[str]) -> str:
+def stuck_jobs(admin: StandInAdmin, resource_id: str, job_ids: list[str]) -> str:
     """The unfinished jobs, each with its flow runs: what a failure of the test shows."""
     jobs = {job["jobId"]: job for job in admin.jobs(resource_id)}
     runs = defaultdict(list)
@@ -330,7 +330,7 @@ def kill9_scenario(prefect: PrefectStack, workdir: Path, sdk_bin: Path, *, jobs:
         # Last of all, whatever the outcome: no app or infrastructure job of this test outlives it.
         stack.callback(remove_leftovers, job_ids)
         stack.callback(lambda: [kill(pid) for pid in app_processes(starts_dir)])
-        admin = stack.enter_context(running_central(workdir / "central"))
+        admin = stack.enter_context(running_stand_in(workdir / "central"))
         config = register_resource(admin, workdir, [{"name": "count_starts",
                                                      "specUri": (COUNT_STARTS / "spec.json").as_uri()}])
         resource_id, config_file = config.compute_resource_id, workdir / CONFIG_FILE_NAME

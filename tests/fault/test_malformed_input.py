@@ -33,15 +33,15 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from pydantic import ValidationError
 
 from dendro_prefect.apps import AppCatalog, AppSpecError
-from dendro_prefect.bridge.controller import Controller as Bridge
-from dendro_prefect.central.process import running_central
 from dendro_prefect.config import ComputeResourceConfig
+from dendro_prefect.controller.job_hints import JobHints
+from dendro_prefect.controller.rounds import Controller
 from dendro_prefect.protocol.models import (
     ComputeResourceApp,
     DendroJob,
     PubsubSubscription,
 )
-from dendro_prefect.pubsub import JobHints
+from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import FIXTURES, LETTER_COUNT_APP, create_letter_count_job, letter_count_spec, register
 from tests.stack import create_job_pool, intake
 
@@ -453,7 +453,7 @@ def expected_fate(document: Any) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def fuzz_central(tmp_path_factory):
-    with running_central(tmp_path_factory.mktemp("fuzz-central")) as admin:
+    with running_stand_in(tmp_path_factory.mktemp("fuzz-central")) as admin:
         yield admin
 
 
@@ -473,21 +473,21 @@ def flow_runs_by_job(job_ids: list[str]) -> Counter:
     return asyncio.run(read()) if job_ids else Counter()
 
 
-def intake_of(bridge: Bridge) -> int:
+def intake_of(resource_controller: Controller) -> int:
     """One intake, which must not raise; what it raised is reported without its traceback, whose frames
     show job documents with their keys (the session's secrets scan reads failure reports)."""
     try:
-        return intake(bridge)
+        return intake(resource_controller)
     except Exception as error:
         raise AssertionError(f"intake raised {type(error).__name__}: {str(error)[:500]}") from None
 
 
-def new_bridge(admin, parking: str, log: Records) -> tuple[Bridge, Any]:
+def new_controller(admin, parking: str, log: Records) -> tuple[Controller, Any]:
     resource = register(admin)
     admin.set_apps(resource.id, [{"name": "letter_count", "specUri": GOOD_SPEC_URI}])
     config = ComputeResourceConfig(compute_resource_id=resource.id, compute_resource_private_key=resource.private_key,
                                    central_url=admin.url)
-    return Bridge(config, {"local": parking}, log.logger), resource
+    return Controller(config, {"local": parking}, log.logger), resource
 
 
 def test_malformed_jobs_are_failed_at_the_central_and_good_jobs_get_one_flow_run(fuzz_central, parking):
@@ -499,7 +499,7 @@ def test_malformed_jobs_are_failed_at_the_central_and_good_jobs_get_one_flow_run
     @given(st.lists(job_changes(), min_size=88, max_size=92), st.integers(1, 2), st.integers(0, 92))
     def intake(changes: list, good_count: int, good_at: int) -> None:
         log = Records(f"fuzz.controller.{next(UNIQUE)}")
-        bridge, resource = new_bridge(admin, parking, log)
+        resource_controller, resource = new_controller(admin, parking, log)
         documents = [spoil(resource.id, change) for change in changes]
         good_at = min(good_at, len(documents))
         row_ids = admin.insert_raw_jobs(resource.id, documents[:good_at])
@@ -523,8 +523,8 @@ def test_malformed_jobs_are_failed_at_the_central_and_good_jobs_get_one_flow_run
             raise AssertionError(f"the central served {len(served)} documents not matched to the inserted ones, the "
                                  f"first: {str(shown(first))[:3000]}; inserted with its jobId: {str(same_id)[:3000]}")
 
-        asyncio.run(bridge.load_apps())
-        submitted = intake_of(bridge)
+        asyncio.run(resource_controller.load_apps())
+        submitted = intake_of(resource_controller)
 
         runs = flow_runs_by_job(good + [row_id for row_id, _, fate, _ in fates if fate != "untouched"])
         for job_id in good:
@@ -573,44 +573,44 @@ def test_malformed_jobs_are_failed_at_the_central_and_good_jobs_get_one_flow_run
 # --- the bugs this suite found ----------------------------------------------------------------------------------
 
 
-def one_bad_job_beside_a_good_one(admin, parking: str, copies: int = 1, **change) -> tuple[Bridge, str, str]:
+def one_bad_job_beside_a_good_one(admin, parking: str, copies: int = 1, **change) -> tuple[Controller, str, str]:
     log = Records(f"fuzz.controller.{next(UNIQUE)}")
-    bridge, resource = new_bridge(admin, parking, log)
+    resource_controller, resource = new_controller(admin, parking, log)
     bad = [good_job_document(resource.id, next(UNIQUE)) | change for _ in range(copies)]
     bad_id = admin.insert_raw_jobs(resource.id, bad)[0]
     good = create_letter_count_job(admin, resource.id)
-    asyncio.run(bridge.load_apps())
-    return bridge, bad_id, good
+    asyncio.run(resource_controller.load_apps())
+    return resource_controller, bad_id, good
 
 
 def test_a_job_id_that_is_no_string_does_not_stop_intake(fuzz_central, parking):
-    bridge, _, good = one_bad_job_beside_a_good_one(fuzz_central, parking, jobId=["not", "a", "string"])
-    assert intake_of(bridge) == 1
+    resource_controller, _, good = one_bad_job_beside_a_good_one(fuzz_central, parking, jobId=["not", "a", "string"])
+    assert intake_of(resource_controller) == 1
     assert flow_runs_by_job([good])[good] == 1
 
 
 def test_a_job_key_that_no_header_can_carry_does_not_stop_intake(fuzz_central, parking):
-    bridge, bad_id, good = one_bad_job_beside_a_good_one(fuzz_central, parking, jobPrivateKey="ключ", userId=5)
-    assert intake_of(bridge) == 1
+    resource_controller, bad_id, good = one_bad_job_beside_a_good_one(fuzz_central, parking, jobPrivateKey="ключ", userId=5)
+    assert intake_of(resource_controller) == 1
     assert flow_runs_by_job([good])[good] == 1
 
 
 def test_jobs_with_an_empty_id_do_not_stop_intake(fuzz_central, parking):
-    bridge, _, good = one_bad_job_beside_a_good_one(fuzz_central, parking, copies=2, jobId="")
-    intake_of(bridge)
+    resource_controller, _, good = one_bad_job_beside_a_good_one(fuzz_central, parking, copies=2, jobId="")
+    intake_of(resource_controller)
     assert flow_runs_by_job([good])[good] == 1
 
 
 def test_a_reason_is_one_line_whatever_the_processor_name(fuzz_central, parking):
-    bridge, bad_id, good = one_bad_job_beside_a_good_one(fuzz_central, parking, processorName="sorter\nv2")
-    assert intake_of(bridge) == 1
-    stored = fuzz_central.raw_jobs(bridge.config.compute_resource_id)[bad_id]
+    resource_controller, bad_id, good = one_bad_job_beside_a_good_one(fuzz_central, parking, processorName="sorter\nv2")
+    assert intake_of(resource_controller) == 1
+    stored = fuzz_central.raw_jobs(resource_controller.config.compute_resource_id)[bad_id]
     assert stored["status"] == "failed" and "\n" not in stored["error"], stored["error"]
 
 
 def test_a_job_key_that_requests_refuses_is_not_retried(fuzz_central, parking):
-    bridge, bad_id, good = one_bad_job_beside_a_good_one(fuzz_central, parking, jobPrivateKey=" key", userId=5)
-    bridge.client.retry_deadline = 10.0  # a stall, were the key retried, shortened from the controller's 60 s
+    resource_controller, bad_id, good = one_bad_job_beside_a_good_one(fuzz_central, parking, jobPrivateKey=" key", userId=5)
+    resource_controller.central.retry_deadline = 10.0  # a stall, were the key retried, shortened from the controller's 60 s
     started = time.monotonic()
-    assert intake_of(bridge) == 1
+    assert intake_of(resource_controller) == 1
     assert time.monotonic() - started < 5.0

@@ -15,7 +15,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.states import Cancelled, Crashed, Pending
 
-from dendro_prefect.bridge.reconcile import MAX_REQUEUES
+from dendro_prefect.controller.reconcile import MAX_REQUEUES
 from dendro_prefect.embedded import prefect_worker
 from tests.conftest import FIXTURES, create_letter_count_job
 from tests.stack import (

@@ -7,10 +7,10 @@ import time
 import pytest
 import requests
 
-from dendro_prefect.central.admin_client import AdminError
 from dendro_prefect.protocol.client import CentralClient, CentralError
 from dendro_prefect.protocol.models import ComputeResourceSpec, DendroJob, parse
 from dendro_prefect.protocol.signing import compute_resource_headers, generate_keypair, make_resource_code
+from dendro_prefect.stand_in.admin_client import AdminError
 from tests.conftest import create_letter_count_job, letter_count_spec, register
 
 

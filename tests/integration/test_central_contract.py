@@ -13,9 +13,9 @@ import pytest
 import requests
 from pubnub.enums import PNStatusCategory
 
-from dendro_prefect.central.admin_client import AdminError
-from dendro_prefect.central.process import running_central
 from dendro_prefect.protocol.signing import compute_resource_headers, generate_keypair, make_resource_code
+from dendro_prefect.stand_in.admin_client import AdminError
+from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import Resource, create_letter_count_job, letter_count_spec, register
 from tests.pubnub_listener import subscribed
 from tests.real_central.harness import RealCentral, running_real_central
@@ -27,7 +27,7 @@ PREFIX = "/api/compute_resource/compute_resources"
 def central(request, tmp_path_factory):
     """The stand-in, then the real central: one of each for the module."""
     if request.param == "stand-in":
-        with running_central(tmp_path_factory.mktemp("stand-in")) as admin:
+        with running_stand_in(tmp_path_factory.mktemp("stand-in")) as admin:
             yield admin
     else:
         with running_real_central(tmp_path_factory.mktemp("real-central")) as admin:

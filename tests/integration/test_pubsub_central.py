@@ -11,8 +11,8 @@ from pubnub.enums import PNStatusCategory
 from pydantic import ValidationError
 
 from dendro_prefect.config import ComputeResourceConfig
+from dendro_prefect.controller.job_hints import JobHints
 from dendro_prefect.protocol.signing import compute_resource_headers
-from dendro_prefect.pubsub import JobHints
 from tests.conftest import create_letter_count_job
 from tests.pubnub_listener import subscribed, wait_until
 

@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 from pubnub.enums import PNStatusCategory
 
-from dendro_prefect.central.pubsub import PubSubHub
+from dendro_prefect.stand_in.pubsub_hub import PubSubHub
 from tests.pubnub_listener import subscribed, wait_until
 
 SUBSCRIBE_KEY = "sub-c-test"

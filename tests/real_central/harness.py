@@ -1,7 +1,7 @@
 """Start the real Dendro 0.2.17 central (serve.py, in .venv-central) on a free loopback port, and speak its
 GUI routes as the Dendro web app does for a signed-in user.
 
-`RealCentral` has the methods of the stand-in's admin client (`CentralAdmin`) that the tests and
+`RealCentral` has the methods of the stand-in's admin client (`StandInAdmin`) that the tests and
 `tests.stack.running_controller` use, so a test runs against either: `approve` registers a compute
 resource with its resource code, `create_job` creates a job in a project set to the request's compute
 resource, errors raise `AdminError` naming the HTTP status. `approve_job` is the owner's approval of a job
@@ -23,8 +23,8 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from dendro_prefect.central.admin_client import AdminError, CentralHttp
 from dendro_prefect.embedded import stop_process
+from dendro_prefect.stand_in.admin_client import AdminError, CentralHttp
 
 REPO = Path(__file__).resolve().parents[2]
 SERVE = Path(__file__).resolve().parent / "serve.py"

@@ -7,7 +7,7 @@ assembled under the prefixes of the dendro repository's api/index.py) under uvic
 Once it listens, DIR/real-central.json (mode 0600) holds its URL and a GUI access token. Around the routers,
 set through the central's own settings (environment variables it reads on every call):
 - VITE_PUBNUB_SUBSCRIBE_KEY, PUBNUB_PUBLISH_KEY: the keys of the PubNub-compatible hub of our stand-in
-  (dendro_prefect/central/pubsub.py, which needs only fastapi), mounted in this process: the central publishes
+  (dendro_prefect/stand_in/pubsub_hub.py, which needs only fastapi), mounted in this process: the central publishes
   to its REST publish route, and a controller's pubnub SDK subscribes to it (`pubsub_origin` in its
   configuration file; the central itself never names an origin).
 - OUTPUT_BUCKET_BASE_URL, FSBUCKET_SECRET_KEY: the central's own "fsbucket" output bucket, signed PUT URLs
@@ -46,9 +46,9 @@ from fastapi.responses import FileResponse
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the stand-in's hub and blob storage (fastapi and the standard library only)
 
-from dendro_prefect.central.announce import announce_when_listening  # noqa: E402
-from dendro_prefect.central.blobs import BlobStore  # noqa: E402
-from dendro_prefect.central.pubsub import PubSubHub  # noqa: E402
+from dendro_prefect.stand_in.announce import announce_when_listening  # noqa: E402
+from dendro_prefect.stand_in.blobs import BlobStore  # noqa: E402
+from dendro_prefect.stand_in.pubsub_hub import PubSubHub  # noqa: E402
 
 ANNOUNCEMENT = "real-central.json"
 SUBSCRIBE_KEY = "sub-c-dendro-real-central"

@@ -18,9 +18,9 @@ from uuid import UUID, uuid4
 import httpx
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
-from dendro_prefect.bridge.routing import job_tag, resource_tag
+from dendro_prefect.controller.routing import job_tag, resource_tag
 from dendro_prefect.protocol.signing import public_key_of
-from dendro_prefect.workers.kubernetes.watch import NamespaceWatch
+from dendro_prefect.workers.kubernetes.namespace_watch import NamespaceWatch
 from dendro_prefect.workers.launch import InfrastructureState, Launcher, LaunchRequest
 from tests.unit.test_models import job_document
 

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from dendro_prefect.apps import AppCatalog, AppSpecError, LoadedApp, load_spec, raw_spec_url
-from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS, RoutingError, plan_flow_run
+from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS, RoutingError, plan_flow_run
 from dendro_prefect.protocol.models import AppSpec, ComputeResourceApp, DendroJob, parse
 from dendro_prefect.workers.job_card import job_card, job_card_key
 from dendro_prefect.workers.tail import FileTail

@@ -15,7 +15,12 @@ from dendro_prefect.workers.aws_batch import AwsBatchJobConfiguration, AwsBatchW
 from dendro_prefect.workers.aws_batch.credentials import AwsAccess
 from dendro_prefect.workers.aws_batch.diagnosis import why_runnable
 from dendro_prefect.workers.aws_batch.job_definitions import JobDefinitions, definition_name
-from dendro_prefect.workers.aws_batch.launcher import ACTIVE_STATES, AwsBatchLauncher, BatchSettings, job_name
+from dendro_prefect.workers.aws_batch.launcher import (
+    UNFINISHED_BATCH_STATUSES,
+    AwsBatchLauncher,
+    BatchSettings,
+    job_name,
+)
 from dendro_prefect.workers.launch import InfrastructureState, LaunchError
 from tests.unit.fakes import JOB_KEY, launch_request
 
@@ -227,7 +232,7 @@ async def state_of(aws: Aws, job: dict | None, **settings) -> InfrastructureStat
     return (await batch.states([f"aws-batch:{JOB_ID}"]))[f"aws-batch:{JOB_ID}"]
 
 
-@pytest.mark.parametrize("status", sorted(ACTIVE_STATES - {"RUNNABLE"}))
+@pytest.mark.parametrize("status", sorted(UNFINISHED_BATCH_STATUSES - {"RUNNABLE"}))
 async def test_a_job_on_its_way_or_running_is_running(aws, status):
     assert await state_of(aws, batch_job(status)) == InfrastructureState("running")
 

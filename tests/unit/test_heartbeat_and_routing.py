@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from dendro_prefect.apps import LoadedApp
-from dendro_prefect.bridge import heartbeat
-from dendro_prefect.bridge.heartbeat import (
+from dendro_prefect.controller import heartbeat
+from dendro_prefect.controller.heartbeat import (
     EVENT,
     MAX_ERROR_CHARS,
     ControllerHeartbeat,
@@ -22,7 +22,7 @@ from dendro_prefect.bridge.heartbeat import (
     read_heartbeats,
     variable_name,
 )
-from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS, RoutingError, job_tag, plan_flow_run, resource_tag
+from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS, RoutingError, job_tag, plan_flow_run, resource_tag
 from dendro_prefect.protocol.models import AppSpec, DendroJob, parse
 from tests.conftest import LETTER_COUNT_APP
 from tests.unit.fakes import JOB_KEY, RESOURCE_ID, http_error, job

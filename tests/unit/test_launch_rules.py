@@ -11,8 +11,8 @@ from dendro_prefect.workers.commands import command_builder, container_method_fo
 from dendro_prefect.workers.job_dir import JobDirectory
 from dendro_prefect.workers.launch import LaunchError, LaunchRequest
 from dendro_prefect.workers.local import LocalJobConfiguration, LocalWorker
+from dendro_prefect.workers.local.command import CommandLauncher
 from dendro_prefect.workers.local.docker import DockerLauncher
-from dendro_prefect.workers.local.process import ProcessLauncher
 
 
 def request(tmp_path: Path, image: str | None = None, env: dict | None = None, sdk_bin_dir: str = "") -> LaunchRequest:
@@ -48,7 +48,7 @@ def test_the_slurm_command_of_an_imageless_app_is_the_plain_one(tmp_path, method
 def test_the_local_worker_runs_an_imageless_app_as_a_process_even_with_docker(tmp_path):
     worker = LocalWorker(work_pool_name="local-unit")
     imageless = LocalJobConfiguration(container_method="docker", app_image=None)
-    assert isinstance(worker.launcher(imageless), ProcessLauncher)
+    assert isinstance(worker.launcher(imageless), CommandLauncher)
     assert isinstance(worker.launcher(LocalJobConfiguration(container_method="docker", app_image="app:1")),
                       DockerLauncher)
     with pytest.raises(LaunchError, match="unknown container method 'podman'"):

@@ -1,4 +1,4 @@
-"""The local pool's launchers: `ProcessLauncher` with real short processes (`true`, `false`, `sleep`), and
+"""The local pool's launchers: `CommandLauncher` with real short processes (`true`, `false`, `sleep`), and
 `DockerLauncher` against a fake docker SDK client (the container's options and the translation of its state)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from docker.errors import DockerException, ImageNotFound
 
 from dendro_prefect.workers.launch import AppCommand, InfrastructureState, LaunchError
 from dendro_prefect.workers.local import docker as docker_launcher
+from dendro_prefect.workers.local.command import CommandLauncher
 from dendro_prefect.workers.local.docker import DockerLauncher
-from dendro_prefect.workers.local.process import ProcessLauncher
 from tests.unit.fakes import JOB_KEY, eventually, launch_request
 
 pytestmark = pytest.mark.anyio
@@ -44,14 +44,14 @@ def dead(pid: int) -> bool:
 
 @pytest.mark.parametrize("argv, exit_code", [(["true"], 0), (["false"], 1), (["sh", "-c", "exit 42"], 42)])
 async def test_a_process_that_ended_exited_with_its_code(tmp_path, argv, exit_code):
-    launcher = ProcessLauncher("process", runs(*argv))
+    launcher = CommandLauncher("process", runs(*argv))
     infrastructure_id = await launcher.submit(launch_request(tmp_path))
     assert infrastructure_id.startswith("process:")
     assert await ended(launcher, infrastructure_id) == InfrastructureState("exited", exit_code)
 
 
 async def test_a_running_process_is_running_until_killed_with_everything_it_started(tmp_path):
-    launcher = ProcessLauncher("process", runs("sh", "-c", "sleep 30 & echo $! > child.pid; wait"))
+    launcher = CommandLauncher("process", runs("sh", "-c", "sleep 30 & echo $! > child.pid; wait"))
     request = launch_request(tmp_path)
     infrastructure_id = await launcher.submit(request)
     child_pid_file = request.job_dir / "tmp" / "working" / "child.pid"
@@ -65,7 +65,7 @@ async def test_a_running_process_is_running_until_killed_with_everything_it_star
 async def test_the_app_gets_its_environment_and_key_but_not_the_workers_prefect_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     monkeypatch.setenv("WORKER_ONLY", "inherited")
-    launcher = ProcessLauncher("process", runs("sh", "-c", 'echo "key=$JOB_PRIVATE_KEY"; echo "app=$APP_SETTING"; '
+    launcher = CommandLauncher("process", runs("sh", "-c", 'echo "key=$JOB_PRIVATE_KEY"; echo "app=$APP_SETTING"; '
                                                            'echo "inherited=$WORKER_ONLY"; env | grep -c ^PREFECT_',
                                                env={"APP_SETTING": "from the command"}))
     infrastructure_id = await launcher.submit(launch_request(tmp_path))
@@ -75,7 +75,7 @@ async def test_the_app_gets_its_environment_and_key_but_not_the_workers_prefect_
 
 
 async def test_a_command_that_carries_the_key_itself_gets_none_from_the_launcher(tmp_path):
-    launcher = ProcessLauncher("apptainer", runs("sh", "-c", 'echo "key=${JOB_PRIVATE_KEY:-none}"', key_in_env=False))
+    launcher = CommandLauncher("apptainer", runs("sh", "-c", 'echo "key=${JOB_PRIVATE_KEY:-none}"', key_in_env=False))
     infrastructure_id = await launcher.submit(launch_request(tmp_path))
     assert infrastructure_id.startswith("apptainer:")
     await ended(launcher, infrastructure_id)
@@ -83,7 +83,7 @@ async def test_a_command_that_carries_the_key_itself_gets_none_from_the_launcher
 
 
 async def test_the_key_is_never_on_the_process_command_line(tmp_path):
-    launcher = ProcessLauncher("process", runs("sleep", "30"))
+    launcher = CommandLauncher("process", runs("sleep", "30"))
     infrastructure_id = await launcher.submit(launch_request(tmp_path))
     pid = int(infrastructure_id.split(":")[1])
     try:
@@ -98,7 +98,7 @@ async def test_the_key_is_never_on_the_process_command_line(tmp_path):
 
 
 async def test_the_app_runs_in_the_jobs_working_directory_its_output_in_stdout_log(tmp_path):
-    launcher = ProcessLauncher("process", runs("sh", "-c", "pwd; echo to stderr >&2"))
+    launcher = CommandLauncher("process", runs("sh", "-c", "pwd; echo to stderr >&2"))
     request = launch_request(tmp_path)
     infrastructure_id = await launcher.submit(request)
     await ended(launcher, infrastructure_id)
@@ -107,7 +107,7 @@ async def test_the_app_runs_in_the_jobs_working_directory_its_output_in_stdout_l
 
 
 async def test_an_executable_that_cannot_start_fails_the_launch_and_leaves_no_key(tmp_path):
-    launcher = ProcessLauncher("process", runs("/nonexistent/app"))
+    launcher = CommandLauncher("process", runs("/nonexistent/app"))
     request = launch_request(tmp_path)
     (request.job_dir / "secrets").mkdir(parents=True)
     (request.job_dir / "secrets" / "env").write_text(f"JOB_PRIVATE_KEY={JOB_KEY}")
@@ -117,13 +117,13 @@ async def test_an_executable_that_cannot_start_fails_the_launch_and_leaves_no_ke
 
 
 async def test_a_process_this_worker_did_not_start_or_take_up_is_gone(tmp_path):
-    states = await ProcessLauncher("process", runs("true")).states(["process:1"])
+    states = await CommandLauncher("process", runs("true")).states(["process:1"])
     assert states == {"process:1": InfrastructureState("gone", reason="not started by this worker")}
 
 
 async def test_a_process_taken_up_after_a_restart_runs_until_it_is_gone_without_an_exit_code(tmp_path):
     orphan = subprocess.Popen(["sleep", "30"], start_new_session=True)
-    launcher = ProcessLauncher("process", runs("true"))
+    launcher = CommandLauncher("process", runs("true"))
     infrastructure_id = f"process:{orphan.pid}"
     await launcher.attach(infrastructure_id, launch_request(tmp_path))
     assert (await launcher.states([infrastructure_id]))[infrastructure_id] == InfrastructureState("running")
@@ -135,7 +135,7 @@ async def test_a_process_taken_up_after_a_restart_runs_until_it_is_gone_without_
 
 
 async def test_killing_a_process_that_is_gone_already_is_no_error(tmp_path):
-    launcher = ProcessLauncher("process", runs("true"))
+    launcher = CommandLauncher("process", runs("true"))
     infrastructure_id = await launcher.submit(launch_request(tmp_path))
     await ended(launcher, infrastructure_id)
     await launcher.kill(infrastructure_id)
@@ -143,7 +143,7 @@ async def test_killing_a_process_that_is_gone_already_is_no_error(tmp_path):
 
 
 async def test_release_forgets_the_process_and_removes_its_secrets(tmp_path):
-    launcher = ProcessLauncher("process", runs("true"))
+    launcher = CommandLauncher("process", runs("true"))
     request = launch_request(tmp_path)
     infrastructure_id = await launcher.submit(request)
     (request.job_dir / "secrets").mkdir()

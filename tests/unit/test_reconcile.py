@@ -12,11 +12,11 @@ import pytest
 from prefect.client.schemas.objects import StateType
 
 from dendro_prefect.apps import AppCatalog
-from dendro_prefect.bridge import reconcile
-from dendro_prefect.bridge.controller import Controller
-from dendro_prefect.bridge.reconcile import Reconciler, active_runs, latest_runs, requeue_crashed, why_run_ended
-from dendro_prefect.bridge.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.config import ComputeResourceConfig
+from dendro_prefect.controller import reconcile
+from dendro_prefect.controller.reconcile import Reconciler, active_runs, latest_runs, requeue_crashed, why_run_ended
+from dendro_prefect.controller.rounds import Controller
+from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.protocol.client import CentralError
 from dendro_prefect.protocol.models import ComputeResourceApp, DendroJob, parse
 from tests.conftest import LETTER_COUNT_APP
@@ -268,7 +268,7 @@ def controller(central, clock) -> Controller:
                                    central_url="http://central.invalid")
     controller = Controller(config, dict(DEFAULT_DEPLOYMENTS), logging.getLogger("tests.controller"),
                             settle_sec=SETTLE)
-    controller.client = central
+    controller.central = central
     controller.reconciler.clock = clock
     controller.catalog = AppCatalog.load([ComputeResourceApp(name="letter_count",
                                                              specUri=(LETTER_COUNT_APP / "spec.json").as_uri())])

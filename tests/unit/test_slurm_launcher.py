@@ -14,9 +14,9 @@ from dendro_prefect.workers.launch import AppCommand, InfrastructureState, Launc
 from dendro_prefect.workers.slurm import SlurmJobConfiguration, SlurmWorker
 from dendro_prefect.workers.slurm import launcher as slurm_launcher
 from dendro_prefect.workers.slurm.launcher import (
-    ACTIVE_STATES,
     ENDED_STATES,
     RETRIED_STATES,
+    UNFINISHED_SLURM_STATES,
     SlurmLauncher,
     SlurmSettings,
 )
@@ -78,7 +78,7 @@ async def test_a_refused_sbatch_fails_the_launch_with_its_one_line_reason_and_re
     assert not (tmp_path / "job" / "secrets").exists()
 
 
-@pytest.mark.parametrize("slurm_state", sorted(ACTIVE_STATES))
+@pytest.mark.parametrize("slurm_state", sorted(UNFINISHED_SLURM_STATES))
 async def test_a_job_that_holds_or_awaits_its_allocation_is_running(tmp_path, slurm, slurm_state):
     slurm_job, infrastructure_id, _ = await submitted(tmp_path, slurm)
     slurm.set("100", slurm_state)
@@ -112,7 +112,7 @@ async def test_an_end_slurm_gave_the_job_is_named_with_its_reason(tmp_path, slur
 
 
 def test_every_slurm_state_is_either_active_or_ended_and_retried_ones_are_ends():
-    assert not ACTIVE_STATES & ENDED_STATES
+    assert not UNFINISHED_SLURM_STATES & ENDED_STATES
     assert RETRIED_STATES <= ENDED_STATES
 
 

@@ -23,7 +23,7 @@ from .credentials import AwsAccess
 from .diagnosis import why_runnable
 from .job_definitions import JobDefinitions
 
-ACTIVE_STATES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"})
+UNFINISHED_BATCH_STATUSES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"})
 DESCRIBE_PAGE = 100  # describe_jobs takes at most 100 job ids
 LOG_GROUP = "/aws/batch/job"
 HOST_FAILURE = "Host EC2*"  # Batch's statusReason when the instance went away (spot reclaim)
@@ -170,7 +170,7 @@ class AwsBatchLauncher(Launcher):
             watched.log_stream = (job.get("container") or {}).get("logStreamName") or watched.log_stream
             status = job.get("status", "")
             await self._note_runnable(watched, status, job)
-            if status in ACTIVE_STATES:
+            if status in UNFINISHED_BATCH_STATUSES:
                 states[infrastructure_id] = InfrastructureState("running")
             else:
                 watched.ended = True

@@ -23,7 +23,7 @@ from kubernetes.client.rest import ApiException
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 from .cluster import ClusterAccess, cluster_identity
 from .manifest import ATTEMPT_LABEL, JOB_ID_LABEL, job_labels, job_secret, render_job
-from .watch import NamespaceWatch
+from .namespace_watch import NamespaceWatch
 
 IMAGE_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError"})

@@ -6,8 +6,8 @@ from __future__ import annotations
 from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
 from ..commands import ContainerMethodSetting, command_builder, container_method_for
 from ..launch import Launcher, LaunchError
+from .command import CommandLauncher
 from .docker import DockerLauncher
-from .process import ProcessLauncher
 
 CONTAINER_METHODS = ("docker", "apptainer", "singularity", "none")
 
@@ -41,6 +41,6 @@ class LocalWorker(DendroWorker):
             if method == "docker":
                 self._launchers[method] = DockerLauncher()
             else:
-                self._launchers[method] = ProcessLauncher("process" if method == "none" else method,
+                self._launchers[method] = CommandLauncher("process" if method == "none" else method,
                                                           command_builder(method))
         return self._launchers[method]

@@ -21,7 +21,7 @@ from .packing import BatchPacker, PackedJob
 from .script import ClusterOptions, render_batch_script, render_pack_script
 
 # Slurm job states (squeue %T) → whether the job still holds or awaits its allocation.
-ACTIVE_STATES = frozenset({
+UNFINISHED_SLURM_STATES = frozenset({
     "PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING",
     "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "SPECIAL_EXIT", "STOPPED",
 })
@@ -164,7 +164,7 @@ class SlurmLauncher(Launcher):
                 return InfrastructureState("exited", exit_code)
             return InfrastructureState("gone", reason="Slurm no longer knows the job and it left no exit code")
         state, reason = listed
-        if state in ACTIVE_STATES and not state.startswith("CANCELLED"):
+        if state in UNFINISHED_SLURM_STATES and not state.startswith("CANCELLED"):
             return InfrastructureState("running")
         if state == "COMPLETED" and (exit_code is not None or not self._in_pack(infrastructure_id)):
             return InfrastructureState("exited", exit_code if exit_code is not None else 0)

@@ -29,9 +29,9 @@ from ..protocol.models import (
     ProtocolError,
     parse,
 )
-from ..pubsub import JobHints
 from . import reconcile
 from .heartbeat import ControllerHeartbeat, publish_heartbeat, utcnow
+from .job_hints import JobHints
 from .routing import FlowRunPlan, RoutingError, plan_flow_run
 
 CANCEL_CHECK_SEC = 2.0  # how often a waiting controller looks whether its flow run is being cancelled
@@ -44,7 +44,7 @@ class Controller:
         self.config = config
         self.deployments = deployments
         self.logger = logger
-        self.client = CentralClient(config.central_url, config.compute_resource_id, config.private_key)
+        self.central = CentralClient(config.central_url, config.compute_resource_id, config.private_key)
         self.catalog = AppCatalog()
         self.flow_runs: dict[str, str] = {}  # job id -> flow run id this controller created; "" if it failed the job
         self.reconciler = reconcile.Reconciler(config.compute_resource_id, settle_sec)
@@ -57,7 +57,7 @@ class Controller:
 
     async def load_apps(self) -> None:
         """Load the apps' specs and report them to the central, as the original daemon does."""
-        apps = await anyio.to_thread.run_sync(self.client.get_apps)
+        apps = await anyio.to_thread.run_sync(self.central.get_apps)
         self.catalog = await anyio.to_thread.run_sync(AppCatalog.load, apps)
         for name, reason in self.catalog.errors.items():
             self.logger.error("App %s skipped: %s", name, reason)
@@ -66,27 +66,27 @@ class Controller:
             defaultJobRunMethod=self.config.default_job_run_method,
             availableJobRunMethods=self.config.available_job_run_methods,
         )
-        await anyio.to_thread.run_sync(self.client.put_spec, spec)
+        await anyio.to_thread.run_sync(self.central.put_spec, spec)
         self.last_contact = utcnow()
         self.logger.info("Loaded %d app(s): %s", len(self.catalog.apps), ", ".join(a.name for a in self.catalog.apps) or "none")
 
-    async def intake(self, client: PrefectClient) -> int:
+    async def intake(self, prefect: PrefectClient) -> int:
         """One reconciliation: submit every pending job that has no flow run, a few at a time, and
         settle the disagreements between the central and Prefect (see reconcile.py). Returns how many
         flow runs were created."""
         # The two reads at once (gather raises the first error as it is: a CentralError stays one).
-        documents, active = await asyncio.gather(anyio.to_thread.run_sync(self.client.get_unfinished_jobs),
-                                                 reconcile.active_runs(client, self.config.compute_resource_id))
+        documents, active = await asyncio.gather(anyio.to_thread.run_sync(self.central.get_unfinished_jobs),
+                                                 reconcile.active_runs(prefect, self.config.compute_resource_id))
         unfinished_ids = {d["jobId"] for d in documents if isinstance(d, dict) and isinstance(d.get("jobId"), str)}
         jobs = [job for job in [await self._parse(d) for d in documents if self._worth_parsing(d)] if job is not None]
-        actions = await self.reconciler.decide(client, unfinished_ids, jobs, active)
+        actions = await self.reconciler.decide(prefect, unfinished_ids, jobs, active)
         for flow_run, reason in actions.cancel:
             self.logger.warning("Flow run %s cancelled: %s", flow_run.name, reason)
-            await self.reconciler.cancel(client, flow_run, reason)
+            await self.reconciler.cancel(prefect, flow_run, reason)
         for job, reason in actions.fail:
             await self._fail(job.jobId, job.jobPrivateKey, reason)
         pending = [job for job in jobs if job.status == "pending" and job.jobId not in active]
-        return await self._submit_all(client, pending) if pending else 0
+        return await self._submit_all(prefect, pending) if pending else 0
 
     def _worth_parsing(self, document: object) -> bool:
         """Jobs already failed by this controller are not parsed (and failed) again while the
@@ -94,7 +94,7 @@ class Controller:
         job_id = document.get("jobId") if isinstance(document, dict) else None
         return not (isinstance(job_id, str) and self.flow_runs.get(job_id) == "")
 
-    async def _submit_all(self, client: PrefectClient, jobs: list[DendroJob]) -> int:
+    async def _submit_all(self, prefect: PrefectClient, jobs: list[DendroJob]) -> int:
         submitted = 0
         limiter = anyio.CapacityLimiter(self.submit_concurrency)
         deployment_ids: dict[str, UUID] = {}
@@ -104,7 +104,7 @@ class Controller:
             async with limiter:
                 try:
                     app = self.catalog.for_processor(job.processorName)
-                    if await self._submit(client, job, plan_flow_run(job, app, self.deployments), deployment_ids):
+                    if await self._submit(prefect, job, plan_flow_run(job, app, self.deployments), deployment_ids):
                         submitted += 1
                 except (AppSpecError, RoutingError) as error:
                     await self._fail(job.jobId, job.jobPrivateKey, str(error))
@@ -126,21 +126,21 @@ class Controller:
                 self.logger.error("Unusable job from the central: %s", error)
             return None
 
-    async def _submit(self, client: PrefectClient, job: DendroJob, plan: FlowRunPlan,
+    async def _submit(self, prefect: PrefectClient, job: DendroJob, plan: FlowRunPlan,
                       deployment_ids: dict[str, UUID]) -> bool:
-        """Create the job's flow run, as `run_deployment(timeout=0)` does, on one shared client; False
+        """Create the job's flow run, as `run_deployment(timeout=0)` does, on one shared Prefect client; False
         when the idempotency key gave back a run that already ended: the job is not launched again."""
         try:
             if plan.deployment not in deployment_ids:
-                deployment_ids[plan.deployment] = (await client.read_deployment_by_name(plan.deployment)).id
+                deployment_ids[plan.deployment] = (await prefect.read_deployment_by_name(plan.deployment)).id
         except ObjectNotFound:
             raise RoutingError(f"no deployment {plan.deployment} for runMethod {job.runMethod}") from None
-        flow_run = await client.create_flow_run_from_deployment(
+        flow_run = await prefect.create_flow_run_from_deployment(
             deployment_ids[plan.deployment], parameters=plan.parameters, job_variables=plan.job_variables,
             name=plan.name, tags=plan.tags, idempotency_key=job.jobId,
         )
         if flow_run.state is not None and flow_run.state.is_final():
-            if not await reconcile.requeue_crashed(client, flow_run):
+            if not await reconcile.requeue_crashed(prefect, flow_run):
                 await self._fail(job.jobId, job.jobPrivateKey,
                                  f"not launched again: {reconcile.why_run_ended(flow_run)}")
                 return False
@@ -153,7 +153,7 @@ class Controller:
     async def _fail(self, job_id: str, job_private_key: str, reason: str) -> None:
         self.logger.error("Job %s failed: %s", job_id, reason)
         try:
-            await anyio.to_thread.run_sync(self.client.set_job_status, job_id, job_private_key, "failed", reason)
+            await anyio.to_thread.run_sync(self.central.set_job_status, job_id, job_private_key, "failed", reason)
         except CentralError as error:
             self.logger.warning("Could not fail job %s at the central (will retry): %s", job_id, error)
         else:
@@ -172,20 +172,20 @@ class Controller:
         before it reports the apps' spec, so a job created once the spec is reported is heard. With
         `flow_run_id` (its own flow run) it also stops within CANCEL_CHECK_SEC once that run is
         cancelled (see `_wait`). Returns whether it stopped for that."""
-        subscription = await anyio.to_thread.run_sync(self.client.get_pubsub_subscription)
+        subscription = await anyio.to_thread.run_sync(self.central.get_pubsub_subscription)
         hints = JobHints(subscription, self.config.compute_resource_id, self.logger, self.config.pubsub_origin)
         hints.start()
         deadline = None if run_for_sec is None else time.monotonic() + run_for_sec
         apps_changed = True  # the apps are loaded first, and again whenever the central says they changed
         try:
-            async with get_client() as client:  # one client for every round: no connection set-up per round
+            async with get_client() as prefect:  # one Prefect client for every round: no connection set-up per round
                 while deadline is None or time.monotonic() < deadline:
                     # Rounds start every poll interval (sooner on a hint), however long a round takes.
                     round_started = time.monotonic()
-                    apps_changed = await self._round(client, apps_changed)
-                    await publish_heartbeat(self.heartbeat(hints), min_interval_sec=poll_interval_sec, client=client,
+                    apps_changed = await self._round(prefect, apps_changed)
+                    await publish_heartbeat(self.heartbeat(hints), min_interval_sec=poll_interval_sec, client=prefect,
                                             log=self.logger)
-                    messages = await self._wait(client, hints, round_started + poll_interval_sec, flow_run_id)
+                    messages = await self._wait(prefect, hints, round_started + poll_interval_sec, flow_run_id)
                     if messages is None:
                         self.logger.info("The subscription flow run was cancelled in Prefect: the controller stops")
                         return True
@@ -195,25 +195,25 @@ class Controller:
             hints.stop()
 
     @staticmethod
-    async def _wait(client: PrefectClient, hints: JobHints, until: float, flow_run_id: UUID | None) -> list | None:
+    async def _wait(prefect: PrefectClient, hints: JobHints, until: float, flow_run_id: UUID | None) -> list | None:
         """The hints that arrive before `until` (a monotonic time), or None once the controller's own
         flow run is being cancelled, which is looked at every CANCEL_CHECK_SEC however long the poll
         interval: Prefect's own cancellation of a flow run gives up for good after an outage."""
         while True:
-            if flow_run_id is not None and await _cancelling(client, flow_run_id):
+            if flow_run_id is not None and await _cancelling(prefect, flow_run_id):
                 return None
             messages = await hints.wait(max(0.0, min(until, time.monotonic() + CANCEL_CHECK_SEC) - time.monotonic()))
             if messages or time.monotonic() >= until:
                 return messages
 
-    async def _round(self, client: PrefectClient, load_apps: bool) -> bool:
+    async def _round(self, prefect: PrefectClient, load_apps: bool) -> bool:
         """One round: the apps (when they changed) and an intake. Any error is logged and the next round
         retries. Returns whether the apps still need loading (their load failed)."""
         try:
             if load_apps:
                 await self.load_apps()
                 load_apps = False
-            self.jobs_submitted += await self.intake(client)
+            self.jobs_submitted += await self.intake(prefect)
             self.last_contact = self.last_intake = utcnow()
         except CentralError as error:
             self.logger.warning("Central unreachable, will retry: %s", error)
@@ -225,10 +225,10 @@ class Controller:
         return load_apps
 
 
-async def _cancelling(client: PrefectClient, flow_run_id: UUID) -> bool:
+async def _cancelling(prefect: PrefectClient, flow_run_id: UUID) -> bool:
     """Whether the flow run is being cancelled (False while the Prefect API cannot say)."""
     try:
-        state = (await client.read_flow_run(flow_run_id)).state
+        state = (await prefect.read_flow_run(flow_run_id)).state
     except Exception:
         return False
     return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)

@@ -16,7 +16,7 @@ import uvicorn
 from .announce import announce_when_listening
 from .app import create_app
 from .blobs import BlobStore
-from .pubsub import PubSubHub
+from .pubsub_hub import PubSubHub
 from .service import Central
 from .store import Store
 

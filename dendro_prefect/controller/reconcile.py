@@ -37,7 +37,7 @@ from prefect.states import Cancelling, Scheduled
 from ..protocol.models import DendroJob
 from .routing import job_tag, resource_tag
 
-ACTIVE_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
+UNFINISHED_RUN_STATES = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
 PAGE = 200  # flow runs per API call (Prefect's page size)
 SETTLE_SEC = 30.0
 MAX_REQUEUES = 3  # of a run that crashed before its launch
@@ -72,7 +72,7 @@ async def active_runs(client: PrefectClient, compute_resource_id: str) -> dict[s
     """The compute resource's flow runs that have not ended, by job id."""
     runs = await _read_runs(client, FlowRunFilter(
         tags=FlowRunFilterTags(all_=[resource_tag(compute_resource_id)]),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=ACTIVE_STATES)),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=UNFINISHED_RUN_STATES)),
     ))
     return {job_id_of(run): run for run in runs}
 

@@ -1,4 +1,4 @@
-"""`dendro-prefect central ...`: serve the stand-in and administer it as the GUI would."""
+"""`dendro-prefect stand-in ...`: serve the stand-in and administer it as the GUI would."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .admin_client import AdminError, CentralAdmin
+from .admin_client import AdminError, StandInAdmin
 
-central_app = typer.Typer(no_args_is_help=True, help="The local stand-in of the Dendro central service.")
+stand_in_app = typer.Typer(no_args_is_help=True, help="The local stand-in of the Dendro central service.")
 DATA_DIR_OPTION = typer.Option(Path(".dendro-central"), "--data-dir", envvar="DENDRO_CENTRAL_DIR",
                                help="The stand-in's data directory (database, blobs, central.json).")
 
 
-def _admin(data_dir: Path) -> CentralAdmin:
+def _admin(data_dir: Path) -> StandInAdmin:
     try:
-        return CentralAdmin.from_data_dir(data_dir)
+        return StandInAdmin.from_data_dir(data_dir)
     except AdminError as error:
         typer.echo(f"Error: {error}", err=True)
         raise typer.Exit(1)
@@ -44,7 +44,7 @@ def _json_or_text(value: str):
         return value
 
 
-@central_app.command()
+@stand_in_app.command()
 def serve(
     data_dir: Path = DATA_DIR_OPTION,
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
@@ -57,7 +57,7 @@ def serve(
     run(data_dir, host, port, mock_pubsub)
 
 
-@central_app.command()
+@stand_in_app.command()
 def approve(
     link: str = typer.Argument(..., help="The registration link printed by register-compute-resource."),
     name: str = typer.Option("dendro-prefect"),
@@ -72,12 +72,12 @@ def approve(
     typer.echo(f"Registered compute resource {parts[-2]}")
 
 
-@central_app.command("create-project")
+@stand_in_app.command("create-project")
 def create_project(name: str, data_dir: Path = DATA_DIR_OPTION) -> None:
     typer.echo(_run(lambda: _admin(data_dir).create_project(name)))
 
 
-@central_app.command()
+@stand_in_app.command()
 def upload(
     project_id: str, path: Path, file_name: Optional[str] = typer.Option(None, "--as"),
     data_dir: Path = DATA_DIR_OPTION,
@@ -86,7 +86,7 @@ def upload(
     typer.echo(_run(lambda: _admin(data_dir).upload_file(project_id, file_name or path.name, path.read_bytes())))
 
 
-@central_app.command("set-apps")
+@stand_in_app.command("set-apps")
 def set_apps(
     resource_id: str,
     app: List[str] = typer.Option(..., "--app", help="NAME=SPEC_URI (file://, https://); repeat for each app."),
@@ -97,7 +97,7 @@ def set_apps(
     typer.echo(f"{len(apps)} app(s) set")
 
 
-@central_app.command("create-job")
+@stand_in_app.command("create-job")
 def create_job(
     resource_id: str = typer.Option(..., "--resource"),
     project_id: str = typer.Option(..., "--project"),
@@ -132,7 +132,7 @@ def create_job(
     typer.echo(_run(lambda: _admin(data_dir).create_job(request)))
 
 
-@central_app.command()
+@stand_in_app.command()
 def jobs(resource_id: Optional[str] = typer.Option(None, "--resource"), data_dir: Path = DATA_DIR_OPTION) -> None:
     """List jobs with their statuses and outputs."""
     table = Table("job", "processor", "run method", "status", "outputs", "error")
@@ -143,26 +143,26 @@ def jobs(resource_id: Optional[str] = typer.Option(None, "--resource"), data_dir
     Console().print(table)
 
 
-@central_app.command()
+@stand_in_app.command()
 def job(job_id: str, data_dir: Path = DATA_DIR_OPTION) -> None:
     """Show one job as JSON (without its private key)."""
     typer.echo(json.dumps(_run(lambda: _admin(data_dir).job(job_id)), indent=2))
 
 
-@central_app.command()
+@stand_in_app.command()
 def output(job_id: str, name: str, data_dir: Path = DATA_DIR_OPTION) -> None:
     """Print a job output (or `_console_output`)."""
     typer.echo(_run(lambda: _admin(data_dir).output(job_id, name)).decode(errors="replace"))
 
 
-@central_app.command("approve-job")
+@stand_in_app.command("approve-job")
 def approve_job(job_id: str, data_dir: Path = DATA_DIR_OPTION) -> None:
     """Approve a job held for approval (10 jobs of its project were pending or running), as its owner does."""
     _run(lambda: _admin(data_dir).approve_job(job_id))
     typer.echo(f"Approved {job_id}")
 
 
-@central_app.command("delete-job")
+@stand_in_app.command("delete-job")
 def delete_job(job_id: str, data_dir: Path = DATA_DIR_OPTION) -> None:
     _run(lambda: _admin(data_dir).delete_job(job_id))
     typer.echo(f"Deleted {job_id}")

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 from kubernetes.client.rest import ApiException
 
-from dendro_prefect.workers.kubernetes import watch as k8s_watch
-from dendro_prefect.workers.kubernetes.watch import SELECTOR, ResourceCache
+from dendro_prefect.workers.kubernetes import namespace_watch as k8s_watch
+from dendro_prefect.workers.kubernetes.namespace_watch import SELECTOR, ResourceCache
 from tests.unit.fakes import StaticWatch, k8s_pod
 
 

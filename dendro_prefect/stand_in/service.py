@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..protocol.models import JobStatusUpdate, ProcessorSpec, RequiredResources, RunMethod, parse
 from ..protocol.signing import verify_resource_code
 from .blobs import BlobStore
-from .pubsub import PubSubHub
+from .pubsub_hub import PubSubHub
 from .store import NotFound, Store, apply_status, new_id
 
 # The real central holds a new job for the resource owner's approval once this many jobs of its project are

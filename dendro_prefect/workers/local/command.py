@@ -15,7 +15,7 @@ from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 KILL_GRACE_SEC = 5.0
 
 
-class ProcessLauncher(Launcher):
+class CommandLauncher(Launcher):
     def __init__(self, kind: str, build_command: CommandBuilder) -> None:
         self.kind = kind
         self._build_command = build_command

@@ -56,18 +56,18 @@ class CentralHttp:
         return response.content
 
 
-class CentralAdmin(CentralHttp):
+class StandInAdmin(CentralHttp):
     def __init__(self, url: str, admin_token: str) -> None:
         super().__init__(url, {"dendro-admin-token": admin_token})
 
     @classmethod
-    def from_data_dir(cls, data_dir: Path, wait: float = 0.0) -> "CentralAdmin":
+    def from_data_dir(cls, data_dir: Path, wait: float = 0.0) -> "StandInAdmin":
         """Connect to the stand-in that serves `data_dir`, waiting up to `wait` seconds for it."""
         announcement = data_dir / CENTRAL_FILE
         deadline = time.monotonic() + wait
         while not announcement.exists():
             if time.monotonic() >= deadline:
-                raise AdminError(f"no stand-in central serves {data_dir} (start one with `dendro-prefect central serve`)")
+                raise AdminError(f"no stand-in central serves {data_dir} (start one with `dendro-prefect stand-in serve`)")
             time.sleep(0.05)
         info = json.loads(announcement.read_text())
         return cls(info["url"], info["adminToken"])

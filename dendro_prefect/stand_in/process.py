@@ -10,23 +10,23 @@ from pathlib import Path
 from typing import Iterator
 
 from ..embedded import stop_process
-from .admin_client import AdminError, CentralAdmin
+from .admin_client import AdminError, StandInAdmin
 from .server import CENTRAL_FILE
 
 
 @contextmanager
-def running_central(data_dir: Path, *, mock_pubsub: bool = False, startup_timeout: float = 30.0) -> Iterator[CentralAdmin]:
+def running_stand_in(data_dir: Path, *, mock_pubsub: bool = False, startup_timeout: float = 30.0) -> Iterator[StandInAdmin]:
     """Yield an admin client of a fresh stand-in on a free loopback port; stop it (by its PID) after."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / CENTRAL_FILE).unlink(missing_ok=True)
-    command = [sys.executable, "-m", "dendro_prefect.cli", "central", "serve", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "dendro_prefect.cli", "stand-in", "serve", "--data-dir", str(data_dir)]
     if mock_pubsub:
         command.append("--mock-pubsub")
     log = open(data_dir / "central.log", "ab")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
         try:
-            admin = CentralAdmin.from_data_dir(data_dir, wait=startup_timeout)
+            admin = StandInAdmin.from_data_dir(data_dir, wait=startup_timeout)
         except AdminError:
             tail = (data_dir / "central.log").read_text(errors="replace")[-2000:]
             raise AdminError(f"the stand-in central did not start; its log ends with:\n{tail}") from None

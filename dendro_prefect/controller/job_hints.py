@@ -18,7 +18,7 @@ from pubnub.enums import PNStatusCategory
 from pubnub.pnconfiguration import PNConfiguration
 from pubnub.pubnub import PubNub
 
-from .protocol.models import ProtocolError, PubsubMessage, PubsubSubscription, parse
+from ..protocol.models import ProtocolError, PubsubMessage, PubsubSubscription, parse
 
 logger = logging.getLogger(__name__)
 
