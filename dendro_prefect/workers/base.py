@@ -27,6 +27,7 @@ from ..config import ComputeResourceConfig
 from ..protocol.client import CentralClient
 from ..protocol.models import DendroJob
 from .central_jobs import CentralJobs
+from .commands import ContainerMethodSetting, container_method_for
 from .concurrency import SlotsTaken, TagSlots
 from .job_card import job_card, job_card_key
 from .job_run import EXIT_GRACE_SEC, JobRun
@@ -85,6 +86,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
 
     job_configuration = DendroJobConfiguration
     job_configuration_variables = DendroVariables
+    settings_model: type[BaseModel] = BaseModel  # the pool's own job settings, which its launchers are made of
     poll_interval_sec = 1.0
     central_interval_sec = 2.0
     # How long past its time limit a job may run before the worker kills it: the SDK stops the app
@@ -102,10 +104,24 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         self._outbox = StatusOutbox()
         self._pickup: ScheduledRunPickup | None = None
         self._queries = OneQueryAtATime()
+        self._launchers: dict[str, Launcher] = {}
+
+    def launcher(self, configuration: DendroJobConfiguration) -> Launcher:
+        """The backend that runs jobs of this configuration: one per distinct pool settings, kept for the
+        worker's life (a launcher watches its jobs)."""
+        settings = self.settings_model.model_validate(
+            configuration.model_dump(include=set(self.settings_model.model_fields)))
+        if isinstance(settings, ContainerMethodSetting):
+            configured = settings.container_method or self.central_jobs(configuration.config_file).config.container_method
+            settings.container_method = container_method_for(configured, configuration.app_image)
+        key = settings.model_dump_json()
+        if key not in self._launchers:
+            self._launchers[key] = self.new_launcher(settings)
+        return self._launchers[key]
 
     @abc.abstractmethod
-    def launcher(self, configuration: DendroJobConfiguration) -> Launcher:
-        """The backend that runs jobs of this configuration."""
+    def new_launcher(self, settings: BaseModel) -> Launcher:
+        """A launcher of this pool's `settings_model` (its container method resolved for the job, if it has one)."""
 
     def job_time_limit(self, configuration: DendroJobConfiguration) -> float | None:
         """The time limit the infrastructure enforces for a job (the job's timeSec by default)."""

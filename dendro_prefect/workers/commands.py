@@ -45,9 +45,14 @@ def plain_command(request: LaunchRequest, job_dir: JobDirectory) -> AppCommand:
     return AppCommand([request.app_executable], env, key_in_env=True)
 
 
+CONTAINER_METHODS = ("docker", "apptainer", "singularity", "none")
+
+
 def container_method_for(configured: str, app_image: str | None) -> str:
     """The container method a job runs with: an app without `appImage` runs as a plain process whatever
     the configuration says, as the original daemon runs it (dendro 0.2.17 `compute_resource/_start_job.py`)."""
+    if configured not in CONTAINER_METHODS:
+        raise LaunchError(f"unknown container method {configured!r}; use one of {', '.join(CONTAINER_METHODS)}")
     return configured if app_image else "none"
 
 

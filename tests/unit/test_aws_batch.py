@@ -18,9 +18,9 @@ from dendro_prefect.workers.aws_batch.job_definitions import JobDefinitions, def
 from dendro_prefect.workers.aws_batch.launcher import (
     UNFINISHED_BATCH_STATUSES,
     AwsBatchLauncher,
-    BatchSettings,
     job_name,
 )
+from dendro_prefect.workers.aws_batch.settings import AwsBatchJobSettings
 from dendro_prefect.workers.launch import InfrastructureState, LaunchError
 from tests.unit.fakes import JOB_KEY, launch_request
 
@@ -67,8 +67,8 @@ def aws(clients):
         logs_stub.assert_no_pending_responses()
 
 
-def launcher(aws: Aws, **settings) -> AwsBatchLauncher:
-    return AwsBatchLauncher(BatchSettings(access=aws, **settings))
+def launcher(aws: Aws, log_interval_sec: float = 5.0, **settings) -> AwsBatchLauncher:
+    return AwsBatchLauncher(AwsBatchJobSettings(**settings), access=aws, log_interval_sec=log_interval_sec)
 
 
 def expect_definition(aws: Aws, found: list[dict] = ()) -> None:

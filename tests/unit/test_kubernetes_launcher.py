@@ -17,8 +17,8 @@ from dendro_prefect.workers.kubernetes.launcher import (
     CONFIG_ERRORS,
     IMAGE_ERRORS,
     KubernetesLauncher,
-    KubernetesSettings,
 )
+from dendro_prefect.workers.kubernetes.settings import KubernetesLauncherSettings
 from dendro_prefect.workers.launch import InfrastructureState, LaunchError
 from tests.unit.fakes import JOB_KEY, FakeKubernetes, k8s_job, k8s_pod, launch_request, pod_event
 
@@ -45,7 +45,7 @@ def cluster(monkeypatch) -> FakeKubernetes:
 
 def launcher(**settings) -> KubernetesLauncher:
     settings.setdefault("job_manifest", {"metadata": {"namespace": "default"}})
-    return KubernetesLauncher(KubernetesSettings(access=Access(), **settings))
+    return KubernetesLauncher(KubernetesLauncherSettings(**settings), access=Access())
 
 
 async def submitted(tmp_path, **settings) -> KubernetesLauncher:

@@ -20,6 +20,7 @@ from dendro_prefect.workers.kubernetes.manifest import (
     job_secret,
     render_job,
 )
+from dendro_prefect.workers.kubernetes.settings import KubernetesJobSettings
 from tests.unit.fakes import JOB_KEY, launch_request
 
 pytestmark = pytest.mark.anyio
@@ -44,7 +45,9 @@ POOL_DEFAULT = asyncio.run(pool_manifest())
 
 
 def render(tmp_path, template: dict | None = None, attempt: int = 0, margin: float = 60.0, **changes) -> dict:
-    return render_job(template or POOL_DEFAULT, launch_request(tmp_path, **changes), attempt, margin)
+    request = launch_request(tmp_path, **changes)
+    deadline = KubernetesJobSettings(deadline_margin_sec=margin).active_deadline_sec(request.time_limit_sec)
+    return render_job(template or POOL_DEFAULT, request, attempt, deadline)
 
 
 def app_container(manifest: dict) -> dict:

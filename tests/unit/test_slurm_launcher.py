@@ -18,8 +18,8 @@ from dendro_prefect.workers.slurm.launcher import (
     RETRIED_STATES,
     UNFINISHED_SLURM_STATES,
     SlurmLauncher,
-    SlurmSettings,
 )
+from dendro_prefect.workers.slurm.settings import SlurmJobSettings
 from tests.unit.fakes import FakeSlurmCli, launch_request
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +37,7 @@ def slurm(monkeypatch) -> FakeSlurmCli:
 
 
 def launcher(**settings) -> SlurmLauncher:
-    return SlurmLauncher(app_command, SlurmSettings(**settings))
+    return SlurmLauncher(app_command, SlurmJobSettings(**settings))
 
 
 async def submitted(tmp_path: Path, slurm: FakeSlurmCli, **settings) -> tuple[SlurmLauncher, str, JobDirectory]:
@@ -298,13 +298,13 @@ def test_the_worker_reuses_one_launcher_per_container_method_and_settings():
     configuration = SlurmJobConfiguration(container_method="apptainer", app_image="app:1", partition="cpu")
     assert worker.launcher(configuration) is worker.launcher(configuration.model_copy())
     other = worker.launcher(configuration.model_copy(update={"partition": "big"}))
-    assert other is not worker.launcher(configuration) and other.settings.cluster.partition == "big"
+    assert other is not worker.launcher(configuration) and other.settings.partition == "big"
     assert worker.launcher(configuration.model_copy(update={"max_requeues": 5})).settings.max_requeues == 5
 
 
 def test_the_worker_refuses_an_unknown_container_method_on_the_nodes():
     worker = SlurmWorker(work_pool_name="slurm-unit")
-    with pytest.raises(LaunchError, match="container method 'podman' cannot run here"):
+    with pytest.raises(LaunchError, match="unknown container method .podman.; use one of docker, apptainer, singularity, none"):
         worker.launcher(SlurmJobConfiguration(container_method="podman", app_image="app:1"))
 
 

@@ -17,12 +17,12 @@ from dendro_prefect.workers.docker_cli import docker_command
 from dendro_prefect.workers.job_dir import JobDirectory
 from dendro_prefect.workers.launch import AppCommand
 from dendro_prefect.workers.slurm.script import (
-    ClusterOptions,
     memory_mb,
     render_batch_script,
     render_pack_script,
     slurm_time,
 )
+from dendro_prefect.workers.slurm.settings import SlurmJobSettings
 from tests.unit.fakes import JOB_KEY, launch_request
 
 
@@ -37,12 +37,12 @@ def sbatch_options(script: str) -> list[str]:
     return options
 
 
-def render(tmp_path: Path, options: ClusterOptions = ClusterOptions(), setup_lines: list[str] = (),
+def render(tmp_path: Path, settings: SlurmJobSettings = SlurmJobSettings(), setup_lines: list[str] = (),
            command: AppCommand | None = None, **request_changes) -> str:
     request = launch_request(tmp_path, **request_changes)
     job_dir = JobDirectory.create(request.job_dir)
     command = command or AppCommand(["/app/main.py"], dict(request.env), key_in_env=True)
-    return render_batch_script(request, job_dir, command, options, list(setup_lines))
+    return render_batch_script(request, job_dir, command, settings.model_copy(update={"setup_lines": list(setup_lines)}))
 
 
 def test_the_script_names_the_job_its_output_and_working_directory_and_leaves_requeues_to_the_worker(tmp_path):
@@ -70,7 +70,7 @@ def test_cpus_and_memory_come_from_the_jobs_resources(tmp_path, num_cpus, memory
     (30.5, 60.0, "--time=0-00:01:31"),
 ])
 def test_time_is_the_jobs_time_limit_plus_the_pools_margin(tmp_path, time_limit_sec, margin, expected):
-    options = sbatch_options(render(tmp_path, ClusterOptions(time_margin_sec=margin), time_limit_sec=time_limit_sec))
+    options = sbatch_options(render(tmp_path, SlurmJobSettings(time_margin_sec=margin), time_limit_sec=time_limit_sec))
     assert [o for o in options if o.startswith("--time")] == [expected]
 
 
@@ -87,14 +87,14 @@ def test_a_job_without_time_limit_gets_the_partitions_default(tmp_path):
     (1, "", "", ["--gpus=1"]),
 ])
 def test_gpu_jobs_go_to_the_gpu_partition_with_their_gpus(tmp_path, num_gpus, partition, gpu_partition, expected):
-    options = sbatch_options(render(tmp_path, ClusterOptions(partition=partition, gpu_partition=gpu_partition),
+    options = sbatch_options(render(tmp_path, SlurmJobSettings(partition=partition, gpu_partition=gpu_partition),
                                     num_gpus=num_gpus))
     assert [o for o in options if o.startswith(("--partition", "--gpus"))] == expected
 
 
 def test_account_qos_and_extra_lines_are_sbatch_options_read_before_the_first_command(tmp_path):
-    script = render(tmp_path, ClusterOptions(account="lab", qos="high",
-                                             extra_sbatch_lines=("--constraint=ib", "--exclusive")),
+    script = render(tmp_path, SlurmJobSettings(account="lab", qos="high",
+                                             extra_sbatch_lines=["--constraint=ib", "--exclusive"]),
                     setup_lines=["module load apptainer"])
     assert sbatch_options(script)[-4:] == ["--account=lab", "--qos=high", "--constraint=ib", "--exclusive"]
     assert script.count("#SBATCH") == len(sbatch_options(script))  # none after a command: sbatch would ignore it
@@ -138,7 +138,7 @@ def test_a_command_that_carries_the_key_itself_gets_no_key_file_from_the_script(
     request = launch_request(tmp_path)
     job_dir = JobDirectory.create(request.job_dir)
     command = apptainer_command_builder("apptainer")(request, job_dir)  # the key is in its --env-file
-    script = render_batch_script(request, job_dir, command, ClusterOptions(), [])
+    script = render_batch_script(request, job_dir, command, SlurmJobSettings())
     assert "JOB_PRIVATE_KEY" not in script and JOB_KEY not in script
     assert not (job_dir.secrets / "job_private_key").exists()
 
@@ -146,7 +146,7 @@ def test_a_command_that_carries_the_key_itself_gets_no_key_file_from_the_script(
 def test_a_docker_job_is_stopped_by_a_trap_since_its_container_outlives_the_signalled_client(tmp_path):
     request = launch_request(tmp_path)
     job_dir = JobDirectory.create(request.job_dir)
-    script = render_batch_script(request, job_dir, docker_command(request, job_dir), ClusterOptions(), [])
+    script = render_batch_script(request, job_dir, docker_command(request, job_dir), SlurmJobSettings())
     assert "trap 'docker stop --time 5 dendro-p1-abcdefgh' TERM INT" in script
     assert script.count('wait "$app"') == 2  # the trap interrupts the first wait; the second collects the status
     assert JOB_KEY not in script
@@ -211,7 +211,7 @@ def test_memory_is_in_whole_megabytes_at_least_one(tmp_path, memory_gb, expected
 # --- packs ---------------------------------------------------------------------------------------------------------
 
 
-def pack(tmp_path: Path, count: int, options: ClusterOptions = ClusterOptions(), **changes) -> tuple[str, list]:
+def pack(tmp_path: Path, count: int, options: SlurmJobSettings = SlurmJobSettings(), **changes) -> tuple[str, list]:
     jobs = []
     for index in range(count):
         request = launch_request(tmp_path, job_id=f"p1.job{index}", job_dir=tmp_path / f"job{index}",
@@ -230,8 +230,8 @@ def test_a_pack_asks_for_one_task_per_job_with_the_jobs_cpus_and_memory_per_cpu(
 
 
 def test_a_pack_takes_the_pools_cluster_options(tmp_path):
-    script, _ = pack(tmp_path, 2, ClusterOptions(partition="cpu", account="lab", qos="low", time_margin_sec=0,
-                                                 extra_sbatch_lines=("--constraint=ib",)))
+    script, _ = pack(tmp_path, 2, SlurmJobSettings(partition="cpu", account="lab", qos="low", time_margin_sec=0,
+                                                 extra_sbatch_lines=["--constraint=ib"]))
     assert sbatch_options(script)[6:] == ["--time=0-01:00:00", "--partition=cpu", "--account=lab", "--qos=low",
                                           "--constraint=ib"]
 

@@ -22,28 +22,14 @@ from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 from .credentials import AwsAccess
 from .diagnosis import why_runnable
 from .job_definitions import JobDefinitions
+from .settings import AwsBatchJobSettings
 
 UNFINISHED_BATCH_STATUSES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"})
 DESCRIBE_PAGE = 100  # describe_jobs takes at most 100 job ids
 LOG_GROUP = "/aws/batch/job"
+LOG_INTERVAL_SEC = 5.0  # how often a running job's CloudWatch log is read
 HOST_FAILURE = "Host EC2*"  # Batch's statusReason when the instance went away (spot reclaim)
 JOB_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
-
-
-@dataclass
-class BatchSettings:
-    access: AwsAccess = AwsAccess()
-    cpu_job_queue: str = "DendroBatchStack-job-queue-cpu"
-    gpu_job_queue: str = "DendroBatchStack-job-queue-gpu"
-    job_definition_name: str = "{app_name}-dendro-jd"
-    job_role_arn: str = ""
-    extra_container_properties: dict = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-    memory_fraction: float = 0.9
-    attempt_margin_sec: float = 600.0
-    max_host_retries: int = 0
-    runnable_warning_sec: float = 300.0
-    log_interval_sec: float = 5.0
 
 
 @dataclass
@@ -69,15 +55,18 @@ def _one_line(error: Exception) -> str:
 
 
 class AwsBatchLauncher(Launcher):
-    def __init__(self, settings: BatchSettings) -> None:
+    def __init__(self, settings: AwsBatchJobSettings, access: AwsAccess | None = None,
+                 log_interval_sec: float = LOG_INTERVAL_SEC) -> None:
         self.settings = settings
+        self._access = access or AwsAccess(settings.aws_credentials_block, settings.region_name)
+        self._log_interval_sec = log_interval_sec
         self._clients: tuple[Any, Any] | None = None
         self._definitions: JobDefinitions | None = None
         self._watched: dict[str, _Watched] = {}
 
     def _batch(self) -> Any:
         if self._clients is None:
-            self._clients = self.settings.access.clients()
+            self._clients = self._access.clients()
         return self._clients[0]
 
     def _logs(self) -> Any:
@@ -135,8 +124,8 @@ class AwsBatchLauncher(Launcher):
             "tags": {"dendro-job-id": request.job_id, **settings.tags},
         }
         if request.time_limit_sec:
-            submission["timeout"] = {"attemptDurationSeconds": max(60, int(request.time_limit_sec
-                                                                           + settings.attempt_margin_sec))}
+            submission["timeout"] = {"attemptDurationSeconds": max(60, int(settings.attempt_timeout_sec(
+                request.time_limit_sec)))}
         if settings.max_host_retries > 0:
             submission["retryStrategy"] = {
                 "attempts": 1 + settings.max_host_retries,
@@ -200,7 +189,7 @@ class AwsBatchLauncher(Launcher):
             return []
         lines, watched.notes = watched.notes, []
         now = time.monotonic()
-        if watched.log_stream and (watched.ended or now - watched.logs_read_at >= self.settings.log_interval_sec):
+        if watched.log_stream and (watched.ended or now - watched.logs_read_at >= self._log_interval_sec):
             watched.logs_read_at = now
             try:
                 lines += await asyncio.to_thread(self._new_log_lines, watched)

@@ -4,38 +4,16 @@ pool's variables (namespace, service account, node selector, tolerations, pull s
 
 from __future__ import annotations
 
-import json
-
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
 from ..launch import Launcher
-from .cluster import ClusterAccess
-from .launcher import KubernetesLauncher, KubernetesSettings
-from .manifest import default_job_manifest
+from .launcher import KubernetesLauncher
+from .settings import KubernetesJobSettings, KubernetesLauncherSettings
 
 
-class KubernetesJobSettings(BaseModel):
-    """The Kubernetes pool's own job settings, declared once for its form and its jobs."""
-
-    cluster_config_block: str = Field(default="", description="Name of a prefect-kubernetes KubernetesClusterConfig "
-                                      "block; empty: kubeconfig_path, else the in-cluster service account, else "
-                                      "~/.kube/config.")
-    kubeconfig_path: str = Field(default="", description="A kubeconfig file.")
-    context: str = Field(default="", description="Its context; empty: the current one.")
-    deadline_margin_sec: float = Field(default=60.0, description="Added to timeSec for activeDeadlineSeconds: the "
-                                       "dendro SDK stops the app at timeSec, Kubernetes is the backstop.")
-    pending_warning_sec: float = Field(default=60.0, description="A pod Pending this long gets its events "
-                                       "(FailedScheduling, image pulls, quota) written to the flow-run log; "
-                                       "an image or configuration error then fails the job.")
-    pending_limit_sec: float = Field(default=600.0, description="A pod Pending this long fails the job with "
-                                     "the reason its events give.")
-    max_evictions: int = Field(default=2, description="How often a job whose pod was evicted is started again.")
-
-
-class KubernetesJobConfiguration(DendroJobConfiguration, KubernetesJobSettings):
-    job_manifest: dict = Field(default_factory=default_job_manifest,
-                               json_schema_extra=dict(template=default_job_manifest()))
+class KubernetesJobConfiguration(DendroJobConfiguration, KubernetesLauncherSettings):
+    pass
 
 
 class KubernetesVariables(DendroVariables, KubernetesJobSettings):
@@ -59,30 +37,14 @@ class KubernetesWorker(DendroWorker):
     type = "dendro-kubernetes"
     job_configuration = KubernetesJobConfiguration
     job_configuration_variables = KubernetesVariables
+    settings_model = KubernetesLauncherSettings
     _description = "Runs Dendro jobs as Kubernetes Jobs, their keys in Secrets, watched through the watch API."
     _display_name = "Dendro Kubernetes"
     _documentation_url = "https://github.com/flatironinstitute/dendro"
     overrun_grace_sec = 120.0  # Kubernetes enforces activeDeadlineSeconds itself: give it time to
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._launchers: dict[str, Launcher] = {}
-
     def job_time_limit(self, configuration: KubernetesJobConfiguration) -> float | None:
-        limit = configuration.time_limit_sec
-        return None if limit is None else limit + configuration.deadline_margin_sec
+        return configuration.active_deadline_sec(configuration.time_limit_sec)
 
-    def launcher(self, configuration: KubernetesJobConfiguration) -> Launcher:
-        settings = KubernetesSettings(
-            access=ClusterAccess(configuration.cluster_config_block, configuration.kubeconfig_path,
-                                 configuration.context),
-            job_manifest=configuration.job_manifest, deadline_margin_sec=configuration.deadline_margin_sec,
-            pending_warning_sec=configuration.pending_warning_sec, pending_limit_sec=configuration.pending_limit_sec,
-            max_evictions=configuration.max_evictions,
-        )
-        key = json.dumps([settings.access.__dict__, settings.job_manifest, settings.deadline_margin_sec,
-                          settings.pending_warning_sec, settings.pending_limit_sec, settings.max_evictions],
-                         sort_keys=True, default=str)
-        if key not in self._launchers:
-            self._launchers[key] = KubernetesLauncher(settings)
-        return self._launchers[key]
+    def new_launcher(self, settings: KubernetesLauncherSettings) -> Launcher:
+        return KubernetesLauncher(settings)

@@ -24,19 +24,10 @@ from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 from .cluster import ClusterAccess, cluster_identity
 from .manifest import ATTEMPT_LABEL, JOB_ID_LABEL, job_labels, job_secret, render_job
 from .namespace_watch import NamespaceWatch
+from .settings import KubernetesLauncherSettings
 
 IMAGE_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
-
-
-@dataclass
-class KubernetesSettings:
-    access: ClusterAccess = ClusterAccess()
-    job_manifest: dict = field(default_factory=dict)
-    deadline_margin_sec: float = 60.0
-    pending_warning_sec: float = 60.0
-    pending_limit_sec: float = 600.0
-    max_evictions: int = 2
 
 
 @dataclass
@@ -60,8 +51,10 @@ def _api_error(what: str, error: ApiException) -> LaunchError:
 
 
 class KubernetesLauncher(Launcher):
-    def __init__(self, settings: KubernetesSettings) -> None:
+    def __init__(self, settings: KubernetesLauncherSettings, access: ClusterAccess | None = None) -> None:
         self.settings = settings
+        self._access = access or ClusterAccess(settings.cluster_config_block, settings.kubeconfig_path,
+                                               settings.context)
         self._api: client.ApiClient | None = None
         self._cluster: str | None = None
         self._watches: dict[str, NamespaceWatch] = {}
@@ -73,7 +66,7 @@ class KubernetesLauncher(Launcher):
     def _client(self) -> client.ApiClient:
         with self._lock:
             if self._api is None:
-                api = self.settings.access.api_client()
+                api = self._access.api_client()
                 try:
                     self._cluster = cluster_identity(api)
                 except ApiException as error:
@@ -96,7 +89,7 @@ class KubernetesLauncher(Launcher):
 
     def _submit(self, request: LaunchRequest) -> str:
         try:
-            manifest = render_job(self.settings.job_manifest, request, 0, self.settings.deadline_margin_sec)
+            manifest = render_job(self.settings.job_manifest, request, 0, self.settings.active_deadline_sec(request.time_limit_sec))
         except ValueError as error:
             raise LaunchError(str(error)) from None
         namespace = manifest["metadata"]["namespace"]
@@ -225,7 +218,8 @@ class KubernetesLauncher(Launcher):
         watched.lines.put(f"Kubernetes: pod {pod.metadata.name} evicted ({_one_line(pod.status.message)}); "
                           f"starting attempt {attempt + 1}")
         self._delete_job(watched.namespace, watched.attempts[-1])
-        manifest = render_job(self.settings.job_manifest, watched.request, attempt, self.settings.deadline_margin_sec)
+        manifest = render_job(self.settings.job_manifest, watched.request, attempt,
+                              self.settings.active_deadline_sec(watched.request.time_limit_sec))
         try:
             self._create(manifest, watched.request, attempt)
         except LaunchError as error:

@@ -71,7 +71,7 @@ def job_labels(request: LaunchRequest, attempt: int) -> dict:
             ATTEMPT_LABEL: str(attempt)}
 
 
-def render_job(template: dict, request: LaunchRequest, attempt: int, deadline_margin_sec: float) -> dict:
+def render_job(template: dict, request: LaunchRequest, attempt: int, active_deadline_sec: float | None) -> dict:
     """The Job of one attempt: the template with the job's name, labels, app container and resources."""
     if not request.app_image:
         raise ValueError(f"app {request.app_name} has no appImage to run on Kubernetes")
@@ -84,8 +84,8 @@ def render_job(template: dict, request: LaunchRequest, attempt: int, deadline_ma
     metadata["labels"] = {**metadata.get("labels", {}), **labels}
     spec = manifest.setdefault("spec", {})
     spec["backoffLimit"] = 0
-    if request.time_limit_sec:
-        spec["activeDeadlineSeconds"] = int(request.time_limit_sec + deadline_margin_sec)
+    if active_deadline_sec:
+        spec["activeDeadlineSeconds"] = int(active_deadline_sec)
     pod = spec.setdefault("template", {})
     pod_metadata = pod.setdefault("metadata", {})
     pod_metadata["labels"] = {**pod_metadata.get("labels", {}), **labels}

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from dataclasses import dataclass
 
 from ..commands import CommandBuilder
 from ..job_dir import JobDirectory, WatchedJobFiles
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 from .packing import BatchPacker, PackedJob
-from .script import ClusterOptions, render_batch_script, render_pack_script
+from .script import render_batch_script, render_pack_script
+from .settings import SlurmJobSettings
 
 # Slurm job states (squeue %T) → whether the job still holds or awaits its allocation.
 UNFINISHED_SLURM_STATES = frozenset({
@@ -34,16 +34,6 @@ RETRIED_STATES = frozenset({"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"})
 SLURM_COMMAND_TIMEOUT_SEC = 60
 
 
-@dataclass(frozen=True)
-class SlurmSettings:
-    cluster: ClusterOptions = ClusterOptions()
-    setup_lines: tuple[str, ...] = ()
-    max_requeues: int = 2
-    pack_batches: bool = False
-    pack_window_sec: float = 2.0
-    max_jobs_per_allocation: int = 16
-
-
 async def _slurm(*args: str) -> subprocess.CompletedProcess:
     try:
         return await asyncio.to_thread(subprocess.run, list(args), capture_output=True, text=True,
@@ -57,7 +47,7 @@ def _one_line(text: str) -> str:
 
 
 class SlurmLauncher(Launcher):
-    def __init__(self, build_command: CommandBuilder, settings: SlurmSettings) -> None:
+    def __init__(self, build_command: CommandBuilder, settings: SlurmJobSettings) -> None:
         self._build_command = build_command
         self.settings = settings
         self._files = WatchedJobFiles()
@@ -69,8 +59,7 @@ class SlurmLauncher(Launcher):
         for stale in (job_dir.exit_code, job_dir.slurm_job_ids, job_dir.cancelled):
             stale.unlink(missing_ok=True)
         job_dir.batch_script.write_text(render_batch_script(
-            request, job_dir, self._build_command(request, job_dir), self.settings.cluster,
-            list(self.settings.setup_lines)))
+            request, job_dir, self._build_command(request, job_dir), self.settings))
         try:
             if self._packs(request):
                 infrastructure_id = f"slurm:{await self._packer.add(request, job_dir)}/{request.job_id}"
@@ -90,7 +79,7 @@ class SlurmLauncher(Launcher):
         packs = jobs[0][1].root.parent / "slurm-packs"
         packs.mkdir(exist_ok=True)
         script = packs / f"batch-{uuid.uuid4().hex[:12]}.sh"
-        script.write_text(render_pack_script(batch_id, jobs, str(packs / "slurm-%j.out"), self.settings.cluster))
+        script.write_text(render_pack_script(batch_id, jobs, str(packs / "slurm-%j.out"), self.settings))
         return await self._sbatch(script, [job_dir for _, job_dir in jobs])
 
     async def _sbatch(self, script, job_dirs: list[JobDirectory], *options: str) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import shlex
-from dataclasses import dataclass
 from functools import lru_cache
 
 import jinja2
@@ -14,6 +13,7 @@ import jinja2
 from ..commands import AppCommand
 from ..job_dir import JobDirectory
 from ..launch import LaunchRequest
+from .settings import SlurmJobSettings
 
 
 @lru_cache(maxsize=1)
@@ -26,27 +26,17 @@ def _environment() -> jinja2.Environment:
     return environment
 
 
-@dataclass(frozen=True)
-class ClusterOptions:
-    """The pool's cluster settings that become #SBATCH lines."""
-
-    partition: str = ""
-    gpu_partition: str = ""
-    account: str = ""
-    qos: str = ""
-    extra_sbatch_lines: tuple[str, ...] = ()
-    time_margin_sec: float = 60.0
-
-    def sbatch_options(self, request: LaunchRequest) -> dict:
-        limit = request.time_limit_sec
-        return dict(
-            time_limit=slurm_time(limit + self.time_margin_sec) if limit else None,
-            partition=(self.gpu_partition or self.partition) if request.num_gpus > 0 else self.partition,
-            num_gpus=request.num_gpus,
-            account=self.account,
-            qos=self.qos,
-            extra_sbatch_lines=self.extra_sbatch_lines,
-        )
+def sbatch_options(settings: SlurmJobSettings, request: LaunchRequest) -> dict:
+    """The pool's cluster settings that become #SBATCH lines (templates/slurm_options.j2)."""
+    limit = settings.slurm_time_limit(request.time_limit_sec)
+    return dict(
+        time_limit=slurm_time(limit) if request.time_limit_sec else None,
+        partition=(settings.gpu_partition or settings.partition) if request.num_gpus > 0 else settings.partition,
+        num_gpus=request.num_gpus,
+        account=settings.account,
+        qos=settings.qos,
+        extra_sbatch_lines=settings.extra_sbatch_lines,
+    )
 
 
 def slurm_time(seconds: float) -> str:
@@ -63,7 +53,7 @@ def memory_mb(request: LaunchRequest) -> int:
 
 
 def render_batch_script(request: LaunchRequest, job_dir: JobDirectory, command: AppCommand,
-                        options: ClusterOptions, setup_lines: list[str]) -> str:
+                        settings: SlurmJobSettings) -> str:
     key_file = job_dir.write_secret("job_private_key", request.job_private_key.get_secret_value()) \
         if command.key_in_env else None
     return _environment().get_template("slurm_batch.sh.j2").render(
@@ -73,18 +63,18 @@ def render_batch_script(request: LaunchRequest, job_dir: JobDirectory, command: 
         working_dir=job_dir.working,
         num_cpus=max(request.num_cpus, 1),
         memory_mb=memory_mb(request),
-        setup_lines=setup_lines,
+        setup_lines=settings.setup_lines,
         env=command.env,
         key_file=key_file,
         command=command.argv,
         stop_command=command.stop_argv,
         exit_code_file=job_dir.exit_code,
-        **options.sbatch_options(request),
+        **sbatch_options(settings, request),
     )
 
 
 def render_pack_script(batch_id: str, jobs: list[tuple[LaunchRequest, JobDirectory]], output_file: str,
-                       options: ClusterOptions) -> str:
+                       settings: SlurmJobSettings) -> str:
     """One allocation for jobs of one batch that ask for the same resources (the first one's)."""
     first = jobs[0][0]
     cpus = max(first.num_cpus, 1)
@@ -95,5 +85,5 @@ def render_pack_script(batch_id: str, jobs: list[tuple[LaunchRequest, JobDirecto
         memory_per_cpu_mb=math.ceil(memory_mb(first) / cpus),
         jobs=[dict(job_id=request.job_id, cancelled_file=job_dir.cancelled, output_file=job_dir.stdout,
                    working_dir=job_dir.working, script=job_dir.batch_script) for request, job_dir in jobs],
-        **options.sbatch_options(first),
+        **sbatch_options(settings, first),
     )

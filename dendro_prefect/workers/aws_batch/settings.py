@@ -1,0 +1,34 @@
+"""The AWS Batch pool's own job settings, declared once: its form in the Prefect UI, its jobs' configuration
+and its launchers are all made of this model."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class AwsBatchJobSettings(BaseModel):
+    aws_credentials_block: str = Field(
+        default="", description="Name of a prefect-aws AwsCredentials block; empty: boto3's default chain "
+        "(environment, config files, instance role).")
+    region_name: str = Field(default="", description="AWS region; empty: the block's or boto3's.")
+    cpu_job_queue: str = Field(default="DendroBatchStack-job-queue-cpu", description="Job queue of CPU jobs.")
+    gpu_job_queue: str = Field(default="DendroBatchStack-job-queue-gpu", description="Job queue of jobs with GPUs.")
+    job_definition_name: str = Field(default="{app_name}-dendro-jd", description="Name of an app's job "
+                                     "definition; {app_name} is filled in. One per app image, reused.")
+    job_role_arn: str = Field(default="", description="IAM role of the job containers (jobRoleArn).")
+    extra_container_properties: dict = Field(default_factory=dict, description="More containerProperties of "
+                                             "the job definitions, e.g. logConfiguration or volumes.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags on job definitions and jobs.")
+    memory_fraction: float = Field(default=0.9, description="MEMORY asked of Batch = memoryGb × this (headroom "
+                                   "for the container agent, so a job fits an instance of its nominal size).")
+    attempt_margin_sec: float = Field(default=600.0, description="Added to timeSec for the attempt timeout: "
+                                      "the dendro SDK stops the app at timeSec, Batch is the backstop.")
+    max_host_retries: int = Field(default=0, description="How often Batch retries a job whose host went away "
+                                  "(spot reclaim) before it fails. Retried jobs need DENDRO_FORCE_STATUS_UPDATES=1, "
+                                  "which also lets the app overwrite a failure set at the central: 0 by default.")
+    runnable_warning_sec: float = Field(default=300.0, description="A job RUNNABLE this long gets a log line "
+                                        "saying why it waits (queue and compute environment status).")
+
+    def attempt_timeout_sec(self, time_limit_sec: float | None) -> float | None:
+        """Batch's attempt timeout of a job: its timeSec and the margin (the worker waits as long before it kills)."""
+        return None if time_limit_sec is None else time_limit_sec + self.attempt_margin_sec
