@@ -80,6 +80,9 @@ def end_of_job(central_status: str | None, infrastructure: InfrastructureState, 
         return Ending(Cancelled(message="The job was deleted at the central"))
     if infrastructure.phase == "gone":
         reason = f"The job's infrastructure disappeared without a result ({infrastructure.reason or 'no reason given'})"
+    elif infrastructure.phase == "lost":
+        reason = (f"The job's infrastructure was lost ({infrastructure.reason}) on attempt {infrastructure.attempt}; "
+                  "it was not started again (max_infrastructure_retries)")
     elif infrastructure.exit_code is None and infrastructure.reason:
         reason = infrastructure.reason  # the infrastructure ended it (or never started it) and says why
     else:
@@ -239,6 +242,8 @@ class JobRun:
                 observation = await watched.next_observation()
                 output.log(await launcher.read_logs(infrastructure_id))
                 infrastructure = observation.infrastructure
+                if infrastructure is not None and infrastructure.phase == "lost" and await self._run_again(infrastructure):
+                    continue
                 if infrastructure is not None and infrastructure.phase != "running":
                     output.log(await launcher.read_logs(infrastructure_id))
                     return await self._ended(infrastructure, output)
@@ -257,6 +262,21 @@ class JobRun:
                     return Failed(message=reason)
         finally:
             watch.remove(watched)
+
+    async def _run_again(self, lost: InfrastructureState) -> bool:
+        """The job's infrastructure was lost under it (not the job's fault): it starts again while the pool's
+        `max_infrastructure_retries` last; False when they are spent or the new start failed."""
+        retries = getattr(self.configuration, "max_infrastructure_retries", 0)
+        if lost.attempt > retries:
+            return False
+        self.logger.warning("Job %s: %s; starting attempt %d (retry %d of %d)", self.job_id, lost.reason,
+                            lost.attempt + 1, lost.attempt, retries)
+        try:
+            await self.launcher.run_again(self.infrastructure_id)
+        except LaunchError as error:
+            self.logger.error("Job %s could not start again: %s", self.job_id, error)
+            return False
+        return True
 
     async def _stop_reason(self, observation: Observation, at_central: CentralEnding,
                            app_reported_failure: bool) -> str | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 
 class LaunchError(RuntimeError):
@@ -56,11 +56,25 @@ class AppCommand:
 
 @dataclass(frozen=True)
 class InfrastructureState:
-    """`running`, or `exited` with an exit code, or `gone` (nothing is known of it any more)."""
+    """`running`, or `exited` with an exit code, or `gone` (nothing is known of it any more), or `lost`: the
+    infrastructure went away under the job (a node failed, a pod was evicted, a host reclaimed), which says
+    nothing about the job itself. `attempt` counts the job's starts so far (`Launcher.run_again`)."""
 
-    phase: Literal["running", "exited", "gone"]
+    phase: Literal["running", "exited", "gone", "lost"]
     exit_code: int | None = None
     reason: str | None = None
+    attempt: int = 1
+
+
+class InfrastructureRetrySetting(BaseModel):
+    """The one knob of the pools whose infrastructure can be lost under a job (Slurm, AWS Batch, Kubernetes)."""
+
+    max_infrastructure_retries: int = Field(
+        default=2, ge=0, title="Retries on lost infrastructure",
+        description="How often a job whose infrastructure was lost under it is started again before it fails: "
+        "a Slurm job PREEMPTED, NODE_FAIL or BOOT_FAIL, a Kubernetes pod evicted, an AWS Batch host terminated "
+        "(spot reclaim). A new attempt forces its status updates at the central (DENDRO_FORCE_STATUS_UPDATES=1), "
+        "since the job already told it that it was running.")
 
 
 class Launcher(abc.ABC):
@@ -72,7 +86,8 @@ class Launcher(abc.ABC):
 
     @abc.abstractmethod
     async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
-        """The state of every given job, in as few calls to the infrastructure as it allows."""
+        """The state of every given job, in as few calls to the infrastructure as it allows: a read, which
+        changes nothing (the job's reactions are `run_again` and `kill`, which `JobRun` calls)."""
 
     @abc.abstractmethod
     async def read_logs(self, infrastructure_id: str) -> list[str]:
@@ -81,6 +96,11 @@ class Launcher(abc.ABC):
     @abc.abstractmethod
     async def kill(self, infrastructure_id: str) -> None:
         """Stop the job and everything it started; no error if it is gone already."""
+
+    async def run_again(self, infrastructure_id: str) -> None:
+        """Start a `lost` job again on new infrastructure, under the same infrastructure id; LaunchError
+        if it cannot be. Only backends whose infrastructure can be lost implement it."""
+        raise LaunchError("this infrastructure cannot run a job again")
 
     async def release(self, infrastructure_id: str) -> None:
         """Free what the job held once it has ended (secrets, containers)."""

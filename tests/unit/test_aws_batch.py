@@ -90,8 +90,7 @@ async def submit(aws: Aws, tmp_path, settings: dict | None = None, **changes) ->
                                 {"jobName": ANY, "jobQueue": "DendroBatchStack-job-queue-gpu" if gpus
                                  else "DendroBatchStack-job-queue-cpu", "jobDefinition": DEFINITION_ARN,
                                  "containerOverrides": ANY, "tags": ANY,
-                                 **({"timeout": ANY} if changes.get("time_limit_sec", 1) else {}),
-                                 **({"retryStrategy": ANY} if (settings or {}).get("max_host_retries") else {})})
+                                 **({"timeout": ANY} if changes.get("time_limit_sec", 1) else {})})
     assert await batch.submit(launch_request(tmp_path, **changes)) == f"aws-batch:{JOB_ID}"
     return batch, aws.submitted[-1]
 
@@ -159,11 +158,23 @@ async def test_gpu_jobs_see_the_drivers(aws, tmp_path):
     assert environment(request)["NVIDIA_DRIVER_CAPABILITIES"] == "all"
 
 
-async def test_host_retries_retry_only_lost_hosts_and_let_a_retried_app_report_again(aws, tmp_path):
-    _, request = await submit(aws, tmp_path, {"max_host_retries": 2})
-    assert request["retryStrategy"] == {"attempts": 3, "evaluateOnExit": [
-        {"onStatusReason": "Host EC2*", "action": "RETRY"}, {"onReason": "*", "action": "EXIT"}]}
-    assert environment(request)["DENDRO_FORCE_STATUS_UPDATES"] == "1"
+async def test_a_lost_host_is_read_as_lost_and_run_again_as_a_new_batch_job_that_may_report_again(aws, tmp_path):
+    batch, first = await submit(aws, tmp_path)
+    assert environment(first)["DENDRO_FORCE_STATUS_UPDATES"] == "0" and "retryStrategy" not in first
+    reason = "Host EC2 (instance i-0abc) terminated."
+    aws.batch_stub.add_response("describe_jobs", {"jobs": [batch_job("FAILED", statusReason=reason)]},
+                                {"jobs": [JOB_ID]})
+    assert await batch.states([f"aws-batch:{JOB_ID}"]) == {
+        f"aws-batch:{JOB_ID}": InfrastructureState("lost", None, f"AWS Batch: {reason}")}
+    aws.batch_stub.add_response("submit_job", {"jobId": "retry-1", "jobName": "dendro-p1-abcdefgh"},
+                                {"jobName": first["jobName"], "jobQueue": first["jobQueue"],
+                                 "jobDefinition": DEFINITION_ARN, "containerOverrides": ANY, "tags": ANY,
+                                 "timeout": ANY})
+    await batch.run_again(f"aws-batch:{JOB_ID}")
+    assert environment(aws.submitted[-1])["DENDRO_FORCE_STATUS_UPDATES"] == "1"
+    aws.batch_stub.add_response("describe_jobs", {"jobs": [batch_job("RUNNING", jobId="retry-1")]},
+                                {"jobs": ["retry-1"]})
+    assert await batch.states([f"aws-batch:{JOB_ID}"]) == {f"aws-batch:{JOB_ID}": InfrastructureState("running")}
 
 
 async def test_an_app_without_image_cannot_run_on_batch(aws, tmp_path):
@@ -250,8 +261,8 @@ async def test_a_succeeded_job_exited_with_zero(aws):
                                                                          "Container killed due to memory usage"}),
      137, "AWS Batch status FAILED: Essential container in task exited; OutOfMemoryError: Container killed due to "
           "memory usage"),
-    (dict(attempts=[{"container": {"exitCode": 1}}, {"container": {"exitCode": 2, "reason": "Host EC2 terminated"}}]),
-     2, "AWS Batch status FAILED: Host EC2 terminated (after 2 attempts)"),
+    (dict(attempts=[{"container": {"exitCode": 2, "reason": "CannotInspectContainerError"}}]),  # from its last attempt
+     2, "AWS Batch status FAILED: CannotInspectContainerError"),
     (dict(statusReason="Terminated by dendro-prefect"), None, "AWS Batch status FAILED: Terminated by dendro-prefect"),
     ({}, None, "AWS Batch status FAILED"),
 ])
@@ -341,16 +352,16 @@ async def test_a_job_runnable_past_the_warning_gets_one_log_line_saying_why(aws)
     batch = launcher(aws, runnable_warning_sec=0)
     job = dict(batch_job("RUNNABLE", jobQueue="q"), **asks_for(2))
     aws.batch_stub.add_response("describe_jobs", {"jobs": [job]}, {"jobs": [JOB_ID]})
+    infrastructure_id = f"aws-batch:{JOB_ID}"
+    assert await batch.states([infrastructure_id]) == {infrastructure_id: InfrastructureState("running")}  # a read
     aws.batch_stub.add_response("describe_job_queues", queue(state="DISABLED"), {"jobQueues": ["q"]})
     aws.batch_stub.add_response("describe_compute_environments", {"computeEnvironments": [environment_of()]},
                                 {"computeEnvironments": ["ce-spot"]})
-    aws.batch_stub.add_response("describe_jobs", {"jobs": [job]}, {"jobs": [JOB_ID]})  # no second diagnosis
-    infrastructure_id = f"aws-batch:{JOB_ID}"
-    assert await batch.states([infrastructure_id]) == {infrastructure_id: InfrastructureState("running")}
-    assert await batch.states([infrastructure_id]) == {infrastructure_id: InfrastructureState("running")}
     assert await batch.read_logs(infrastructure_id) == [
         "AWS Batch: the job has been RUNNABLE for 0 s; job queue q is DISABLED/VALID"]
-    assert await batch.read_logs(infrastructure_id) == []
+    aws.batch_stub.add_response("describe_jobs", {"jobs": [job]}, {"jobs": [JOB_ID]})
+    assert await batch.states([infrastructure_id]) == {infrastructure_id: InfrastructureState("running")}
+    assert await batch.read_logs(infrastructure_id) == []  # no second diagnosis
 
 
 async def test_a_job_runnable_shorter_than_the_warning_is_not_diagnosed(aws):
@@ -452,3 +463,14 @@ def test_no_region_anywhere_fails_the_launch_saying_where_to_set_it(no_aws_confi
     with pytest.raises(LaunchError, match="no AWS region: set region_name on the work pool or in the credentials "
                                           "block"):
         AwsAccess().clients()
+
+
+async def test_a_restarted_worker_takes_up_the_latest_attempt_of_its_job(aws, tmp_path):
+    batch = launcher(aws)
+    summaries = [{"jobId": i, "jobName": "dendro-p1-abcdefgh", "createdAt": t}
+                 for i, t in (("retry-2", 30), ("older-run", 5), (JOB_ID, 10), ("retry-1", 20))]
+    aws.batch_stub.add_response("list_jobs", {"jobSummaryList": summaries}, {
+        "jobQueue": "DendroBatchStack-job-queue-cpu", "filters": [{"name": "JOB_NAME", "values": ["dendro-p1-abcdefgh"]}]})
+    await batch.attach(f"aws-batch:{JOB_ID}", launch_request(tmp_path))
+    aws.batch_stub.add_response("describe_jobs", {"jobs": [batch_job("RUNNING", jobId="retry-2")]}, {"jobs": ["retry-2"]})
+    assert await batch.states([f"aws-batch:{JOB_ID}"]) == {f"aws-batch:{JOB_ID}": InfrastructureState("running")}

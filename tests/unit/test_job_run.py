@@ -26,7 +26,7 @@ from dendro_prefect.workers.job_run import (
     JobRun,
     end_of_job,
 )
-from dendro_prefect.workers.launch import InfrastructureState, Launcher
+from dendro_prefect.workers.launch import InfrastructureRetrySetting, InfrastructureState, Launcher, LaunchError
 from dendro_prefect.workers.watch import Watch
 
 JOB_ID = "proj1.abcdefgh"
@@ -63,6 +63,9 @@ EXITED_1 = InfrastructureState("exited", exit_code=1)
      "The app exited with code 3 without reporting a result; its last line: crash: bye", "same"),
     ("running", InfrastructureState("exited", exit_code=137, reason="out of memory"), [], [], "FAILED",
      "The app exited with code 137 without reporting a result (out of memory)", "same"),
+    ("running", InfrastructureState("lost", reason="Slurm state NODE_FAIL", attempt=3), [], [], "FAILED",
+     "The job's infrastructure was lost (Slurm state NODE_FAIL) on attempt 3; it was not started again "
+     "(max_infrastructure_retries)", "same"),
 ])
 def test_the_end_of_job_table(status, infrastructure, lines, app_lines, state, message, fail_at_central):
     ending = end_of_job(status, infrastructure, output(*lines), JOB_ID, app_lines)
@@ -108,6 +111,8 @@ class FakeLauncher(Launcher):
         self.released: list[str] = []
         self.lines: list[str] = []
         self.watched = asyncio.Event()  # set once the worker's watch asks for the job's state
+        self.runs_again: list[str] = []
+        self.refuse_run_again = False
 
     async def submit(self, request) -> str:
         self.submitted.append(request)
@@ -124,6 +129,12 @@ class FakeLauncher(Launcher):
     async def kill(self, infrastructure_id):
         self.killed.append(infrastructure_id)
         self.state = InfrastructureState("exited", exit_code=-15)
+
+    async def run_again(self, infrastructure_id):
+        if self.refuse_run_again:
+            raise LaunchError("sbatch refused the job: QOSMaxSubmitJobPerUserLimit")
+        self.runs_again.append(infrastructure_id)
+        self.state = InfrastructureState("running")
 
     async def release(self, infrastructure_id):
         self.released.append(infrastructure_id)
@@ -203,11 +214,15 @@ class FakeWorker:
         self.central.status = "failed"
 
 
-def life(worker: FakeWorker, during=None, **configuration) -> JobRun:
+class RetryingConfiguration(DendroJobConfiguration, InfrastructureRetrySetting):
+    """The configuration of a pool whose infrastructure can be lost (Slurm, AWS Batch, Kubernetes)."""
+
+
+def life(worker: FakeWorker, during=None, configuration_class=DendroJobConfiguration, **configuration) -> JobRun:
     """Launch the job and follow it to its end; `during(launcher, central)` runs once it is followed."""
     flow_run = FlowRun(id=uuid4(), flow_id=uuid4(), parameters={"job_id": JOB_ID})
     settings = dict(app_name="letter_count", app_executable="/app/main.py", job_root="/nonexistent-root")
-    job_run = JobRun(flow_run, DendroJobConfiguration(**{**settings, **configuration}), worker, LOG)
+    job_run = JobRun(flow_run, configuration_class(**{**settings, **configuration}), worker, LOG)
 
     async def live() -> None:
         if await job_run.launch() is None:
@@ -274,6 +289,47 @@ def test_an_app_that_dies_unreported_is_failed_at_the_central_with_its_exit_code
     life(worker, lambda launcher, central: ends(launcher, central, "running", 3, "crash: bye"))
     reason = "The app exited with code 3 without reporting a result; its last line: crash: bye"
     assert worker.failed_at_central == [reason] and worker.states[-1].message == reason
+
+
+def lost_then(*ends_after):
+    """During the job's life: its infrastructure is lost once, then (after it runs again) `ends(...)`."""
+    def during(launcher: FakeLauncher, central: FakeCentral) -> None:
+        central.status = "running"
+        launcher.state = InfrastructureState("lost", reason="Slurm state NODE_FAIL", attempt=len(launcher.runs_again) + 1)
+
+        async def after_run_again() -> None:
+            while not launcher.runs_again and launcher.state.phase == "lost":
+                await asyncio.sleep(0.01)
+            if launcher.runs_again:
+                ends(launcher, central, *ends_after)
+
+        asyncio.get_running_loop().create_task(after_run_again())
+    return during
+
+
+def test_a_job_whose_infrastructure_was_lost_runs_again_and_completes():
+    worker = FakeWorker(FakeCentral(), FakeLauncher())
+    life(worker, lost_then("completed", 0, "Job completed"), RetryingConfiguration, max_infrastructure_retries=1)
+    assert worker.fake_launcher.runs_again == ["fake:1"]
+    assert worker.states[-1].type.value == "COMPLETED" and worker.failed_at_central == []
+
+
+@pytest.mark.parametrize("configuration_class, retries", [(RetryingConfiguration, 0), (DendroJobConfiguration, None)])
+def test_a_job_lost_without_retries_left_or_on_a_pool_that_has_none_fails_with_the_loss(configuration_class, retries):
+    worker = FakeWorker(FakeCentral(), FakeLauncher())
+    settings = {} if retries is None else {"max_infrastructure_retries": retries}
+    life(worker, lost_then("completed", 0), configuration_class, **settings)
+    reason = ("The job's infrastructure was lost (Slurm state NODE_FAIL) on attempt 1; it was not started again "
+              "(max_infrastructure_retries)")
+    assert worker.fake_launcher.runs_again == [] and worker.failed_at_central == [reason]
+    assert worker.states[-1].message == reason
+
+
+def test_a_job_the_infrastructure_refuses_to_run_again_fails_with_the_loss():
+    worker = FakeWorker(FakeCentral(), FakeLauncher())
+    worker.fake_launcher.refuse_run_again = True
+    life(worker, lost_then("completed", 0), RetryingConfiguration)
+    assert worker.states[-1].type.value == "FAILED" and "lost (Slurm state NODE_FAIL)" in worker.states[-1].message
 
 
 @pytest.mark.parametrize("status, configuration, reason", [

@@ -204,41 +204,35 @@ def evicted(job_name: str):
     return k8s_pod(job_name, "Failed", reason="Evicted", message="The node was low on resource: memory.")
 
 
-async def test_an_evicted_pod_is_started_again_as_a_new_job_that_may_report_running_again(tmp_path, cluster):
-    kubernetes = await submitted(tmp_path, max_evictions=2)
+EVICTED = f"Kubernetes: pod {NAME}-abcde evicted (The node was low on resource: memory.)"
+
+
+async def test_an_evicted_pod_is_read_as_lost_and_run_again_as_a_new_job_that_may_report_running_again(tmp_path,
+                                                                                                        cluster):
+    kubernetes = await submitted(tmp_path)
     cluster.watch.put(k8s_job(NAME), evicted(NAME))
-    assert await state_of(kubernetes) == InfrastructureState("running")
+    assert await state_of(kubernetes) == InfrastructureState("lost", None, EVICTED)
+    assert cluster.deleted_jobs == []  # a read: running it again is the job's decision (JobRun)
+    await kubernetes.run_again(INFRASTRUCTURE_ID)
     assert cluster.deleted_jobs == [(NAME, "Foreground")] and f"{NAME}-key" in cluster.deleted_secrets
     retry = cluster.jobs[f"{NAME}-r1"]
     assert retry["metadata"]["labels"]["dendro.org/attempt"] == "1"
     env = {e["name"]: e.get("value") for e in retry["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["DENDRO_FORCE_STATUS_UPDATES"] == "1"
     assert f"{NAME}-r1-key" in cluster.secrets
-    assert await kubernetes.read_logs(INFRASTRUCTURE_ID) == [
-        f"Kubernetes: pod {NAME}-abcde evicted (The node was low on resource: memory.); starting attempt 2"]
     cluster.watch.put(k8s_job(f"{NAME}-r1"), k8s_pod(f"{NAME}-r1", "Running"))
     assert await state_of(kubernetes) == InfrastructureState("running")  # the new attempt is the one watched
-
-
-@pytest.mark.parametrize("max_evictions", [0, 1])
-async def test_evictions_past_max_evictions_fail_the_job_naming_the_attempt(tmp_path, cluster, max_evictions):
-    kubernetes = await submitted(tmp_path, max_evictions=max_evictions)
-    names = [NAME] + [f"{NAME}-r{i}" for i in range(1, max_evictions + 1)]
-    for name in names[:-1]:
-        cluster.watch.put(k8s_job(name), evicted(name))
-        assert await state_of(kubernetes) == InfrastructureState("running")
-    cluster.watch.put(k8s_job(names[-1]), evicted(names[-1]))
+    cluster.watch.put(k8s_job(f"{NAME}-r1"), evicted(f"{NAME}-r1"))
     assert await state_of(kubernetes) == InfrastructureState(
-        "exited", None, f"Kubernetes: pod evicted (The node was low on resource: memory.), attempt {max_evictions + 1}")
+        "lost", None, EVICTED.replace(NAME, f"{NAME}-r1"), attempt=2)
 
 
-async def test_an_eviction_whose_new_attempt_is_refused_fails_the_job(tmp_path, cluster):
+async def test_a_new_attempt_refused_by_the_cluster_is_a_launch_error(tmp_path, cluster):
     kubernetes = await submitted(tmp_path)
     cluster.watch.put(k8s_job(NAME), evicted(NAME))
     cluster.refuse_job = ApiException(status=403, reason="Forbidden")
-    state = await state_of(kubernetes)
-    assert state.phase == "exited" and state.reason.startswith(
-        "Kubernetes: pod evicted; a new attempt failed: Kubernetes refused the Job: 403 Forbidden")
+    with pytest.raises(LaunchError, match="Kubernetes refused the Job: 403 Forbidden"):
+        await kubernetes.run_again(INFRASTRUCTURE_ID)
 
 
 # --- restarts, kill and release ----------------------------------------------------------------------------------
@@ -268,7 +262,7 @@ async def test_kill_deletes_the_current_job_in_the_foreground_with_its_secret(tm
 async def test_release_removes_every_attempts_job_and_secret(tmp_path, cluster):
     kubernetes = await submitted(tmp_path)
     cluster.watch.put(k8s_job(NAME), evicted(NAME))
-    await state_of(kubernetes)
+    await kubernetes.run_again(INFRASTRUCTURE_ID)
     cluster.deleted_jobs.clear()
     await kubernetes.release(INFRASTRUCTURE_ID)
     assert [name for name, _ in cluster.deleted_jobs] == [NAME, f"{NAME}-r1"]
@@ -309,7 +303,8 @@ def test_the_worker_reuses_one_launcher_per_cluster_and_settings():
     configuration = KubernetesJobConfiguration(kubeconfig_path="/k/config", app_image="app:1")
     assert worker.launcher(configuration) is worker.launcher(configuration.model_copy())
     assert worker.launcher(configuration.model_copy(update={"context": "other"})) is not worker.launcher(configuration)
-    assert worker.launcher(configuration.model_copy(update={"max_evictions": 0})).settings.max_evictions == 0
+    assert worker.launcher(configuration.model_copy(update={"max_infrastructure_retries": 0})).settings \
+        .max_infrastructure_retries == 0
 
 
 @pytest.mark.parametrize("time_limit_sec, expected", [(None, None), (600.0, 660.0)])

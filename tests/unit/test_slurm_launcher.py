@@ -15,7 +15,7 @@ from dendro_prefect.workers.slurm import SlurmJobConfiguration, SlurmWorker
 from dendro_prefect.workers.slurm import launcher as slurm_launcher
 from dendro_prefect.workers.slurm.launcher import (
     ENDED_STATES,
-    RETRIED_STATES,
+    LOST_STATES,
     UNFINISHED_SLURM_STATES,
     SlurmLauncher,
 )
@@ -113,7 +113,7 @@ async def test_an_end_slurm_gave_the_job_is_named_with_its_reason(tmp_path, slur
 
 def test_every_slurm_state_is_either_active_or_ended_and_retried_ones_are_ends():
     assert not UNFINISHED_SLURM_STATES & ENDED_STATES
-    assert RETRIED_STATES <= ENDED_STATES
+    assert LOST_STATES <= ENDED_STATES
 
 
 @pytest.mark.parametrize("written, expected", [
@@ -130,12 +130,19 @@ async def test_a_job_gone_from_squeue_is_resolved_from_the_exit_code_file(tmp_pa
     assert await state_of(slurm_job, infrastructure_id) == expected
 
 
-@pytest.mark.parametrize("slurm_state", sorted(RETRIED_STATES))
-async def test_a_job_slurm_lost_is_submitted_again_and_forces_its_status_updates(tmp_path, slurm, slurm_state):
+@pytest.mark.parametrize("slurm_state", sorted(LOST_STATES))
+async def test_a_job_slurm_lost_is_read_as_lost_and_changes_nothing(tmp_path, slurm, slurm_state):
     slurm_job, infrastructure_id, job_dir = await submitted(tmp_path, slurm)
     slurm.set("100", slurm_state)
+    assert await state_of(slurm_job, infrastructure_id) == InfrastructureState("lost", None, f"Slurm state {slurm_state}")
+    assert len(slurm.submitted) == 1  # a read: running it again is the job's decision (JobRun)
+
+
+async def test_a_lost_job_run_again_is_submitted_again_and_forces_its_status_updates(tmp_path, slurm):
+    slurm_job, infrastructure_id, job_dir = await submitted(tmp_path, slurm)
+    slurm.set("100", "NODE_FAIL")
     job_dir.exit_code.write_text("1")  # an exit code of the lost attempt must not end the next one
-    assert await state_of(slurm_job, infrastructure_id) == InfrastructureState("running")
+    await slurm_job.run_again(infrastructure_id)
     (_, script, options) = slurm.submitted[-1]
     assert script == job_dir.batch_script and options == ("--parsable", "--export=ALL,DENDRO_FORCE_STATUS_UPDATES=1")
     assert job_dir.slurm_job_ids.read_text().split() == ["100", "101"]
@@ -143,28 +150,17 @@ async def test_a_job_slurm_lost_is_submitted_again_and_forces_its_status_updates
     slurm.calls.clear()
     assert await state_of(slurm_job, infrastructure_id) == InfrastructureState("running")  # the new one, PENDING
     assert "--jobs=101" in slurm.calls[0]
+    slurm.set("101", "PREEMPTED")
+    assert await state_of(slurm_job, infrastructure_id) == InfrastructureState("lost", None, "Slurm state PREEMPTED",
+                                                                               attempt=2)
 
 
-@pytest.mark.parametrize("max_requeues", [0, 1, 2])
-async def test_requeues_stop_at_max_requeues_and_the_end_names_the_attempt(tmp_path, slurm, max_requeues):
-    slurm_job, infrastructure_id, _ = await submitted(tmp_path, slurm, max_requeues=max_requeues)
-    for attempt in range(max_requeues):
-        slurm.set(str(100 + attempt), "NODE_FAIL")
-        assert await state_of(slurm_job, infrastructure_id) == InfrastructureState("running")
-    slurm.set(str(100 + max_requeues), "NODE_FAIL", "None")
-    end = await state_of(slurm_job, infrastructure_id)
-    attempt = f", attempt {max_requeues + 1}" if max_requeues else ""
-    assert end == InfrastructureState("exited", None, f"Slurm state NODE_FAIL{attempt}")
-    assert len(slurm.submitted) == 1 + max_requeues
-
-
-async def test_a_refused_resubmission_ends_the_job_with_both_reasons(tmp_path, slurm):
+async def test_a_refused_resubmission_is_a_launch_error_naming_slurms_reason(tmp_path, slurm):
     slurm_job, infrastructure_id, _ = await submitted(tmp_path, slurm)
     slurm.set("100", "PREEMPTED")
     slurm.refusal = "sbatch: error: QOSMaxSubmitJobPerUserLimit"
-    assert await state_of(slurm_job, infrastructure_id) == InfrastructureState(
-        "exited", None, "Slurm state PREEMPTED; resubmitting failed: sbatch refused the job: sbatch: error: "
-                        "QOSMaxSubmitJobPerUserLimit")
+    with pytest.raises(LaunchError, match="^sbatch refused the job: sbatch: error: QOSMaxSubmitJobPerUserLimit$"):
+        await slurm_job.run_again(infrastructure_id)
 
 
 async def test_one_squeue_call_reports_every_watched_job(tmp_path, slurm):
@@ -267,7 +263,8 @@ async def test_a_requeued_packed_job_runs_alone_and_is_watched_and_killed_as_its
     slurm_job = launcher(pack_batches=True, pack_window_sec=0.01)
     first, _ = await submit_batch(tmp_path, slurm_job, 2)
     slurm.set("100", "NODE_FAIL")
-    assert await state_of(slurm_job, first) == InfrastructureState("running")
+    assert (await state_of(slurm_job, first)).phase == "lost"
+    await slurm_job.run_again(first)
     assert slurm.submitted[-1][1] == tmp_path / "j0" / "batch.sh"
     slurm.set("101", "RUNNING")
     (tmp_path / "j0" / "exit_code").write_text("0")  # a lone job's end is Slurm's word, not its exit code alone
@@ -299,7 +296,8 @@ def test_the_worker_reuses_one_launcher_per_container_method_and_settings():
     assert worker.launcher(configuration) is worker.launcher(configuration.model_copy())
     other = worker.launcher(configuration.model_copy(update={"partition": "big"}))
     assert other is not worker.launcher(configuration) and other.settings.partition == "big"
-    assert worker.launcher(configuration.model_copy(update={"max_requeues": 5})).settings.max_requeues == 5
+    assert worker.launcher(configuration.model_copy(update={"max_infrastructure_retries": 5})).settings \
+        .max_infrastructure_retries == 5
 
 
 def test_the_worker_refuses_an_unknown_container_method_on_the_nodes():

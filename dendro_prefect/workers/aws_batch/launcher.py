@@ -10,6 +10,7 @@ the flow run. The job's request, its environment with the job private key includ
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import re
 import time
 from dataclasses import dataclass, field
@@ -37,13 +38,15 @@ class _Watched:
     """What the launcher keeps of one Batch job: where its log is read up to, and its RUNNABLE story."""
 
     queue: str = ""
+    batch_ids: list[str] = field(default_factory=list)  # its attempts' Batch jobs, the current last
+    request: LaunchRequest | None = None  # to run it again
     log_stream: str | None = None
     log_token: str | None = None
     logs_read_at: float = float("-inf")
     ended: bool = False
     runnable_since: float | None = None
     runnable_reported: bool = False
-    notes: list[str] = field(default_factory=list)
+    described: dict = field(default_factory=dict)  # what the last describe_jobs said of it
 
 
 def job_name(job_id: str) -> str:
@@ -86,12 +89,27 @@ class AwsBatchLauncher(Launcher):
         if not request.app_image:
             raise LaunchError(f"app {request.app_name} has no appImage to run on AWS Batch")
         definition = await self._call("job definition", self._definition_arn, request.app_name, request.app_image)
-        queue = self.settings.gpu_job_queue if request.num_gpus > 0 else self.settings.cpu_job_queue
+        queue = self._queue(request)
         response = await self._call("submit_job", self._batch().submit_job, **self._submit_request(request, queue,
-                                                                                                     definition))
+                                                                                                     definition, 0))
         infrastructure_id = f"aws-batch:{response['jobId']}"
-        self._watched[infrastructure_id] = _Watched(queue=queue)
+        self._watched[infrastructure_id] = _Watched(queue=queue, batch_ids=[response["jobId"]], request=request)
         return infrastructure_id
+
+    def _queue(self, request: LaunchRequest) -> str:
+        return self.settings.gpu_job_queue if request.num_gpus > 0 else self.settings.cpu_job_queue
+
+    async def run_again(self, infrastructure_id: str) -> None:
+        """A new Batch job of the same request in place of the one whose host went away."""
+        watched = self._watched.get(infrastructure_id)
+        if watched is None or watched.request is None:
+            raise LaunchError("the worker no longer holds the job's request to submit it again")
+        request = watched.request
+        definition = await self._call("job definition", self._definition_arn, request.app_name, request.app_image)
+        response = await self._call("submit_job", self._batch().submit_job, **self._submit_request(
+            request, watched.queue, definition, len(watched.batch_ids)))
+        watched.batch_ids.append(response["jobId"])
+        watched.log_stream, watched.log_token, watched.ended = None, None, False
 
     def _definition_arn(self, app_name: str, image: str) -> str:
         if self._definitions is None:
@@ -100,10 +118,11 @@ class AwsBatchLauncher(Launcher):
                                                settings.extra_container_properties, settings.tags)
         return self._definitions.arn_for(app_name, image)
 
-    def _submit_request(self, request: LaunchRequest, queue: str, definition: str) -> dict:
+    def _submit_request(self, request: LaunchRequest, queue: str, definition: str, attempt: int) -> dict:
+        """Attempt 0 is the job's first start; a later one forces its status updates (it told the central it ran)."""
         settings = self.settings
         env = dict(container_environment(request), JOB_PRIVATE_KEY=request.job_private_key.get_secret_value(),
-                   DENDRO_FORCE_STATUS_UPDATES="1" if settings.max_host_retries > 0 else "0")
+                   DENDRO_FORCE_STATUS_UPDATES="1" if attempt > 0 else "0")
         if request.num_gpus > 0:
             env.update(NVIDIA_DRIVER_CAPABILITIES="all")
         resources = [
@@ -126,22 +145,23 @@ class AwsBatchLauncher(Launcher):
         if request.time_limit_sec:
             submission["timeout"] = {"attemptDurationSeconds": max(60, int(settings.attempt_timeout_sec(
                 request.time_limit_sec)))}
-        if settings.max_host_retries > 0:
-            submission["retryStrategy"] = {
-                "attempts": 1 + settings.max_host_retries,
-                "evaluateOnExit": [{"onStatusReason": HOST_FAILURE, "action": "RETRY"},
-                                   {"onReason": "*", "action": "EXIT"}],
-            }
         return submission
 
     async def attach(self, infrastructure_id: str, request: LaunchRequest) -> None:
-        queue = self.settings.gpu_job_queue if request.num_gpus > 0 else self.settings.cpu_job_queue
-        self._watched.setdefault(infrastructure_id, _Watched(queue=queue))
+        """Watch a job an earlier worker submitted: its later attempts are the Batch jobs of its name
+        submitted after the first (`run_again` names them alike)."""
+        queue, first = self._queue(request), infrastructure_id.split(":", 1)[1]
+        listed = await self._call("list_jobs", self._batch().list_jobs, jobQueue=queue, filters=[
+            {"name": "JOB_NAME", "values": [job_name(request.job_id)]}])
+        jobs = sorted(listed.get("jobSummaryList", []), key=lambda job: job.get("createdAt", 0))
+        ids = [job["jobId"] for job in jobs]
+        self._watched[infrastructure_id] = _Watched(queue=queue, batch_ids=ids[ids.index(first):] if first in ids
+                                                    else [first], request=request)
 
     # --- watch ---------------------------------------------------------------------------------------------------
 
     async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
-        by_batch_id = {i.split(":", 1)[1]: i for i in infrastructure_ids}
+        by_batch_id = {self._current(i): i for i in infrastructure_ids}
         ids = list(by_batch_id)
         described: dict[str, dict] = {}
         for start in range(0, len(ids), DESCRIBE_PAGE):
@@ -158,26 +178,34 @@ class AwsBatchLauncher(Launcher):
             watched.queue = job.get("jobQueue", watched.queue)
             watched.log_stream = (job.get("container") or {}).get("logStreamName") or watched.log_stream
             status = job.get("status", "")
-            await self._note_runnable(watched, status, job)
+            watched.described = job
+            if status != "RUNNABLE":
+                watched.runnable_since = None
+            elif watched.runnable_since is None:
+                watched.runnable_since = time.monotonic()
             if status in UNFINISHED_BATCH_STATUSES:
                 states[infrastructure_id] = InfrastructureState("running")
+            elif status == "FAILED" and fnmatch.fnmatch(job.get("statusReason") or "", HOST_FAILURE):
+                states[infrastructure_id] = InfrastructureState("lost", None, f"AWS Batch: {job['statusReason']}",
+                                                                attempt=len(watched.batch_ids) or 1)
             else:
                 watched.ended = True
-                states[infrastructure_id] = _ended_state(job)
+                states[infrastructure_id] = _ended_state(job, len(watched.batch_ids))
         return states
 
-    async def _note_runnable(self, watched: _Watched, status: str, job: dict) -> None:
+    def _current(self, infrastructure_id: str) -> str:
+        watched = self._watched.get(infrastructure_id)
+        return watched.batch_ids[-1] if watched and watched.batch_ids else infrastructure_id.split(":", 1)[1]
+
+    async def _why_runnable(self, watched: _Watched) -> list[str]:
         """A job RUNNABLE past `runnable_warning_sec` gets one log line saying why it waits."""
-        if status != "RUNNABLE":
-            watched.runnable_since = None
-            return
         now = time.monotonic()
-        watched.runnable_since = watched.runnable_since or now
-        if not watched.runnable_reported and now - watched.runnable_since >= self.settings.runnable_warning_sec:
-            watched.runnable_reported = True
-            reason = await asyncio.to_thread(why_runnable, self._batch(), watched.queue, job)
-            watched.notes.append(f"AWS Batch: the job has been RUNNABLE for {now - watched.runnable_since:.0f} s; "
-                                 f"{reason}")
+        if watched.runnable_since is None or watched.runnable_reported \
+                or now - watched.runnable_since < self.settings.runnable_warning_sec:
+            return []
+        watched.runnable_reported = True
+        reason = await asyncio.to_thread(why_runnable, self._batch(), watched.queue, watched.described)
+        return [f"AWS Batch: the job has been RUNNABLE for {now - watched.runnable_since:.0f} s; {reason}"]
 
     # --- logs and kill -------------------------------------------------------------------------------------------
 
@@ -187,7 +215,7 @@ class AwsBatchLauncher(Launcher):
         watched = self._watched.get(infrastructure_id)
         if watched is None:
             return []
-        lines, watched.notes = watched.notes, []
+        lines = await self._why_runnable(watched)
         now = time.monotonic()
         if watched.log_stream and (watched.ended or now - watched.logs_read_at >= self._log_interval_sec):
             watched.logs_read_at = now
@@ -213,21 +241,20 @@ class AwsBatchLauncher(Launcher):
             watched.log_token = token
 
     async def kill(self, infrastructure_id: str) -> None:
-        await self._call("terminate_job", self._batch().terminate_job, jobId=infrastructure_id.split(":", 1)[1],
+        await self._call("terminate_job", self._batch().terminate_job, jobId=self._current(infrastructure_id),
                          reason="Stopped by dendro-prefect: the job was cancelled, failed or deleted")
 
     async def release(self, infrastructure_id: str) -> None:
         self._watched.pop(infrastructure_id, None)
 
 
-def _ended_state(job: dict) -> InfrastructureState:
+def _ended_state(job: dict, attempts: int) -> InfrastructureState:
     if job.get("status") == "SUCCEEDED":
         return InfrastructureState("exited", 0)
-    attempts = job.get("attempts") or [{}]
-    container = job.get("container") or attempts[-1].get("container") or {}
+    container = job.get("container") or (job.get("attempts") or [{}])[-1].get("container") or {}
     exit_code = container.get("exitCode")
     reasons = [r for r in (job.get("statusReason"), container.get("reason")) if r]
     detail = "AWS Batch status FAILED" + (f": {'; '.join(reasons)}" if reasons else "")
-    if len(attempts) > 1:
-        detail += f" (after {len(attempts)} attempts)"
+    if attempts > 1:
+        detail += f" (attempt {attempts})"
     return InfrastructureState("exited", exit_code, detail)

@@ -3,10 +3,12 @@ and its launchers are all made of this model."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from ..launch import InfrastructureRetrySetting
 
 
-class AwsBatchJobSettings(BaseModel):
+class AwsBatchJobSettings(InfrastructureRetrySetting):
     aws_credentials_block: str = Field(
         default="", description="Name of a prefect-aws AwsCredentials block; empty: boto3's default chain "
         "(environment, config files, instance role).")
@@ -23,9 +25,6 @@ class AwsBatchJobSettings(BaseModel):
                                    "for the container agent, so a job fits an instance of its nominal size).")
     attempt_margin_sec: float = Field(default=600.0, description="Added to timeSec for the attempt timeout: "
                                       "the dendro SDK stops the app at timeSec, Batch is the backstop.")
-    max_host_retries: int = Field(default=0, description="How often Batch retries a job whose host went away "
-                                  "(spot reclaim) before it fails. Retried jobs need DENDRO_FORCE_STATUS_UPDATES=1, "
-                                  "which also lets the app overwrite a failure set at the central: 0 by default.")
     runnable_warning_sec: float = Field(default=300.0, description="A job RUNNABLE this long gets a log line "
                                         "saying why it waits (queue and compute environment status).")
 

@@ -40,6 +40,8 @@ class _Watched:
     lines: queue.Queue = field(default_factory=queue.Queue)
     follower: threading.Thread | None = None
     following_pod: str | None = None
+    pod: Any = None  # the current attempt's pod, as the last states() saw it
+    ended: bool = False  # the last states() saw the job end
 
 
 def _one_line(text: str) -> str:
@@ -148,8 +150,8 @@ class KubernetesLauncher(Launcher):
     def _state(self, infrastructure_id: str) -> InfrastructureState:
         state = self._observe(infrastructure_id)
         watched = self._watched.get(infrastructure_id)
-        if state.phase != "running" and watched is not None and watched.follower is not None:
-            watched.follower.join(3)  # the log's last lines, before the worker reads it for the last time
+        if watched is not None:
+            watched.ended = state.phase != "running"
         return state
 
     def _observe(self, infrastructure_id: str) -> InfrastructureState:
@@ -160,16 +162,12 @@ class KubernetesLauncher(Launcher):
         name = watched.attempts[-1]
         job = namespace_watch.jobs.get(name)
         pods = namespace_watch.pods_of(name)
-        pod = pods[0] if pods else None
-        if pod is not None:
-            self._follow_logs(watched, pod)
+        pod = watched.pod = pods[0] if pods else None
         if job is None:
             return InfrastructureState("gone", reason=f"Job {watched.namespace}/{name} no longer exists")
         if pod is not None and (pod.status.reason == "Evicted"):
-            if len(watched.attempts) <= self.settings.max_evictions:
-                return self._retry(watched, pod)
-            return InfrastructureState("exited", None, f"Kubernetes: pod evicted ({_one_line(pod.status.message)})"
-                                       f", attempt {len(watched.attempts)}")
+            return InfrastructureState("lost", None, f"Kubernetes: pod {pod.metadata.name} evicted "
+                                       f"({_one_line(pod.status.message)})", attempt=len(watched.attempts))
         conditions = {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
         if "Complete" in conditions:
             return InfrastructureState("exited", _exit_code(pod) or 0)
@@ -212,21 +210,19 @@ class KubernetesLauncher(Launcher):
                     watched.lines.put(f"Kubernetes event on pod {pod.metadata.name}: {line}")
         return reasons
 
-    def _retry(self, watched: _Watched, pod: Any) -> InfrastructureState:
-        """The pod was evicted: its node needed the room, the job is not at fault. A new attempt runs."""
+    async def run_again(self, infrastructure_id: str) -> None:
+        await asyncio.to_thread(self._run_again, infrastructure_id)
+
+    def _run_again(self, infrastructure_id: str) -> None:
+        """A new Job (`-r<attempt>`) in place of the one whose pod was evicted."""
+        watched = self._watched[infrastructure_id]
         attempt = len(watched.attempts)
-        watched.lines.put(f"Kubernetes: pod {pod.metadata.name} evicted ({_one_line(pod.status.message)}); "
-                          f"starting attempt {attempt + 1}")
         self._delete_job(watched.namespace, watched.attempts[-1])
         manifest = render_job(self.settings.job_manifest, watched.request, attempt,
                               self.settings.active_deadline_sec(watched.request.time_limit_sec))
-        try:
-            self._create(manifest, watched.request, attempt)
-        except LaunchError as error:
-            return InfrastructureState("exited", None, f"Kubernetes: pod evicted; a new attempt failed: {error}")
+        self._create(manifest, watched.request, attempt)
         watched.attempts.append(manifest["metadata"]["name"])
         watched.pending_since = None
-        return InfrastructureState("running")
 
     # --- logs ----------------------------------------------------------------------------------------------------
 
@@ -251,9 +247,15 @@ class KubernetesLauncher(Launcher):
             pass
 
     async def read_logs(self, infrastructure_id: str) -> list[str]:
+        """The pod's log, streamed from a thread once its container started; once the job ended, the stream's
+        last lines are waited for (a few seconds) before the worker reads them for the last time."""
         watched = self._watched.get(infrastructure_id)
         if watched is None:
             return []
+        if watched.pod is not None:
+            self._follow_logs(watched, watched.pod)
+        if watched.ended and watched.follower is not None:
+            await asyncio.to_thread(watched.follower.join, 3)
         lines = []
         while not watched.lines.empty():
             lines.append(watched.lines.get_nowait())

@@ -3,12 +3,13 @@ and its launchers are all made of these models."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ..launch import InfrastructureRetrySetting
 from .manifest import default_job_manifest
 
 
-class KubernetesJobSettings(BaseModel):
+class KubernetesJobSettings(InfrastructureRetrySetting):
     cluster_config_block: str = Field(default="", description="Name of a prefect-kubernetes KubernetesClusterConfig "
                                       "block; empty: kubeconfig_path, else the in-cluster service account, else "
                                       "~/.kube/config.")
@@ -21,7 +22,6 @@ class KubernetesJobSettings(BaseModel):
                                        "an image or configuration error then fails the job.")
     pending_limit_sec: float = Field(default=600.0, description="A pod Pending this long fails the job with "
                                      "the reason its events give.")
-    max_evictions: int = Field(default=2, description="How often a job whose pod was evicted is started again.")
 
     def active_deadline_sec(self, time_limit_sec: float | None) -> float | None:
         """A Job's activeDeadlineSeconds: its timeSec and the margin (the worker waits as long before it kills)."""

@@ -29,8 +29,8 @@ ENDED_STATES = frozenset({
     "COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
     "DEADLINE", "REVOKED",
 })
-# Ends that say nothing about the job itself: it is submitted again, a bounded number of times.
-RETRIED_STATES = frozenset({"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"})
+# Ends that say nothing about the job itself: its infrastructure was lost (the job may run again).
+LOST_STATES = frozenset({"PREEMPTED", "NODE_FAIL", "BOOT_FAIL"})
 SLURM_COMMAND_TIMEOUT_SEC = 60
 
 
@@ -110,9 +110,9 @@ class SlurmLauncher(Launcher):
         return "/" in infrastructure_id and len(self._attempts.get(infrastructure_id, ())) <= 1
 
     async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
-        """One `squeue` for all of them; finished jobs stay listed for Slurm's MinJobAge. A job
-        preempted or lost with its node is submitted again, up to `max_requeues` times. A packed
-        job has ended once its step wrote its exit code, though its allocation may still run."""
+        """One `squeue` for all of them; finished jobs stay listed for Slurm's MinJobAge. A job preempted
+        or lost with its node is `lost`. A packed job has ended once its step wrote its exit code, though
+        its allocation may still run."""
         current = {i: self._current(i) for i in infrastructure_ids}
         result = await _slurm("squeue", "--noheader", "--states=all", f"--jobs={','.join(set(current.values()))}",
                               "--format=%i|%T|%r")
@@ -127,24 +127,20 @@ class SlurmLauncher(Launcher):
             exit_code = self._exit_code(infrastructure_id)
             if self._in_pack(infrastructure_id) and exit_code is not None:
                 states[infrastructure_id] = InfrastructureState("exited", exit_code)
-            elif state in RETRIED_STATES and len(self._attempts[infrastructure_id]) <= self.settings.max_requeues:
-                states[infrastructure_id] = await self._requeue(infrastructure_id, state)
+            elif state in LOST_STATES:
+                states[infrastructure_id] = InfrastructureState(
+                    "lost", None, f"Slurm state {state}", attempt=len(self._attempts.get(infrastructure_id, ())) or 1)
             else:
                 states[infrastructure_id] = self._state(infrastructure_id, listed.get(slurm_id))
         return states
 
-    async def _requeue(self, infrastructure_id: str, state: str) -> InfrastructureState:
-        """Submit the same script again. The job already told the central it was running, so the
+    async def run_again(self, infrastructure_id: str) -> None:
+        """Submit the same script again, alone. The job already told the central it was running, so the
         new attempt's SDK forces its status updates (the central allows that only when asked)."""
         job_dir = self._files.directory(infrastructure_id)
         job_dir.exit_code.unlink(missing_ok=True)
-        try:
-            slurm_job_id = await self._sbatch(job_dir.batch_script, [job_dir],
-                                              "--export=ALL,DENDRO_FORCE_STATUS_UPDATES=1")
-        except LaunchError as error:
-            return InfrastructureState("exited", None, f"Slurm state {state}; resubmitting failed: {error}")
-        self._attempts[infrastructure_id].append(slurm_job_id)
-        return InfrastructureState("running")
+        slurm_job_id = await self._sbatch(job_dir.batch_script, [job_dir], "--export=ALL,DENDRO_FORCE_STATUS_UPDATES=1")
+        self._attempts.setdefault(infrastructure_id, [_first_slurm_id(infrastructure_id)]).append(slurm_job_id)
 
     def _state(self, infrastructure_id: str, listed: tuple[str, str] | None) -> InfrastructureState:
         exit_code = self._exit_code(infrastructure_id)

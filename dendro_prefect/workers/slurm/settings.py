@@ -6,9 +6,10 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..commands import ContainerMethodSetting
+from ..launch import InfrastructureRetrySetting
 
 
-class SlurmJobSettings(ContainerMethodSetting):
+class SlurmJobSettings(ContainerMethodSetting, InfrastructureRetrySetting):
     partition: str = Field(default="", description="Partition of CPU jobs (empty: the cluster's default).")
     gpu_partition: str = Field(default="", description="Partition of jobs that ask for GPUs (empty: partition).")
     account: str = Field(default="", description="--account to charge.")
@@ -20,8 +21,6 @@ class SlurmJobSettings(ContainerMethodSetting):
     time_margin_sec: float = Field(
         default=60.0, description="Added to the job's timeSec for Slurm's --time: the dendro SDK stops the app at "
         "timeSec and reports it; Slurm's limit is the backstop.")
-    max_requeues: int = Field(default=2, description="How often a job preempted or lost with its node "
-                              "(PREEMPTED, NODE_FAIL, BOOT_FAIL) is submitted again before it fails.")
     pack_batches: bool = Field(default=False, description="Pack CPU jobs of one Dendro batch (batchId) that ask "
                                "for the same resources into one allocation, each job a step (srun).")
     pack_window_sec: float = Field(default=2.0, description="How long a pack waits for more jobs of its batch.")
