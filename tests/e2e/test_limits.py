@@ -1,11 +1,8 @@
-"""Concurrency limits are Prefect's own: a work pool's limit, and tag limits (`app:<app>`) that the
-worker applies to jobs. With a limit of 1, jobs run one after another: no job starts at the central
-before the previous one finished there."""
+"""Concurrency limits are Prefect's own: tag limits (`app:<app>`) that the worker applies to jobs (a work
+pool's limit: tests/e2e/test_pool_limit.py). With a limit of 1, jobs run one after another: no job starts at
+the central before the previous one finished there."""
 
-import asyncio
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolUpdate
 
 from dendro_prefect.embedded import prefect_cli
 from tests.conftest import create_letter_count_job
@@ -27,16 +24,6 @@ def assert_one_at_a_time(controller, job_ids: list[str]) -> None:
     assert [job["status"] for job in jobs] == ["completed"] * JOBS, [job.get("error") for job in jobs]
     for earlier, later in zip(jobs, jobs[1:]):
         assert later["timestampStarting"] >= earlier["timestampFinished"], (earlier, later)
-
-
-def test_a_work_pool_limit_of_one_runs_jobs_one_at_a_time(prefect_stack, tmp_path, sdk_bin):
-    with running_controller(prefect_stack, tmp_path / "pool-limit", sdk_bin) as controller:
-        async def limit_pool() -> None:
-            async with get_client() as client:
-                await client.update_work_pool(controller.pool, WorkPoolUpdate(concurrency_limit=1))
-
-        asyncio.run(limit_pool())
-        assert_one_at_a_time(controller, create_slow_jobs(controller))
 
 
 def test_an_app_limit_of_one_runs_its_jobs_one_at_a_time(prefect_stack, tmp_path, sdk_bin):
