@@ -14,9 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable
 
 import anyio
-from prefect.client.schemas.actions import ArtifactCreate
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import Abort
 from prefect.states import AwaitingConcurrencySlot, Running, State
 from prefect.utilities.engine import propose_state
@@ -29,14 +27,14 @@ from ..protocol.models import DendroJob
 from .central_jobs import CentralJobs
 from .commands import ContainerMethodSetting, container_method_for
 from .concurrency import SlotsTaken, TagSlots
-from .job_card import job_card, job_card_key
+from .job_card import publish_job_card
 from .job_run import EXIT_GRACE_SEC, JobRun
 from .launch import Launcher
 from .outbox import StatusOutbox
 from .pickup import OneQueryAtATime, ScheduledRunPickup
 from .read_cache import cache_reads
-from .recovery import NOT_LAUNCHED, RUNS_PAGE, Recovery
-from .watch import Watch
+from .recovery import NOT_LAUNCHED, Recovery
+from .watch import Watch, cancel_requests
 
 ORPHAN_CHECK_INTERVAL_SEC = 5.0
 
@@ -98,6 +96,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         self._watch: Watch | None = None
         self._central_jobs: dict[str, CentralJobs] = {}
         self._following: set = set()  # flow run ids this worker follows
+        self._followed_infrastructure: set[str] = set()  # their infrastructure ids, once launched
         self._orphans_checked_at = float("-inf")
         self._recovery = Recovery(self)
         self._tag_slots: TagSlots | None = None
@@ -143,12 +142,13 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         async with self._slots().held(lease):
             job_run = JobRun(flow_run, configuration, self, run_logger)
             infrastructure_id = await job_run.launch()
+            self._followed_infrastructure.add(infrastructure_id)  # before Prefect knows it: see kill_infrastructure
             if task_status is not None:
                 task_status.started(infrastructure_id or f"{NOT_LAUNCHED}{job_run.job_id}")
             if infrastructure_id is None:
                 await job_run.refuse()
                 return DendroWorkerResult(identifier=job_run.job_id, status_code=0)
-            self._runs_task_group.start_soon(self._publish_job_card, job_run)
+            self._runs_task_group.start_soon(publish_job_card, self.client, job_run)
             self._following.add(flow_run.id)
             await self.set_state(flow_run, Running())
             await self._follow_to_the_end(job_run)
@@ -168,17 +168,6 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         if self._tag_slots is None:
             self._tag_slots = TagSlots(self.client)
         return self._tag_slots
-
-    async def _publish_job_card(self, job_run: JobRun) -> None:
-        """The run's link back to its Dendro job (job_card.py), off the launch's path."""
-        job = job_run.job
-        try:
-            await self.client.create_artifact(ArtifactCreate(
-                key=job_card_key(job.jobId), type="markdown", flow_run_id=job_run.flow_run.id,
-                description=f"Dendro job {job.jobId}",
-                data=job_card(job, job_run.central.config.central_url, job_run.infrastructure_id)))
-        except Exception as error:
-            job_run.logger.warning("Job %s: no job card in Prefect: %s", job.jobId, error)
 
     async def setup(self) -> None:
         await super().setup()
@@ -225,7 +214,11 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
     async def kill_infrastructure(
         self, infrastructure_pid: str, configuration: DendroJobConfiguration, grace_seconds: int = 30
     ) -> None:
-        """Prefect calls this for a run cancelled before it started."""
+        """Prefect calls this for a launched run cancelled before it was Running. Cancellation is one mechanism,
+        the job's own loop (job_run.py), which kills, fails the job at the central and ends the run: it sees the
+        Cancelling run within a poll. Only a job that no loop of this worker follows is killed here."""
+        if infrastructure_pid in self._followed_infrastructure:
+            return
         launcher = self.launcher(configuration)
         await launcher.kill(infrastructure_pid)
         await launcher.release(infrastructure_pid)
@@ -239,7 +232,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
 
     def watch(self) -> Watch:
         if self._watch is None:
-            self._watch = Watch(self._cancel_requests, self.poll_interval_sec, self.central_interval_sec)
+            self._watch = Watch(lambda ids: cancel_requests(self.client, ids), self.poll_interval_sec,
+                                self.central_interval_sec)
         return self._watch
 
     async def set_state(self, flow_run: FlowRun, state: State) -> None:
@@ -284,23 +278,9 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
 
     async def _follow_to_the_end(self, job_run: JobRun) -> None:
         self._following.add(job_run.flow_run.id)
+        self._followed_infrastructure.add(job_run.infrastructure_id)
         try:
             await job_run.follow_to_the_end()
         finally:
             self._following.discard(job_run.flow_run.id)
-
-    async def _cancel_requests(self, flow_run_ids: list) -> set:
-        """The watched runs that were cancelled in Prefect, in pages the API serves in one call each."""
-        cancelled = set()
-        for start in range(0, len(flow_run_ids), RUNS_PAGE):
-            page = flow_run_ids[start:start + RUNS_PAGE]
-            runs = await self.client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    id=FlowRunFilterId(any_=page),
-                    state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.CANCELLING, StateType.CANCELLED])),
-                ),
-                limit=RUNS_PAGE,
-            )
-            cancelled.update(run.id for run in runs)
-        return cancelled
+            self._followed_infrastructure.discard(job_run.infrastructure_id)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from urllib.parse import quote
 
+from prefect.client.schemas.actions import ArtifactCreate
+
 from ..protocol.models import DendroJob
 
 SECRET_VALUE = "(secret)"
@@ -59,3 +61,16 @@ def job_card(job: DendroJob, central_url: str, infrastructure_id: str) -> str:
 def _cell(text: str) -> str:
     """Text that stays inside its table cell."""
     return text.replace("|", "\\|").replace("\n", " ")
+
+
+async def publish_job_card(client, job_run) -> None:
+    """The run's link back to its Dendro job, as a markdown artifact: off the launch's path, and a failure is
+    only a warning in the run's log."""
+    job = job_run.job
+    try:
+        await client.create_artifact(ArtifactCreate(
+            key=job_card_key(job.jobId), type="markdown", flow_run_id=job_run.flow_run.id,
+            description=f"Dendro job {job.jobId}",
+            data=job_card(job, job_run.central.config.central_url, job_run.infrastructure_id)))
+    except Exception as error:
+        job_run.logger.warning("Job %s: no job card in Prefect: %s", job.jobId, error)

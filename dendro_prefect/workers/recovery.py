@@ -25,6 +25,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.states import Failed, Running, Scheduled
 
 from .job_run import JobRun
+from .watch import RUNS_PAGE
 
 if TYPE_CHECKING:
     from .base import DendroWorker
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 NOT_LAUNCHED = "not-launched:"  # the infrastructure id of a run whose job was refused
 # A Pending run without a worker's label this old was left by a worker lost before it labelled it.
 STRANDED_PENDING_SEC = 30.0
-RUNS_PAGE = 200  # Prefect's default page size
 
 
 def launched(flow_run: FlowRun) -> bool:

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 from uuid import UUID
 
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+
 from .launch import InfrastructureState, Launcher
 
 logger = logging.getLogger(__name__)
@@ -116,3 +119,19 @@ class Watch:
                 continue
             self._central_asked.update(job_ids)
         self._central_at = time.monotonic()
+
+
+RUNS_PAGE = 200  # flow runs the API serves in one call
+
+
+async def cancel_requests(client, flow_run_ids: list[UUID]) -> set[UUID]:
+    """The watched runs that were cancelled in Prefect (Cancelling, Cancelled), a page of runs per call."""
+    cancelled = set()
+    for start in range(0, len(flow_run_ids), RUNS_PAGE):
+        page = flow_run_ids[start:start + RUNS_PAGE]
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=page), state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.CANCELLING, StateType.CANCELLED]))),
+            limit=RUNS_PAGE)
+        cancelled.update(run.id for run in runs)
+    return cancelled

@@ -116,7 +116,9 @@ def test_a_letter_count_job_completes_with_its_output(controller, jobs):
     intake = job["timestampStarting"] - job["timestampCreated"]
     print(f"\nreal central: created → starting {intake:.2f} s, → completed "
           f"{job['timestampFinished'] - job['timestampCreated']:.1f} s")
-    assert intake < 30, "intake came from a poll, not from the central's PubSub message"
+    # The module's controller polls once at its start and then every POLL_SEC: a job created later and taken in
+    # well before the next poll came by the central's PubSub message (how soon is bench/'s, not a test's).
+    assert intake < POLL_SEC / 2, "intake came from a poll, not from the central's PubSub message"
     assert job["outputFileIds"] == [job["outputFiles"][0]["fileId"]]
 
 
