@@ -29,6 +29,7 @@ from ..protocol.models import (
     ProtocolError,
     parse,
 )
+from ..protocol.outbox import StatusOutbox
 from . import reconcile
 from .heartbeat import ControllerHeartbeat, publish_heartbeat, utcnow
 from .job_hints import JobHints
@@ -45,6 +46,7 @@ class Controller:
         self.deployments = deployments
         self.logger = logger
         self.central = CentralClient(config.central_url, config.compute_resource_id, config.private_key)
+        self.outbox = StatusOutbox()  # failures the central could not take yet (protocol/outbox.py)
         self.catalog = AppCatalog()
         self.flow_runs: dict[str, str] = {}  # job id -> flow run id this controller created; "" if it failed the job
         self.reconciler = reconcile.Reconciler(config.compute_resource_id, settle_sec)
@@ -151,13 +153,11 @@ class Controller:
         return True
 
     async def _fail(self, job_id: str, job_private_key: str, reason: str) -> None:
+        """Fail a job at the central as the workers do, through the outbox: a central that is down gets the
+        failure once it is back, and the job is neither parsed nor failed again meanwhile."""
         self.logger.error("Job %s failed: %s", job_id, reason)
-        try:
-            await anyio.to_thread.run_sync(self.central.set_job_status, job_id, job_private_key, "failed", reason)
-        except CentralError as error:
-            self.logger.warning("Could not fail job %s at the central (will retry): %s", job_id, error)
-        else:
-            self.flow_runs[job_id] = ""
+        self.flow_runs[job_id] = ""
+        await self.outbox.send(self.central, job_id, job_private_key, "failed", reason, self.logger)
 
     def heartbeat(self, hints: JobHints) -> ControllerHeartbeat:
         return ControllerHeartbeat(

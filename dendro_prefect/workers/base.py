@@ -24,13 +24,13 @@ from pydantic import BaseModel, Field
 from ..config import ComputeResourceConfig
 from ..protocol.client import CentralClient
 from ..protocol.models import DendroJob
+from ..protocol.outbox import StatusOutbox
 from .central_jobs import CentralJobs
 from .commands import ContainerMethodSetting, container_method_for
 from .concurrency import SlotsTaken, TagSlots
 from .job_card import publish_job_card
 from .job_run import EXIT_GRACE_SEC, JobRun
 from .launch import Launcher
-from .outbox import StatusOutbox
 from .pickup import OneQueryAtATime, ScheduledRunPickup
 from .read_cache import cache_reads
 from .recovery import NOT_LAUNCHED, Recovery

@@ -27,11 +27,11 @@ from prefect.states import Cancelled, Completed, Crashed, Failed, State
 from ..config import ConfigError
 from ..protocol.client import CentralClient, CentralError
 from ..protocol.models import DendroJob
+from ..protocol.outbox import set_status_before_launch, until_central_answers
 from .central_jobs import CentralJobs, JobRefused
 from .job_dir import JobDirectory
 from .job_output import SDK_FAILURE_PREFIX, StreamedOutput, redactor
 from .launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, job_environment
-from .outbox import set_status_before_launch, until_central_answers
 from .watch import Observation, Watch, WatchedJob
 
 # The dendro SDK reports `completed` just before it exits; give a finished job this long to exit.

@@ -18,7 +18,7 @@ from prefect.client.orchestration import get_client
 from pubnub.enums import PNStatusCategory
 
 from dendro_prefect.protocol.client import CentralClient, CentralError
-from dendro_prefect.workers.outbox import StatusOutbox, set_status_before_launch
+from dendro_prefect.protocol.outbox import StatusOutbox, set_status_before_launch
 from tests.conftest import create_letter_count_job, letter_count_spec, register
 from tests.pubnub_listener import subscribed
 from tests.stack import (

@@ -19,6 +19,7 @@ import httpx
 from prefect.client.schemas.objects import FlowRun, State, StateType
 
 from dendro_prefect.controller.routing import job_tag, resource_tag
+from dendro_prefect.protocol.client import CentralError
 from dendro_prefect.protocol.signing import public_key_of
 from dendro_prefect.workers.kubernetes.namespace_watch import NamespaceWatch
 from dendro_prefect.workers.launch import InfrastructureState, Launcher, LaunchRequest
@@ -89,6 +90,7 @@ class FakeCentral:
         self.apps: list = []  # ComputeResourceApp
         self.specs: list = []  # ComputeResourceSpec, as reported
         self.fail_with: Exception | None = None
+        self.status_outage = 0  # how many status changes fail as an outage would
 
     def get_unfinished_jobs(self) -> list[dict]:
         if self.fail_with is not None:
@@ -105,6 +107,9 @@ class FakeCentral:
 
     def set_job_status(self, job_id: str, job_private_key: str, status: str, error: str | None = None,
                        **_: Any) -> None:
+        if self.status_outage:
+            self.status_outage -= 1
+            raise CentralError(f"PUT jobs/{job_id}/status: 503", transient=True)
         assert job_private_key == self.jobs[job_id]["jobPrivateKey"], "a status change signed with another key"
         self.status_changes.append((job_id, status, error))
         if status == "failed":

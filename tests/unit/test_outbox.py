@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from dendro_prefect.protocol.client import CentralError
-from dendro_prefect.workers.outbox import set_status_before_launch
+from dendro_prefect.protocol.outbox import set_status_before_launch
 
 
 class Central:

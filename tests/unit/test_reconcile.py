@@ -3,6 +3,7 @@ client and the Reconciler's own clock: what the central says × what Prefect say
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from types import SimpleNamespace
 from uuid import uuid4
@@ -341,6 +342,22 @@ async def test_a_job_failed_by_the_controller_is_not_failed_again_while_the_cent
     central.jobs[JOB] = document  # a central slow to drop it
     await controller.intake(prefect)
     assert [(job_id, status) for job_id, status, _ in central.status_changes] == [(JOB, "failed")]
+
+
+async def test_a_failure_the_central_cannot_take_yet_waits_in_the_outbox_and_is_delivered_once(controller, central,
+                                                                                              prefect):
+    controller.outbox.first_try_sec, controller.outbox.first_delay_sec = 0.0, 0.01
+    document = job(JOB, processorName="ms5")
+    central.jobs[JOB] = document
+    central.status_outage = 2  # the first try, and the outbox's first retry
+    await controller.intake(prefect)
+    await controller.intake(prefect)  # the central still lists it: not failed a second time
+    for _ in range(200):
+        if central.failures():
+            break
+        await asyncio.sleep(0.01)
+    assert central.failures() == {JOB: "no app of this compute resource has processor ms5"}
+    assert not controller.outbox.pending()
 
 
 # --- the controller's rows: the reconciler's decisions carried out -------------------------------------------------

@@ -1,6 +1,7 @@
-"""Status updates for the central that must not be lost while it is down.
+"""Status updates for the central that must not be lost while it is down: the one way a job is failed at the
+central, by the workers and by the controller alike.
 
-`StatusOutbox` holds the updates a worker could not deliver (a job's failure and its reason) and
+`StatusOutbox` holds the updates a worker (or the controller) could not deliver (a job's failure and its reason) and
 retries each with backoff in the background until the central takes it, or refuses it for good: the
 job is gone, the job has ended already, or any other answer that is not an outage (the central answers
 every refusal with HTTP 500 and its reason). It
@@ -28,8 +29,8 @@ from typing import Callable, TypeVar
 
 import anyio
 
-from ..protocol.client import CentralClient, CentralError
-from ..protocol.models import JobStatus
+from .client import CentralClient, CentralError
+from .models import JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ class PendingUpdate:
 
 @dataclass(eq=False)
 class StatusOutbox:
-    """Undelivered status updates of one worker, each retried by a task of its own (the worker's
-    event loop runs them); at most one per job: the central takes one final status per job."""
+    """Undelivered status updates of one worker or controller, each retried by a task of its own (its event
+    loop runs them); at most one per job: the central takes one final status per job."""
 
     first_try_sec: float = FIRST_TRY_SEC
     first_delay_sec: float = RETRY_FIRST_DELAY_SEC
