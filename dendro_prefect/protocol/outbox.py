@@ -94,28 +94,37 @@ class StatusOutbox:
     async def _try(self, update: PendingUpdate, retry_deadline: float) -> bool:
         """True when the update is settled (delivered, or refused for good); False to try again."""
         try:
-            await anyio.to_thread.run_sync(lambda: update.client.set_job_status(
-                update.job_id, update.job_private_key, update.status, update.error, retry_deadline=retry_deadline))
+            await anyio.to_thread.run_sync(self._send, update, retry_deadline)
             return True
         except CentralError as error:
             if error.transient:
                 return False
-            update.log.warning("Job %s: the central refused status %s (not retried): %s", update.job_id,
-                               update.status, error)
+            self._refused(update, error)
             return True
 
+    @staticmethod
+    def _send(update: PendingUpdate, retry_deadline: float | None) -> None:
+        update.client.set_job_status(update.job_id, update.job_private_key, update.status, update.error,
+                                     retry_deadline=retry_deadline)
+
+    @staticmethod
+    def _refused(update: PendingUpdate, error: CentralError) -> None:
+        update.log.warning("Job %s: the central refused status %s (not retried): %s", update.job_id, update.status,
+                           error)
+
     async def _retry(self, update: PendingUpdate) -> None:
-        delay = self.first_delay_sec
+        def tried(error: CentralError, left: float | None) -> None:
+            update.attempts += 1
+
         try:
-            while True:
-                await asyncio.sleep(delay)
-                update.attempts += 1
-                if await self._try(update, 0):
-                    break
-                delay = min(delay * 2, self.max_delay_sec)
+            await anyio.sleep(self.first_delay_sec)
+            await until_central_answers(lambda _: self._send(update, 0), tried, first_delay_sec=self.first_delay_sec,
+                                        max_delay_sec=self.max_delay_sec)
             waited = time.monotonic() - update.queued_at
             update.log.info("Job %s: status %s from the outbox settled at the central after %.0f s (%d tries)",
-                            update.job_id, update.status, waited, update.attempts)
+                            update.job_id, update.status, waited, update.attempts + 1)
+        except CentralError as error:  # a refusal: settled, not delivered
+            self._refused(update, error)
         except Exception:  # not an outage (those are retried): say that the update is lost
             update.log.exception("Job %s: status %s from the outbox is lost", update.job_id, update.status)
         finally:
@@ -123,12 +132,14 @@ class StatusOutbox:
 
 
 async def until_central_answers(call: Callable[[float | None], T], log_outage: Callable[[CentralError, float | None], None],
-                                within: float | None = None) -> T:
-    """`call(seconds left)`, a central call run in a thread, retried with backoff while the central is
-    unreachable, for up to `within` seconds (None: as long as it takes), calling `log_outage(error,
-    seconds left)` before each wait. A refusal, or an outage past `within`, raises its CentralError."""
+                                within: float | None = None, first_delay_sec: float = RETRY_FIRST_DELAY_SEC,
+                                max_delay_sec: float = RETRY_MAX_DELAY_SEC) -> T:
+    """The one retry loop towards the central over the client's own (protocol/client.py): `call(seconds
+    left)`, a central call run in a thread, retried with backoff while the central is unreachable, for up to
+    `within` seconds (None: as long as it takes), calling `log_outage(error, seconds left)` before each wait.
+    A refusal, or an outage past `within`, raises its CentralError."""
     deadline = None if within is None else time.monotonic() + within
-    delay = RETRY_FIRST_DELAY_SEC
+    delay = first_delay_sec
     while True:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
@@ -139,7 +150,7 @@ async def until_central_answers(call: Callable[[float | None], T], log_outage: C
             left = None if deadline is None else deadline - time.monotonic()
             log_outage(error, left)
             await anyio.sleep(delay if left is None else min(delay, left))
-            delay = min(delay * 2, RETRY_MAX_DELAY_SEC)
+            delay = min(delay * 2, max_delay_sec)
 
 
 async def set_status_before_launch(client: CentralClient, job_id: str, job_private_key: str, status: JobStatus,
