@@ -194,8 +194,9 @@ class JobRun:
         try:
             self._connect()
             if (await self.central.unfinished(time.monotonic())).get(self.job_id) is None:
+                ended = await self.ended_unwatched()  # before the kill, which may take the job's log with it
                 await self.launcher.kill(self.infrastructure_id)
-                await self.services.set_state(self.flow_run, self.ended_unwatched())
+                await self.services.set_state(self.flow_run, ended)
                 return False
             self.job = await self.central.job(self.job_id, statuses=("starting", "running"))
             await self.launcher.attach(self.infrastructure_id, self.request())
@@ -207,14 +208,22 @@ class JobRun:
         self.logger.info("Job %s taken up again as %s after a worker restart", self.job_id, self.infrastructure_id)
         return True
 
-    def ended_unwatched(self) -> State:
+    async def ended_unwatched(self) -> State:
         """A job that ended while no worker watched it: its key is gone with it, so the central cannot
-        be asked; the dendro SDK's last word in the job's output says how it ended."""
-        ending = None
+        be asked; the dendro SDK's last word in the job's output says how it ended, from the job directory,
+        or from the infrastructure where the output stays there (a Batch log stream, a pod's log)."""
+        lines: list[str] = []
         with contextlib.suppress(OSError):
-            for line in self.job_dir.stdout.read_text().splitlines():
-                if line.startswith("Job completed") or line.startswith(SDK_FAILURE_PREFIX):
-                    ending = line
+            lines = self.job_dir.stdout.read_text().splitlines()
+        if self.launcher is not None and self.infrastructure_id:
+            try:
+                lines += await self.launcher.ended_output(self.infrastructure_id, self.job_id)
+            except LaunchError as error:
+                self.logger.warning("Job %s: its infrastructure cannot say how it ended: %s", self.job_id, error)
+        ending = None
+        for line in lines:
+            if line.startswith("Job completed") or line.startswith(SDK_FAILURE_PREFIX):
+                ending = line
         if ending is None:
             return Cancelled(message=f"Job {self.job_id} ended at the central while no worker watched it")
         if ending.startswith("Job completed"):

@@ -102,6 +102,11 @@ class Launcher(abc.ABC):
         if it cannot be. Only backends whose infrastructure can be lost implement it."""
         raise LaunchError("this infrastructure cannot run a job again")
 
+    async def ended_output(self, infrastructure_id: str, job_id: str) -> list[str]:
+        """The output of a job that ended while no worker watched it, where the infrastructure keeps it (a
+        Batch job's log stream, a pod's log); none where the job directory holds it (the default)."""
+        return []
+
     async def release(self, infrastructure_id: str) -> None:
         """Free what the job held once it has ended (secrets, containers)."""
 

@@ -122,7 +122,7 @@ class Recovery:
                 await worker.client.update_flow_run(flow_run.id, infrastructure_pid=recorded)
                 await self.take_up(flow_run.model_copy(update={"infrastructure_pid": recorded}))
             elif document is None:
-                await worker.set_state(flow_run, job_run.ended_unwatched())
+                await worker.set_state(flow_run, await job_run.ended_unwatched())
             else:
                 job = await central.job(job_id, statuses=("starting", "running"))
                 reason = ("its worker was lost while launching it, before the launch was recorded; whether its "

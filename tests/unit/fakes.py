@@ -418,7 +418,14 @@ class FakeKubernetes:
             return SimpleNamespace(items=[e for e in self.cluster.events if e.involved == name])
 
         def read_namespaced_pod_log(self, name: str, namespace: str, follow: bool = False, **_: Any):
+            if not follow:  # the whole log, as text
+                return b"".join(self.cluster.logs.get(name, [])).decode()
             return SimpleNamespace(stream=lambda: iter(self.cluster.logs.get(name, [])))
+
+        def list_namespaced_pod(self, namespace: str, label_selector: str = ""):
+            key, _, value = label_selector.partition("=")
+            return SimpleNamespace(items=[p for p in self.cluster.watch.pods.values()
+                                          if (p.metadata.labels or {}).get(key) == value])
 
 
 def pod_event(pod_name: str, reason: str, message: str, kind: str = "Warning"):
@@ -435,7 +442,7 @@ def k8s_job(name: str, condition: str | None = None, reason: str | None = None, 
 
 def k8s_pod(job_name: str, phase: str, *, waiting: str | None = None, waiting_message: str | None = None,
             terminated: str | None = None, exit_code: int | None = None, reason: str | None = None,
-            message: str | None = None, age_sec: float = 0.0, name: str | None = None):
+            message: str | None = None, age_sec: float = 0.0, name: str | None = None, labels: dict | None = None):
     from kubernetes.client import (
         V1ContainerState,
         V1ContainerStateTerminated,
@@ -455,6 +462,6 @@ def k8s_pod(job_name: str, phase: str, *, waiting: str | None = None, waiting_me
     statuses = [V1ContainerStatus(name="app", image="app:1", image_id="", ready=False, restart_count=0,
                                   state=container_state)] if container_state else None
     created = datetime(2024, 1, 1, tzinfo=timezone.utc) - timedelta(seconds=age_sec)
-    return V1Pod(kind="Pod", metadata=V1ObjectMeta(name=name or f"{job_name}-abcde", labels={"job-name": job_name},
+    return V1Pod(kind="Pod", metadata=V1ObjectMeta(name=name or f"{job_name}-abcde", labels={"job-name": job_name, **(labels or {})},
                                        creation_timestamp=created),
                  status=V1PodStatus(phase=phase, reason=reason, message=message, container_statuses=statuses))

@@ -474,3 +474,14 @@ async def test_a_restarted_worker_takes_up_the_latest_attempt_of_its_job(aws, tm
     await batch.attach(f"aws-batch:{JOB_ID}", launch_request(tmp_path))
     aws.batch_stub.add_response("describe_jobs", {"jobs": [batch_job("RUNNING", jobId="retry-2")]}, {"jobs": ["retry-2"]})
     assert await batch.states([f"aws-batch:{JOB_ID}"]) == {f"aws-batch:{JOB_ID}": InfrastructureState("running")}
+
+
+async def test_a_job_that_ended_unwatched_is_read_from_its_log_stream(aws):
+    stream = "letter_count-dendro-jd/default/abc"
+    aws.batch_stub.add_response("describe_jobs", {"jobs": [batch_job("SUCCEEDED", container={
+        "logStreamName": stream})]}, {"jobs": [JOB_ID]})
+    aws.logs_stub.add_response("get_log_events", log_page(["Running job", "Job completed"], "f1"),
+                               {"logGroupName": "/aws/batch/job", "logStreamName": stream, "startFromHead": True})
+    aws.logs_stub.add_response("get_log_events", log_page([], "f1"), {
+        "logGroupName": "/aws/batch/job", "logStreamName": stream, "startFromHead": True, "nextToken": "f1"})
+    assert await launcher(aws).ended_output(f"aws-batch:{JOB_ID}", "p1.abcdefgh") == ["Running job", "Job completed"]

@@ -112,6 +112,7 @@ class FakeLauncher(Launcher):
         self.lines: list[str] = []
         self.watched = asyncio.Event()  # set once the worker's watch asks for the job's state
         self.runs_again: list[str] = []
+        self.ended_lines: list[str] = []  # what the infrastructure kept of a job's output
         self.refuse_run_again = False
 
     async def submit(self, request) -> str:
@@ -129,6 +130,10 @@ class FakeLauncher(Launcher):
     async def kill(self, infrastructure_id):
         self.killed.append(infrastructure_id)
         self.state = InfrastructureState("exited", exit_code=-15)
+
+    async def ended_output(self, infrastructure_id, job_id):
+        assert not self.killed, "read before the kill, which may take the output with it"
+        return list(self.ended_lines)
 
     async def run_again(self, infrastructure_id):
         if self.refuse_run_again:
@@ -355,3 +360,19 @@ def test_a_refusal_by_the_central_of_starting_launches_nothing():
     worker = FakeWorker(central, FakeLauncher())
     job_run = life(worker)
     assert worker.fake_launcher.submitted == [] and "Cannot set job status to starting" in job_run.refusal
+
+
+@pytest.mark.parametrize("kept, state, message", [
+    (["Running job", "Job completed"], "COMPLETED", "The job completed while no worker watched it"),
+    (["Job failed: ValueError: bad letter"], "FAILED", "ValueError: bad letter"),
+    ([], "CANCELLED", f"Job {JOB_ID} ended at the central while no worker watched it"),
+])
+def test_a_job_that_ended_while_no_worker_watched_ends_as_its_infrastructure_says(kept, state, message):
+    worker = FakeWorker(FakeCentral(status="completed"), FakeLauncher())
+    worker.fake_launcher.ended_lines = kept
+    flow_run = FlowRun(id=uuid4(), flow_id=uuid4(), parameters={"job_id": JOB_ID}, infrastructure_pid="fake:1")
+    configuration = DendroJobConfiguration(app_name="letter_count", app_executable="/app/main.py",
+                                           job_root="/nonexistent-root")
+    assert asyncio.run(JobRun(flow_run, configuration, worker, LOG).take_up()) is False
+    assert [(s.type.value, s.message) for s in worker.states] == [(state, message)]
+    assert worker.fake_launcher.killed == ["fake:1"]

@@ -346,3 +346,12 @@ def test_no_configuration_anywhere_fails_the_launch_saying_so(tmp_path, monkeypa
         ClusterAccess().api_client()
     with pytest.raises(LaunchError, match="^no Kubernetes cluster configuration: "):
         ClusterAccess(kubeconfig_path=str(tmp_path / "missing.yaml")).api_client()
+
+
+async def test_a_job_that_ended_unwatched_is_read_from_its_latest_pods_log(cluster):
+    labels = {"dendro.org/job-id": "p1.abcdefgh"}
+    cluster.watch.put(k8s_pod(NAME, "Failed", name="first", labels={**labels, "dendro.org/attempt": "0"}),
+                      k8s_pod(f"{NAME}-r1", "Succeeded", name="second", labels={**labels, "dendro.org/attempt": "1"}))
+    cluster.logs = {"first": [b"Running job\n"], "second": [b"Running job\n", b"Job completed\n"]}
+    assert await launcher().ended_output(INFRASTRUCTURE_ID, "p1.abcdefgh") == ["Running job", "Job completed"]
+    assert await launcher().ended_output(INFRASTRUCTURE_ID, "p1.other") == []

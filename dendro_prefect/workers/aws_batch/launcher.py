@@ -240,6 +240,15 @@ class AwsBatchLauncher(Launcher):
                 return lines
             watched.log_token = token
 
+    async def ended_output(self, infrastructure_id: str, job_id: str) -> list[str]:
+        """The whole log stream of the job's (current) Batch job."""
+        page = await self._call("describe_jobs", self._batch().describe_jobs, jobs=[self._current(infrastructure_id)])
+        jobs = page.get("jobs", [])
+        stream = (jobs[0].get("container") or {}).get("logStreamName") if jobs else None
+        if not stream:
+            return []
+        return await self._call("get_log_events", self._new_log_lines, _Watched(log_stream=stream))
+
     async def kill(self, infrastructure_id: str) -> None:
         await self._call("terminate_job", self._batch().terminate_job, jobId=self._current(infrastructure_id),
                          reason="Stopped by dendro-prefect: the job was cancelled, failed or deleted")

@@ -261,6 +261,22 @@ class KubernetesLauncher(Launcher):
             lines.append(watched.lines.get_nowait())
         return lines
 
+    async def ended_output(self, infrastructure_id: str, job_id: str) -> list[str]:
+        return await asyncio.to_thread(self._ended_output, infrastructure_id, job_id)
+
+    def _ended_output(self, infrastructure_id: str, job_id: str) -> list[str]:
+        """The log of the job's latest pod (of its latest attempt), while Kubernetes keeps it."""
+        namespace = infrastructure_id.split(":", 3)[2]
+        core = client.CoreV1Api(self._client())
+        try:
+            pods = core.list_namespaced_pod(namespace, label_selector=f"{JOB_ID_LABEL}={job_id}").items
+            if not pods:
+                return []
+            latest = max(pods, key=lambda p: (int((p.metadata.labels or {}).get(ATTEMPT_LABEL, "0")), p.metadata.name))
+            return core.read_namespaced_pod_log(latest.metadata.name, namespace).splitlines()
+        except ApiException as error:
+            raise _api_error("reading the log of an ended job", error) from None
+
     # --- kill and release ----------------------------------------------------------------------------------------
 
     async def kill(self, infrastructure_id: str) -> None:
