@@ -48,16 +48,6 @@ class JobDirectory:
         return self.working / "_dendro" / "console_output.txt"
 
     @property
-    def exit_code(self) -> Path:
-        """Written by a batch script when the app exits: how a job that left the queue ended."""
-        return self.root / "exit_code"
-
-    @property
-    def slurm_job_ids(self) -> Path:
-        """Every Slurm job id the job was submitted as, the current last (requeues add lines)."""
-        return self.root / "slurm_job_ids"
-
-    @property
     def launched_as(self) -> Path:
         """The infrastructure id, written as soon as the launch returns: a worker lost before Prefect
         recorded it on the flow run leaves it here for the next one."""
@@ -73,8 +63,10 @@ class JobDirectory:
         return FileTail(self.console_output, start).read_lines(final=True)[-count:]
 
     def record_launch(self, infrastructure_id: str) -> None:
-        if self.root.is_dir():  # cloud backends keep no directory on the worker's machine
-            self.launched_as.write_text(infrastructure_id)
+        """On every backend: cloud backends keep nothing else here, but a worker lost before Prefect recorded
+        the launch leaves it for the next worker."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.launched_as.write_text(infrastructure_id)
 
     def recorded_launch(self) -> str | None:
         try:
@@ -100,15 +92,6 @@ class JobDirectory:
             temporary = self.streamed.with_suffix(".tmp")
             temporary.write_text(json.dumps(offsets))
             temporary.replace(self.streamed)
-
-    @property
-    def batch_script(self) -> Path:
-        return self.root / "batch.sh"
-
-    @property
-    def cancelled(self) -> Path:
-        """Written when a job packed with others is cancelled before its step starts."""
-        return self.root / "cancelled"
 
     @property
     def secrets(self) -> Path:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dendro_prefect.workers.job_dir import JobDirectory
 from dendro_prefect.workers.launch import AppCommand, InfrastructureState, LaunchError
 from dendro_prefect.workers.slurm import SlurmJobConfiguration, SlurmWorker
 from dendro_prefect.workers.slurm import launcher as slurm_launcher
+from dendro_prefect.workers.slurm.job_dir import SlurmJobDirectory
 from dendro_prefect.workers.slurm.launcher import (
     ENDED_STATES,
     LOST_STATES,
@@ -40,11 +40,11 @@ def launcher(**settings) -> SlurmLauncher:
     return SlurmLauncher(app_command, SlurmJobSettings(**settings))
 
 
-async def submitted(tmp_path: Path, slurm: FakeSlurmCli, **settings) -> tuple[SlurmLauncher, str, JobDirectory]:
+async def submitted(tmp_path: Path, slurm: FakeSlurmCli, **settings) -> tuple[SlurmLauncher, str, SlurmJobDirectory]:
     slurm_job = launcher(**settings)
     request = launch_request(tmp_path)
     infrastructure_id = await slurm_job.submit(request)
-    return slurm_job, infrastructure_id, JobDirectory(request.job_dir)
+    return slurm_job, infrastructure_id, SlurmJobDirectory(request.job_dir)
 
 
 async def state_of(slurm_job: SlurmLauncher, infrastructure_id: str) -> InfrastructureState:
@@ -61,7 +61,7 @@ async def test_a_job_is_submitted_as_its_batch_script_and_its_slurm_id_recorded(
 
 
 async def test_a_resubmitted_job_starts_without_the_exit_code_and_marks_of_its_earlier_run(tmp_path, slurm):
-    job_dir = JobDirectory.create(tmp_path / "job")
+    job_dir = SlurmJobDirectory.create(tmp_path / "job")
     for stale in (job_dir.exit_code, job_dir.slurm_job_ids, job_dir.cancelled):
         stale.write_text("7\n")
     slurm_job, infrastructure_id, _ = await submitted(tmp_path, slurm)
@@ -180,7 +180,7 @@ async def test_one_squeue_call_reports_every_watched_job(tmp_path, slurm):
 
 async def test_a_restarted_worker_watches_the_latest_attempt_recorded_in_the_job_directory(tmp_path, slurm):
     request = launch_request(tmp_path)
-    job_dir = JobDirectory.create(request.job_dir)
+    job_dir = SlurmJobDirectory.create(request.job_dir)
     job_dir.slurm_job_ids.write_text("100\n101\n")
     slurm.set("100", "PREEMPTED")
     slurm.set("101", "RUNNING")

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from dendro_prefect.workers.job_dir import JobDirectory
 from dendro_prefect.workers.launch import LaunchError
+from dendro_prefect.workers.slurm.job_dir import SlurmJobDirectory
 from dendro_prefect.workers.slurm.packing import BatchPacker, pack_key
 from tests.unit.fakes import launch_request
 
@@ -32,7 +32,7 @@ class Submissions:
 def job(tmp_path, name: str, **changes):
     changes.setdefault("batch_id", "b1")
     request = launch_request(tmp_path, job_id=name, job_dir=tmp_path / name, **changes)
-    return request, JobDirectory(request.job_dir)
+    return request, SlurmJobDirectory(request.job_dir)
 
 
 async def add_all(packer: BatchPacker, *jobs) -> list[str]:

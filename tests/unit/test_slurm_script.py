@@ -14,8 +14,8 @@ import pytest
 
 from dendro_prefect.workers.apptainer import apptainer_command_builder
 from dendro_prefect.workers.docker_cli import docker_command
-from dendro_prefect.workers.job_dir import JobDirectory
 from dendro_prefect.workers.launch import AppCommand
+from dendro_prefect.workers.slurm.job_dir import SlurmJobDirectory
 from dendro_prefect.workers.slurm.script import (
     memory_mb,
     render_batch_script,
@@ -40,7 +40,7 @@ def sbatch_options(script: str) -> list[str]:
 def render(tmp_path: Path, settings: SlurmJobSettings = SlurmJobSettings(), setup_lines: list[str] = (),
            command: AppCommand | None = None, **request_changes) -> str:
     request = launch_request(tmp_path, **request_changes)
-    job_dir = JobDirectory.create(request.job_dir)
+    job_dir = SlurmJobDirectory.create(request.job_dir)
     command = command or AppCommand(["/app/main.py"], dict(request.env), key_in_env=True)
     return render_batch_script(request, job_dir, command, settings.model_copy(update={"setup_lines": list(setup_lines)}))
 
@@ -136,7 +136,7 @@ def test_the_key_is_read_from_a_private_file_and_never_written_into_the_script(t
 
 def test_a_command_that_carries_the_key_itself_gets_no_key_file_from_the_script(tmp_path):
     request = launch_request(tmp_path)
-    job_dir = JobDirectory.create(request.job_dir)
+    job_dir = SlurmJobDirectory.create(request.job_dir)
     command = apptainer_command_builder("apptainer")(request, job_dir)  # the key is in its --env-file
     script = render_batch_script(request, job_dir, command, SlurmJobSettings())
     assert "JOB_PRIVATE_KEY" not in script and JOB_KEY not in script
@@ -145,7 +145,7 @@ def test_a_command_that_carries_the_key_itself_gets_no_key_file_from_the_script(
 
 def test_a_docker_job_is_stopped_by_a_trap_since_its_container_outlives_the_signalled_client(tmp_path):
     request = launch_request(tmp_path)
-    job_dir = JobDirectory.create(request.job_dir)
+    job_dir = SlurmJobDirectory.create(request.job_dir)
     script = render_batch_script(request, job_dir, docker_command(request, job_dir), SlurmJobSettings())
     assert "trap 'docker stop --time 5 dendro-p1-abcdefgh' TERM INT" in script
     assert script.count('wait "$app"') == 2  # the trap interrupts the first wait; the second collects the status
@@ -216,7 +216,7 @@ def pack(tmp_path: Path, count: int, options: SlurmJobSettings = SlurmJobSetting
     for index in range(count):
         request = launch_request(tmp_path, job_id=f"p1.job{index}", job_dir=tmp_path / f"job{index}",
                                  batch_id="batch-7", **changes)
-        jobs.append((request, JobDirectory.create(request.job_dir)))
+        jobs.append((request, SlurmJobDirectory.create(request.job_dir)))
     return render_pack_script("batch-7", jobs, str(tmp_path / "slurm-%j.out"), options), jobs
 
 

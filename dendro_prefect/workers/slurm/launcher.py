@@ -14,8 +14,9 @@ import subprocess
 import uuid
 
 from ..commands import CommandBuilder
-from ..job_dir import JobDirectory, WatchedJobFiles
+from ..job_dir import WatchedJobFiles
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
+from .job_dir import SlurmJobDirectory
 from .packing import BatchPacker, PackedJob
 from .script import render_batch_script, render_pack_script
 from .settings import SlurmJobSettings
@@ -55,7 +56,7 @@ class SlurmLauncher(Launcher):
         self._packer = BatchPacker(self._submit_pack, settings.pack_window_sec, settings.max_jobs_per_allocation)
 
     async def submit(self, request: LaunchRequest) -> str:
-        job_dir = JobDirectory.create(request.job_dir)
+        job_dir = SlurmJobDirectory.create(request.job_dir)
         for stale in (job_dir.exit_code, job_dir.slurm_job_ids, job_dir.cancelled):
             stale.unlink(missing_ok=True)
         job_dir.batch_script.write_text(render_batch_script(
@@ -82,7 +83,7 @@ class SlurmLauncher(Launcher):
         script.write_text(render_pack_script(batch_id, jobs, str(packs / "slurm-%j.out"), self.settings))
         return await self._sbatch(script, [job_dir for _, job_dir in jobs])
 
-    async def _sbatch(self, script, job_dirs: list[JobDirectory], *options: str) -> str:
+    async def _sbatch(self, script, job_dirs: list[SlurmJobDirectory], *options: str) -> str:
         """Submit a script; record the Slurm job id in each job's directory (for a later worker)."""
         result = await _slurm("sbatch", "--parsable", *options, str(script))
         if result.returncode != 0:
@@ -94,7 +95,7 @@ class SlurmLauncher(Launcher):
         return slurm_job_id
 
     async def attach(self, infrastructure_id: str, request: LaunchRequest) -> None:
-        job_dir = JobDirectory(request.job_dir)
+        job_dir = SlurmJobDirectory(request.job_dir)
         self._files.watch(infrastructure_id, job_dir, job_dir.stdout, job_dir.console_output)
         try:
             self._attempts[infrastructure_id] = job_dir.slurm_job_ids.read_text().split()

@@ -8,10 +8,10 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
-from ..job_dir import JobDirectory
 from ..launch import LaunchRequest
+from .job_dir import SlurmJobDirectory
 
-PackedJob = tuple[LaunchRequest, JobDirectory]
+PackedJob = tuple[LaunchRequest, SlurmJobDirectory]
 SubmitPack = Callable[[str, list[PackedJob]], Awaitable[str]]
 
 
@@ -35,7 +35,7 @@ class BatchPacker:
         self._open: dict[tuple, _Pack] = {}
         self._submitting: set[asyncio.Task] = set()
 
-    async def add(self, request: LaunchRequest, job_dir: JobDirectory) -> str:
+    async def add(self, request: LaunchRequest, job_dir: SlurmJobDirectory) -> str:
         """The Slurm job id of the allocation the job was packed into."""
         loop = asyncio.get_running_loop()
         key = pack_key(request)

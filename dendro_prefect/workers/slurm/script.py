@@ -11,8 +11,8 @@ from functools import lru_cache
 import jinja2
 
 from ..commands import AppCommand
-from ..job_dir import JobDirectory
 from ..launch import LaunchRequest
+from .job_dir import SlurmJobDirectory
 from .settings import SlurmJobSettings
 
 
@@ -52,7 +52,7 @@ def memory_mb(request: LaunchRequest) -> int:
     return max(int(request.memory_gb * 1024), 1)
 
 
-def render_batch_script(request: LaunchRequest, job_dir: JobDirectory, command: AppCommand,
+def render_batch_script(request: LaunchRequest, job_dir: SlurmJobDirectory, command: AppCommand,
                         settings: SlurmJobSettings) -> str:
     key_file = job_dir.write_secret("job_private_key", request.job_private_key.get_secret_value()) \
         if command.key_in_env else None
@@ -73,7 +73,7 @@ def render_batch_script(request: LaunchRequest, job_dir: JobDirectory, command: 
     )
 
 
-def render_pack_script(batch_id: str, jobs: list[tuple[LaunchRequest, JobDirectory]], output_file: str,
+def render_pack_script(batch_id: str, jobs: list[tuple[LaunchRequest, SlurmJobDirectory]], output_file: str,
                        settings: SlurmJobSettings) -> str:
     """One allocation for jobs of one batch that ask for the same resources (the first one's)."""
     first = jobs[0][0]
