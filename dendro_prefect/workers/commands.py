@@ -57,9 +57,9 @@ def container_method_for(configured: str, app_image: str | None) -> str:
 
 
 def command_builder(container_method: str, docker: bool = False) -> CommandBuilder:
-    """`docker` says whether the backend starts docker containers through the CLI (the local pool
-    uses the docker SDK instead). Image-less apps go to `plain_command` before they reach a builder
-    (`container_method_for`)."""
+    """`docker` says whether the backend starts docker containers, all through the CLI's `docker run`
+    (`docker_cli.py`: the local pool and Slurm nodes alike). Image-less apps go to `plain_command` before
+    they reach a builder (`container_method_for`)."""
     if container_method == "none":
         return plain_command
     if container_method in ("apptainer", "singularity"):

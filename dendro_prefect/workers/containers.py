@@ -1,5 +1,5 @@
-"""What every container method agrees on, whatever starts the container (the docker SDK on the local
-pool, the docker or apptainer CLI in a Slurm batch script): the job's paths inside the container,
+"""What every container method agrees on, whatever starts the container (the docker or apptainer CLI, as
+a process of the local worker or in a Slurm batch script): the job's paths inside the container,
 the key read from a mounted file, the container's name and label, and the network it needs."""
 
 from __future__ import annotations

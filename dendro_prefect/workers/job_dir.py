@@ -75,6 +75,22 @@ class JobDirectory:
             return None
 
     @property
+    def stop_command(self) -> Path:
+        """How to stop an app that a signal to its command does not stop (`AppCommand.stop_argv`: a docker
+        container), kept for whichever worker kills the job, this one or one restarted after it."""
+        return self.root / "stop_command.json"
+
+    def record_stop_command(self, argv: list[str]) -> None:
+        self.stop_command.write_text(json.dumps(argv))
+
+    def recorded_stop_command(self) -> list[str] | None:
+        try:
+            argv = json.loads(self.stop_command.read_text())
+        except (OSError, ValueError):
+            return None
+        return argv if isinstance(argv, list) and all(isinstance(arg, str) for arg in argv) and argv else None
+
+    @property
     def streamed(self) -> Path:
         """How far each output of the job has reached the flow-run log (bytes per output): a worker
         that takes the job up again goes on from there instead of repeating it."""

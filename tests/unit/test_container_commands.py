@@ -159,7 +159,7 @@ def test_each_container_method_gets_its_command_builder(tmp_path, method, docker
     assert command_builder(method, docker=docker_cli)(request, JobDirectory.create(request.job_dir)).argv[0] == expected
 
 
-def test_docker_through_the_cli_is_refused_where_the_docker_sdk_launches(tmp_path):
+def test_docker_is_refused_by_a_backend_that_does_not_start_containers_with_the_cli(tmp_path):
     with pytest.raises(LaunchError, match="container method 'docker' cannot run here; use none, apptainer or "
                                           "singularity"):
         command_builder("docker", docker=False)

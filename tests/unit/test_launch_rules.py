@@ -12,7 +12,6 @@ from dendro_prefect.workers.job_dir import JobDirectory
 from dendro_prefect.workers.launch import LaunchError, LaunchRequest
 from dendro_prefect.workers.local import LocalJobConfiguration, LocalWorker
 from dendro_prefect.workers.local.command import CommandLauncher
-from dendro_prefect.workers.local.docker import DockerLauncher
 
 
 def request(tmp_path: Path, image: str | None = None, env: dict | None = None, sdk_bin_dir: str = "") -> LaunchRequest:
@@ -48,9 +47,8 @@ def test_the_slurm_command_of_an_imageless_app_is_the_plain_one(tmp_path, method
 def test_the_local_worker_runs_an_imageless_app_as_a_process_even_with_docker(tmp_path):
     worker = LocalWorker(work_pool_name="local-unit")
     imageless = LocalJobConfiguration(container_method="docker", app_image=None)
-    assert isinstance(worker.launcher(imageless), CommandLauncher)
-    assert isinstance(worker.launcher(LocalJobConfiguration(container_method="docker", app_image="app:1")),
-                      DockerLauncher)
+    assert worker.launcher(imageless).kind == "process"
+    assert worker.launcher(LocalJobConfiguration(container_method="docker", app_image="app:1")).kind == "docker"
     with pytest.raises(LaunchError, match="unknown container method 'podman'"):
         worker.launcher(LocalJobConfiguration(container_method="podman", app_image="app:1"))
 
@@ -87,4 +85,5 @@ def test_the_local_worker_takes_the_container_method_of_the_configuration_file(t
                           container_method="docker").write(config_file)
     worker = LocalWorker(work_pool_name="local-unit")
     configuration = LocalJobConfiguration(config_file=str(config_file), app_image="app:1")
-    assert isinstance(worker.launcher(configuration), DockerLauncher)
+    launcher = worker.launcher(configuration)
+    assert isinstance(launcher, CommandLauncher) and launcher.kind == "docker"

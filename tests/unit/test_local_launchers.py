@@ -1,5 +1,6 @@
-"""The local pool's launchers: `CommandLauncher` with real short processes (`true`, `false`, `sleep`), and
-`DockerLauncher` against a fake docker SDK client (the container's options and the translation of its state)."""
+"""The local pool's launcher, `CommandLauncher`, with real short processes (`true`, `false`, `sleep`), and its
+docker jobs against a fake `docker` command on the PATH (no engine): the image looked up or pulled before the
+launch, the `docker run` command of `docker_cli.py`, and the container stopped by `docker stop` on a kill."""
 
 from __future__ import annotations
 
@@ -7,15 +8,14 @@ import asyncio
 import subprocess
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from docker.errors import DockerException, ImageNotFound
 
+from dendro_prefect.workers.docker_cli import docker_command, ensure_image
+from dendro_prefect.workers.job_dir import JobDirectory
 from dendro_prefect.workers.launch import AppCommand, InfrastructureState, LaunchError
-from dendro_prefect.workers.local import docker as docker_launcher
+from dendro_prefect.workers.local import LocalJobConfiguration, LocalWorker
 from dendro_prefect.workers.local.command import CommandLauncher
-from dendro_prefect.workers.local.docker import DockerLauncher
 from tests.unit.fakes import JOB_KEY, eventually, launch_request
 
 pytestmark = pytest.mark.anyio
@@ -33,6 +33,10 @@ async def ended(launcher, infrastructure_id: str) -> InfrastructureState:
         assert time.monotonic() < deadline, "the process did not end"
         await asyncio.sleep(0.01)
     return state
+
+
+def option(argv: list[str], name: str) -> list[str]:
+    return [argv[i + 1] for i, value in enumerate(argv[:-1]) if value == name]
 
 
 def dead(pid: int) -> bool:
@@ -153,112 +157,152 @@ async def test_release_forgets_the_process_and_removes_its_secrets(tmp_path):
     assert (await launcher.states([infrastructure_id]))[infrastructure_id].phase == "gone"
 
 
-# --- the docker SDK launcher ---------------------------------------------------------------------------------------
+# --- docker, through its CLI ----------------------------------------------------------------------------------------
 
-
-class FakeDocker:
-    """The docker SDK client calls of `DockerLauncher`: images present or pulled, containers run and listed."""
-
-    def __init__(self, images: set[str] = frozenset({"ghcr.io/lab/app:1"})) -> None:
-        self.image_names = set(images)
-        self.pull_error: Exception | None = None
-        self.run_error: Exception | None = None
-        self.runs: list[dict] = []
-        self.listed: list = []
-        self.pulled: list[str] = []
-        self.images = SimpleNamespace(get=self._get_image, pull=self._pull)
-        self.containers = SimpleNamespace(run=self._run, list=self._list)
-
-    def _get_image(self, name):
-        if name not in self.image_names:
-            raise ImageNotFound(f"No such image: {name}")
-
-    def _pull(self, name):
-        if self.pull_error is not None:
-            raise self.pull_error
-        self.pulled.append(name)
-
-    def _run(self, image, **options):
-        if self.run_error is not None:
-            raise self.run_error
-        self.runs.append(dict(options, image=image))
-        return SimpleNamespace(id="0123456789abcdef0123")
-
-    def _list(self, all=False, filters=None):
-        assert all and filters == {"label": "org.dendro.job-id"}
-        return self.listed
+FAKE_DOCKER = r"""#!/bin/sh
+# The docker CLI's answers to the calls of a docker job; its state in $FAKE_DOCKER_STATE.
+state="$FAKE_DOCKER_STATE"
+printf '%s\n' "$*" >> "$state/calls"
+eval "last=\${$#}"
+case "$1" in
+image)
+  if [ -e "$state/unreachable" ]; then
+    echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?" >&2
+    exit 1
+  fi
+  grep -qxF "$last" "$state/images" 2>/dev/null && exit 0
+  echo "Error response from daemon: no such image: $last: No such image: $last" >&2
+  exit 1;;
+pull)
+  if [ -e "$state/pull_refused" ]; then
+    echo "Using default tag: latest" >&2
+    cat "$state/pull_refused" >&2
+    exit 1
+  fi
+  echo "$last" >> "$state/images";;
+run)
+  echo "the app's output"
+  i=0
+  while [ ! -e "$state/stopped" ] && [ $i -lt 400 ]; do sleep 0.025; i=$((i + 1)); done
+  exit 143;;
+stop)
+  touch "$state/stopped";;
+esac
+"""
 
 
 @pytest.fixture
-def engine(monkeypatch) -> FakeDocker:
-    fake = FakeDocker()
-    monkeypatch.setattr(docker_launcher.docker, "from_env", lambda: fake)
-    return fake
+def fake_docker(tmp_path, monkeypatch) -> Path:
+    """A `docker` command first on the PATH; returns its state directory (`images` it has, `calls` it got)."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "docker-state"
+    bin_dir.mkdir()
+    state.mkdir()
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("FAKE_DOCKER_STATE", str(state))
+    return state
 
 
-async def test_a_docker_job_mounts_its_tmp_and_key_and_runs_named_labelled_and_limited(tmp_path, engine):
-    request = launch_request(tmp_path)
-    assert await DockerLauncher().submit(request) == "docker:0123456789ab"
-    (run,) = engine.runs
-    assert run["image"] == "ghcr.io/lab/app:1" and run["name"] == "dendro-p1-abcdefgh"
-    assert run["labels"] == {"org.dendro.job-id": "p1.abcdefgh"} and run["init"] and run["detach"]
-    assert run["volumes"] == {str(request.job_dir / "tmp"): {"bind": "/tmp", "mode": "rw"},
-                              str(request.job_dir / "secrets"): {"bind": "/run/dendro", "mode": "ro"}}
-    assert run["nano_cpus"] == 2_000_000_000 and run["working_dir"] == "/tmp/working"
-    assert "network_mode" not in run and "device_requests" not in run
-    assert JOB_KEY not in str(run) and (request.job_dir / "secrets" / "job_private_key").read_text() == JOB_KEY
+def calls(state: Path) -> list[str]:
+    return (state / "calls").read_text().splitlines() if (state / "calls").exists() else []
 
 
-async def test_a_docker_job_of_a_loopback_central_with_gpus_gets_the_host_network_and_all_gpus(tmp_path, engine):
-    await DockerLauncher().submit(launch_request(tmp_path, num_gpus=1, env={"DENDRO_URL": "http://127.0.0.1:9"}))
-    (run,) = engine.runs
-    assert run["network_mode"] == "host"
-    (gpus,) = run["device_requests"]
-    assert gpus["Count"] == -1 and gpus["Capabilities"] == [["gpu"]]
+def docker_launcher() -> CommandLauncher:
+    """The local worker's launcher of an app with an image under container method docker."""
+    worker = LocalWorker(work_pool_name="local-unit")
+    return worker.launcher(LocalJobConfiguration(container_method="docker", app_image="ghcr.io/lab/app:1"))
 
 
-async def test_a_missing_image_is_pulled_once_and_a_failed_pull_fails_the_launch_with_its_reason(tmp_path, engine):
-    engine.image_names.clear()
-    await DockerLauncher().submit(launch_request(tmp_path))
-    assert engine.pulled == ["ghcr.io/lab/app:1"]
-    engine.pull_error = DockerException("pull access denied for ghcr.io/lab/app,\n repository does not exist")
+def test_an_image_on_this_machine_is_only_looked_up(fake_docker):
+    (fake_docker / "images").write_text("ghcr.io/lab/app:1\n")
+    ensure_image("ghcr.io/lab/app:1")
+    assert calls(fake_docker) == ["image inspect --format {{.Id}} ghcr.io/lab/app:1"]
+
+
+def test_a_missing_image_is_pulled_once(fake_docker):
+    ensure_image("ghcr.io/lab/app:1")
+    ensure_image("ghcr.io/lab/app:1")
+    assert [call for call in calls(fake_docker) if call.startswith("pull")] == ["pull ghcr.io/lab/app:1"]
+
+
+def test_an_image_docker_cannot_pull_fails_with_dockers_reason_in_one_line(fake_docker):
+    (fake_docker / "pull_refused").write_text("Error response from daemon: pull access denied for ghcr.io/lab/app, "
+                                              "repository does not exist\n")
     with pytest.raises(LaunchError, match="^docker image ghcr.io/lab/app:1 is not on this machine and could not be "
                                           "pulled: pull access denied for ghcr.io/lab/app, repository does not exist$"):
-        await DockerLauncher().submit(launch_request(tmp_path))
+        ensure_image("ghcr.io/lab/app:1")
 
 
-async def test_a_container_docker_refuses_fails_the_launch_and_leaves_no_key(tmp_path, engine):
-    engine.run_error = DockerException("invalid mount config")
+def test_an_engine_that_does_not_answer_fails_saying_so(fake_docker):
+    (fake_docker / "unreachable").touch()
+    with pytest.raises(LaunchError, match="^docker could not look up image ghcr.io/lab/app:1 on this machine: Cannot "
+                                          "connect to the Docker daemon at .*Is the docker daemon running\\?$"):
+        ensure_image("ghcr.io/lab/app:1")
+    assert not any(call.startswith("pull") for call in calls(fake_docker))
+
+
+def test_a_machine_without_the_docker_cli_fails_saying_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(LaunchError, match="^there is no `docker` command on the worker's PATH"):
+        ensure_image("ghcr.io/lab/app:1")
+
+
+async def output_of(launcher: CommandLauncher, infrastructure_id: str) -> list[str]:
+    """The first lines of a running job's output in the flow-run log."""
+    deadline = time.monotonic() + 10
+    while not (lines := await launcher.read_logs(infrastructure_id)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return lines
+
+
+async def test_a_local_docker_job_is_the_docker_run_command_of_a_slurm_node_limits_included(tmp_path, fake_docker):
+    launcher, request = docker_launcher(), launch_request(tmp_path)
+    infrastructure_id = await launcher.submit(request)
+    try:
+        assert infrastructure_id.startswith("docker:")
+        assert await output_of(launcher, infrastructure_id) == ["the app's output"]
+        expected = docker_command(request, JobDirectory(request.job_dir)).argv
+        assert option(expected, "--cpus") == ["2"] and option(expected, "--memory") == ["4096m"]
+        assert calls(fake_docker) == ["image inspect --format {{.Id}} ghcr.io/lab/app:1", "pull ghcr.io/lab/app:1",
+                                      " ".join(expected[1:])]
+    finally:
+        await launcher.kill(infrastructure_id)
+
+
+async def test_a_local_docker_job_whose_image_cannot_be_had_is_never_launched(tmp_path, fake_docker):
+    (fake_docker / "pull_refused").write_text("Error: manifest unknown\n")
     request = launch_request(tmp_path)
-    with pytest.raises(LaunchError, match="^docker could not start the job: invalid mount config$"):
-        await DockerLauncher().submit(request)
-    assert not (request.job_dir / "secrets").exists()
+    with pytest.raises(LaunchError, match="^docker image ghcr.io/lab/app:1 is not on this machine and could not be "
+                                          "pulled: manifest unknown$"):
+        await docker_launcher().submit(request)
+    assert not any(call.startswith("run") for call in calls(fake_docker)) and not request.job_dir.exists()
 
 
-async def test_an_unreachable_engine_fails_the_launch_saying_so(tmp_path, monkeypatch):
-    def unreachable():
-        raise DockerException("Error while fetching server API version")
+async def test_the_key_is_in_neither_the_docker_clients_command_line_nor_its_environment(tmp_path, fake_docker):
+    launcher, request = docker_launcher(), launch_request(tmp_path)
+    infrastructure_id = await launcher.submit(request)
+    pid = int(infrastructure_id.split(":")[1])
+    try:
+        await eventually(lambda: b"run" in Path(f"/proc/{pid}/cmdline").read_bytes(), "the docker client")
+        assert JOB_KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert JOB_KEY.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
+        assert (request.job_dir / "secrets" / "job_private_key").read_text() == JOB_KEY  # mounted, read in there
+    finally:
+        await launcher.kill(infrastructure_id)
 
-    monkeypatch.setattr(docker_launcher.docker, "from_env", unreachable)
-    with pytest.raises(LaunchError, match="^docker engine unreachable: Error while fetching server API version$"):
-        await DockerLauncher().submit(launch_request(tmp_path))
 
-
-def container(status: str, **state) -> SimpleNamespace:
-    return SimpleNamespace(id="0123456789abcdef0123", status=status, attrs={"State": state})
-
-
-@pytest.mark.parametrize("listed, expected", [
-    (container("created"), InfrastructureState("running")),
-    (container("running"), InfrastructureState("running")),
-    (container("restarting"), InfrastructureState("running")),
-    (container("paused"), InfrastructureState("running")),
-    (container("exited", ExitCode=0), InfrastructureState("exited", 0)),
-    (container("exited", ExitCode=3, Error=""), InfrastructureState("exited", 3)),
-    (container("exited", ExitCode=137, OOMKilled=True), InfrastructureState("exited", 137, "out of memory")),
-    (container("dead", ExitCode=128, Error="mount failed"), InfrastructureState("exited", 128, "mount failed")),
-    (None, InfrastructureState("gone", reason="container not found")),
-])
-async def test_a_containers_state_becomes_ours(engine, listed, expected):
-    engine.listed = [listed] if listed else []
-    assert await DockerLauncher().states(["docker:0123456789ab"]) == {"docker:0123456789ab": expected}
+@pytest.mark.parametrize("watched", ["launched", "taken up after a restart", "not followed"])
+async def test_killing_a_docker_job_stops_its_container_whichever_worker_kills_it(tmp_path, fake_docker, watched):
+    """Its `docker run` client would end on a signal and leave the container running: `docker stop` first, also
+    from a restarted worker, which finds how to stop it in the job directory of the client's process."""
+    launcher, request = docker_launcher(), launch_request(tmp_path)
+    infrastructure_id = await launcher.submit(request)
+    await eventually(lambda: any(call.startswith("run") for call in calls(fake_docker)), "docker run")
+    if watched != "launched":
+        launcher = docker_launcher()  # a restarted worker's
+        if watched == "taken up after a restart":
+            await launcher.attach(infrastructure_id, request)
+    await launcher.kill(infrastructure_id)
+    assert "stop --time 5 dendro-p1-abcdefgh" in calls(fake_docker)
+    await eventually(lambda: dead(int(infrastructure_id.split(":")[1])), "the docker client to end")

@@ -1,13 +1,14 @@
 """The `dendro-local` worker: Dendro jobs on this machine, in docker, apptainer/singularity, or as
-plain processes (`none`)."""
+plain processes (`none`), each a process of the worker (`CommandLauncher`). A docker job is the `docker run`
+command a Slurm batch script runs (`docker_cli.py`), its image looked up, or pulled, before the launch."""
 
 from __future__ import annotations
 
 from ..base import DendroJobConfiguration, DendroVariables, DendroWorker
 from ..commands import ContainerMethodSetting, command_builder
-from ..launch import Launcher
+from ..docker_cli import ensure_image
+from ..launch import Launcher, LaunchRequest
 from .command import CommandLauncher
-from .docker import DockerLauncher
 
 
 class LocalJobConfiguration(DendroJobConfiguration, ContainerMethodSetting):
@@ -30,5 +31,9 @@ class LocalWorker(DendroWorker):
     def new_launcher(self, settings: ContainerMethodSetting) -> Launcher:
         method = settings.container_method
         if method == "docker":
-            return DockerLauncher()
+            return CommandLauncher("docker", command_builder("docker", docker=True), prepare=_ensure_image_of)
         return CommandLauncher("process" if method == "none" else method, command_builder(method))
+
+
+def _ensure_image_of(request: LaunchRequest) -> None:
+    ensure_image(request.app_image or "")

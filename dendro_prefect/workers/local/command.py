@@ -1,5 +1,8 @@
-"""Jobs as local processes: the `none` container method, and apptainer/singularity (whose CLI is a
-process too). Each job gets its own session, so killing it takes its whole process group."""
+"""Jobs as local processes: the `none` container method, and the container methods whose CLI is a process
+too: apptainer/singularity, and docker (`docker run`, the command the Slurm pool's batch script runs). Each
+job gets its own session, so killing it takes its whole process group, and a worker restarted while it runs
+takes it up by its pid. An app that a signal does not stop (a docker container, which outlives its signalled
+client) is stopped first by its command's `stop_argv`, kept in the job directory for a restarted worker."""
 
 from __future__ import annotations
 
@@ -7,25 +10,36 @@ import asyncio
 import os
 import signal
 import subprocess
+from pathlib import Path
+from typing import Callable
 
 from ..commands import CommandBuilder
 from ..job_dir import JobDirectory, WatchedJobFiles
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 
 KILL_GRACE_SEC = 5.0
+STOP_TIMEOUT_SEC = 60.0  # for a stop_argv (`docker stop --time 5` waits 5 s, then kills)
 
 
 class CommandLauncher(Launcher):
-    def __init__(self, kind: str, build_command: CommandBuilder) -> None:
+    def __init__(self, kind: str, build_command: CommandBuilder,
+                 prepare: Callable[[LaunchRequest], None] | None = None) -> None:
+        """`prepare` readies the worker's machine before a launch (pulls a missing docker image), in a thread;
+        a LaunchError from it fails the launch before anything starts."""
         self.kind = kind
         self._build_command = build_command
+        self._prepare = prepare
         self._processes: dict[str, subprocess.Popen] = {}
         self._files = WatchedJobFiles()
         self._adopted: dict[str, int] = {}  # processes an earlier worker started: no exit code to wait for
 
     async def submit(self, request: LaunchRequest) -> str:
+        if self._prepare is not None:
+            await asyncio.to_thread(self._prepare, request)
         job_dir = JobDirectory.create(request.job_dir)
         command = self._build_command(request, job_dir)
+        if command.stop_argv:
+            job_dir.record_stop_command(command.stop_argv)
         # The worker's own Prefect settings are no business of the app.
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
         env.update(command.env)
@@ -73,6 +87,10 @@ class CommandLauncher(Launcher):
     async def kill(self, infrastructure_id: str) -> None:
         process = self._processes.get(infrastructure_id)
         pid = process.pid if process else _pid_of(infrastructure_id)
+        job_dir = self._files.directory(infrastructure_id) or _job_dir_of(pid)
+        stop_argv = job_dir.recorded_stop_command() if job_dir else None
+        if stop_argv:
+            await asyncio.to_thread(_run_quietly, stop_argv)
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(pid, sig)
@@ -106,3 +124,23 @@ def _adopted_state(pid: int) -> InfrastructureState:
 
 def _pid_of(infrastructure_id: str) -> int:
     return int(infrastructure_id.rsplit(":", 1)[1])
+
+
+def _job_dir_of(pid: int) -> JobDirectory | None:
+    """The job directory of a job this launcher does not watch (killed while a restarted worker takes it up):
+    its process runs in the job's working directory."""
+    try:
+        working = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    job_dir = JobDirectory(working.parent.parent)
+    return job_dir if job_dir.working == working else None
+
+
+def _run_quietly(argv: list[str]) -> None:
+    """A stop command; its failure (the container is gone already) leaves the signals to do the rest."""
+    try:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=STOP_TIMEOUT_SEC)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
