@@ -85,6 +85,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
     job_configuration = DendroJobConfiguration
     job_configuration_variables = DendroVariables
     settings_model: type[BaseModel] = BaseModel  # the pool's own job settings, which its launchers are made of
+    _documentation_url = "https://github.com/flatironinstitute/dendro"
     poll_interval_sec = 1.0
     central_interval_sec = 2.0
     # How long past its time limit a job may run before the worker kills it: the SDK stops the app
@@ -123,8 +124,10 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         """A launcher of this pool's `settings_model` (its container method resolved for the job, if it has one)."""
 
     def job_time_limit(self, configuration: DendroJobConfiguration) -> float | None:
-        """The time limit the infrastructure enforces for a job (the job's timeSec by default)."""
-        return configuration.time_limit_sec
+        """The time limit the infrastructure enforces for a job: its timeSec, and the pool's margin where the
+        infrastructure enforces a limit of its own (`infrastructure_time_limit` of the pool's settings)."""
+        limit = getattr(configuration, "infrastructure_time_limit", None)
+        return limit(configuration.time_limit_sec) if limit else configuration.time_limit_sec
 
     # --- Prefect's entry points ------------------------------------------------------------------------------
 

@@ -56,15 +56,11 @@ def container_method_for(configured: str, app_image: str | None) -> str:
     return configured if app_image else "none"
 
 
-def command_builder(container_method: str, docker: bool = False) -> CommandBuilder:
-    """`docker` says whether the backend starts docker containers, all through the CLI's `docker run`
-    (`docker_cli.py`: the local pool and Slurm nodes alike). Image-less apps go to `plain_command` before
-    they reach a builder (`container_method_for`)."""
+def command_builder(container_method: str) -> CommandBuilder:
+    """How an app of a (checked, `container_method_for`) container method starts, on the local pool and on
+    Slurm nodes alike: docker through the CLI's `docker run` (docker_cli.py). Image-less apps are `none`."""
     if container_method == "none":
         return plain_command
-    if container_method in ("apptainer", "singularity"):
-        return apptainer_command_builder(container_method)
-    if container_method == "docker" and docker:
+    if container_method == "docker":
         return docker_command
-    usable = "none, apptainer, singularity or docker" if docker else "none, apptainer or singularity"
-    raise LaunchError(f"container method {container_method!r} cannot run here; use {usable}")
+    return apptainer_command_builder(container_method)

@@ -46,7 +46,7 @@ POOL_DEFAULT = asyncio.run(pool_manifest())
 
 def render(tmp_path, template: dict | None = None, attempt: int = 0, margin: float = 60.0, **changes) -> dict:
     request = launch_request(tmp_path, **changes)
-    deadline = KubernetesJobSettings(deadline_margin_sec=margin).active_deadline_sec(request.time_limit_sec)
+    deadline = KubernetesJobSettings(deadline_margin_sec=margin).infrastructure_time_limit(request.time_limit_sec)
     return render_job(template or POOL_DEFAULT, request, attempt, deadline)
 
 

@@ -39,7 +39,7 @@ def test_an_app_without_image_runs_as_a_plain_process_whatever_the_container_met
 @pytest.mark.parametrize("method", ["docker", "apptainer", "singularity"])
 def test_the_slurm_command_of_an_imageless_app_is_the_plain_one(tmp_path, method):
     sdk = fake_sdk(tmp_path / "sdk")
-    build = command_builder(container_method_for(method, None), docker=True)
+    build = command_builder(container_method_for(method, None))
     command = build(request(tmp_path, env={"PATH": str(sdk)}), JobDirectory.create(tmp_path / "job"))
     assert command.argv == ["/app/main.py"] and command.key_in_env
 

@@ -24,12 +24,8 @@ class AwsBatchWorker(DendroWorker):
     settings_model = AwsBatchJobSettings
     _description = "Runs Dendro jobs as AWS Batch jobs (boto3), watched with one describe_jobs call per poll."
     _display_name = "Dendro AWS Batch"
-    _documentation_url = "https://github.com/flatironinstitute/dendro"
     # Batch enforces the attempt timeout itself: give it time to.
     overrun_grace_sec = 120.0
-
-    def job_time_limit(self, configuration: AwsBatchJobConfiguration) -> float | None:
-        return configuration.attempt_timeout_sec(configuration.time_limit_sec)
 
     def new_launcher(self, settings: AwsBatchJobSettings) -> Launcher:
         return AwsBatchLauncher(settings)

@@ -143,7 +143,7 @@ class AwsBatchLauncher(Launcher):
             "tags": {"dendro-job-id": request.job_id, **settings.tags},
         }
         if request.time_limit_sec:
-            submission["timeout"] = {"attemptDurationSeconds": max(60, int(settings.attempt_timeout_sec(
+            submission["timeout"] = {"attemptDurationSeconds": max(60, int(settings.infrastructure_time_limit(
                 request.time_limit_sec)))}
         return submission
 

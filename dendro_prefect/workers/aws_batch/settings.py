@@ -28,6 +28,6 @@ class AwsBatchJobSettings(InfrastructureRetrySetting):
     runnable_warning_sec: float = Field(default=300.0, description="A job RUNNABLE this long gets a log line "
                                         "saying why it waits (queue and compute environment status).")
 
-    def attempt_timeout_sec(self, time_limit_sec: float | None) -> float | None:
+    def infrastructure_time_limit(self, time_limit_sec: float | None) -> float | None:
         """Batch's attempt timeout of a job: its timeSec and the margin (the worker waits as long before it kills)."""
         return None if time_limit_sec is None else time_limit_sec + self.attempt_margin_sec

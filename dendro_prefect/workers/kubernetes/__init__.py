@@ -40,11 +40,7 @@ class KubernetesWorker(DendroWorker):
     settings_model = KubernetesLauncherSettings
     _description = "Runs Dendro jobs as Kubernetes Jobs, their keys in Secrets, watched through the watch API."
     _display_name = "Dendro Kubernetes"
-    _documentation_url = "https://github.com/flatironinstitute/dendro"
     overrun_grace_sec = 120.0  # Kubernetes enforces activeDeadlineSeconds itself: give it time to
-
-    def job_time_limit(self, configuration: KubernetesJobConfiguration) -> float | None:
-        return configuration.active_deadline_sec(configuration.time_limit_sec)
 
     def new_launcher(self, settings: KubernetesLauncherSettings) -> Launcher:
         return KubernetesLauncher(settings)

@@ -91,7 +91,8 @@ class KubernetesLauncher(Launcher):
 
     def _submit(self, request: LaunchRequest) -> str:
         try:
-            manifest = render_job(self.settings.job_manifest, request, 0, self.settings.active_deadline_sec(request.time_limit_sec))
+            manifest = render_job(self.settings.job_manifest, request, 0,
+                                  self.settings.infrastructure_time_limit(request.time_limit_sec))
         except ValueError as error:
             raise LaunchError(str(error)) from None
         namespace = manifest["metadata"]["namespace"]
@@ -219,7 +220,7 @@ class KubernetesLauncher(Launcher):
         attempt = len(watched.attempts)
         self._delete_job(watched.namespace, watched.attempts[-1])
         manifest = render_job(self.settings.job_manifest, watched.request, attempt,
-                              self.settings.active_deadline_sec(watched.request.time_limit_sec))
+                              self.settings.infrastructure_time_limit(watched.request.time_limit_sec))
         self._create(manifest, watched.request, attempt)
         watched.attempts.append(manifest["metadata"]["name"])
         watched.pending_since = None

@@ -23,7 +23,7 @@ class KubernetesJobSettings(InfrastructureRetrySetting):
     pending_limit_sec: float = Field(default=600.0, description="A pod Pending this long fails the job with "
                                      "the reason its events give.")
 
-    def active_deadline_sec(self, time_limit_sec: float | None) -> float | None:
+    def infrastructure_time_limit(self, time_limit_sec: float | None) -> float | None:
         """A Job's activeDeadlineSeconds: its timeSec and the margin (the worker waits as long before it kills)."""
         return None if time_limit_sec is None else time_limit_sec + self.deadline_margin_sec
 

@@ -26,13 +26,11 @@ class LocalWorker(DendroWorker):
     settings_model = ContainerMethodSetting
     _description = "Runs Dendro jobs on the worker's machine: docker, apptainer/singularity or plain processes."
     _display_name = "Dendro local"
-    _documentation_url = "https://github.com/flatironinstitute/dendro"
 
     def new_launcher(self, settings: ContainerMethodSetting) -> Launcher:
         method = settings.container_method
-        if method == "docker":
-            return CommandLauncher("docker", command_builder("docker", docker=True), prepare=_ensure_image_of)
-        return CommandLauncher("process" if method == "none" else method, command_builder(method))
+        return CommandLauncher("process" if method == "none" else method, command_builder(method),
+                               prepare=_ensure_image_of if method == "docker" else None)
 
 
 def _ensure_image_of(request: LaunchRequest) -> None:

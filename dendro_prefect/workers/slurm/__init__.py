@@ -27,12 +27,8 @@ class SlurmWorker(DendroWorker):
     settings_model = SlurmJobSettings
     _description = "Runs Dendro jobs as Slurm batch jobs (sbatch), watched with one squeue call per poll."
     _display_name = "Dendro Slurm"
-    _documentation_url = "https://github.com/flatironinstitute/dendro"
     # Slurm checks time limits about once a minute and then gives KillWait: let it end the job itself.
     overrun_grace_sec = 180.0
 
-    def job_time_limit(self, configuration: SlurmJobConfiguration) -> float | None:
-        return configuration.slurm_time_limit(configuration.time_limit_sec)
-
     def new_launcher(self, settings: SlurmJobSettings) -> Launcher:
-        return SlurmLauncher(command_builder(settings.container_method, docker=True), settings)
+        return SlurmLauncher(command_builder(settings.container_method), settings)

@@ -28,7 +28,7 @@ def _environment() -> jinja2.Environment:
 
 def sbatch_options(settings: SlurmJobSettings, request: LaunchRequest) -> dict:
     """The pool's cluster settings that become #SBATCH lines (templates/slurm_options.j2)."""
-    limit = settings.slurm_time_limit(request.time_limit_sec)
+    limit = settings.infrastructure_time_limit(request.time_limit_sec)
     return dict(
         time_limit=slurm_time(limit) if request.time_limit_sec else None,
         partition=(settings.gpu_partition or settings.partition) if request.num_gpus > 0 else settings.partition,

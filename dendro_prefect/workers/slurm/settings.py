@@ -26,6 +26,6 @@ class SlurmJobSettings(ContainerMethodSetting, InfrastructureRetrySetting):
     pack_window_sec: float = Field(default=2.0, description="How long a pack waits for more jobs of its batch.")
     max_jobs_per_allocation: int = Field(default=16, description="The most jobs packed into one allocation.")
 
-    def slurm_time_limit(self, time_limit_sec: float | None) -> float | None:
+    def infrastructure_time_limit(self, time_limit_sec: float | None) -> float | None:
         """Slurm's --time of a job: its timeSec and the margin (the worker waits as long before it kills)."""
         return None if time_limit_sec is None else time_limit_sec + self.time_margin_sec
