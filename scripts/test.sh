@@ -50,4 +50,4 @@ if ! timeout 10 sinfo >/dev/null 2>&1; then
     started+=(slurm)
 fi
 # Independent modules side by side (tests/conftest.py groups them): PYTEST_PROCESSES=0 runs them in this process.
-.venv/bin/python -m pytest -n "${PYTEST_PROCESSES:-3}" --dist loadgroup "$@"
+.venv/bin/python -m pytest -n "${PYTEST_PROCESSES:-2}" "$@"

@@ -117,16 +117,21 @@ def create_count_starts_job(admin: StandInAdmin, resource_id: str, **overrides) 
     return admin.create_job(request)
 
 
-# The suite runs in several processes (pytest-xdist, `--dist loadgroup`; scripts/test.sh): a module's tests
-# stay together (its module-scoped controller starts once), and the modules that run jobs on the one-node Slurm
-# cluster (2 CPUs) share one process, so that their jobs do not queue behind each other's.
+# The suite runs in several processes (pytest-xdist; scripts/test.sh): a module's tests stay together (its
+# module-scoped controller starts once), and the modules that run jobs on the one-node Slurm cluster (2 CPUs)
+# share one process, so that their jobs do not queue behind each other's.
 SLURM_MODULES = {"test_slurm_pool", "test_slurm_docker", "test_slurm_packing", "test_spike_sorting", "test_kill9"}
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        module = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("slurm" if module in SLURM_MODULES else str(item.path)))
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "slurm" if Path(module).stem in SLURM_MODULES else module
+
+    return ModuleScheduling(config, log)
 
 
 def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
