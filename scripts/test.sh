@@ -49,7 +49,7 @@ if ! timeout 10 sinfo >/dev/null 2>&1; then
     bash scripts/start-slurm.sh
     started+=(slurm)
 fi
-# One process by default: on 2 cores the suite is CPU-bound (Prefect servers, workers, apps), and two processes
-# side by side took as long (34.2 min against 34.4 min serial). PYTEST_PROCESSES=N runs modules in N processes
-# (tests/conftest.py keeps a module, and the Slurm modules, in one), for machines with more cores.
-.venv/bin/python -m pytest -n "${PYTEST_PROCESSES:-0}" "$@"
+# Independent modules side by side, in two processes (tests/conftest.py keeps a module's tests, and the Slurm
+# modules, in one): on this 2-core machine more processes only slow each test down. PYTEST_PROCESSES=0 runs the
+# suite in this process.
+.venv/bin/python -m pytest -n "${PYTEST_PROCESSES:-2}" "$@"
