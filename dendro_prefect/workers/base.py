@@ -96,8 +96,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         super().__init__(*args, **kwargs)
         self._watch: Watch | None = None
         self._central_jobs: dict[str, CentralJobs] = {}
-        self._following: set = set()  # flow run ids this worker follows
-        self._followed_infrastructure: set[str] = set()  # their infrastructure ids, once launched
+        self._following: dict = {}  # flow run id → infrastructure id (None until launched) of the runs it follows
         self._orphans_checked_at = float("-inf")
         self._recovery = Recovery(self)
         self._tag_slots: TagSlots | None = None
@@ -145,14 +144,13 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         async with self._slots().held(lease):
             job_run = JobRun(flow_run, configuration, self, run_logger)
             infrastructure_id = await job_run.launch()
-            self._followed_infrastructure.add(infrastructure_id)  # before Prefect knows it: see kill_infrastructure
             if task_status is not None:
                 task_status.started(infrastructure_id or f"{NOT_LAUNCHED}{job_run.job_id}")
             if infrastructure_id is None:
                 await job_run.refuse()
                 return DendroWorkerResult(identifier=job_run.job_id, status_code=0)
+            self._following[flow_run.id] = infrastructure_id  # before Prefect records it: see kill_infrastructure
             self._runs_task_group.start_soon(publish_job_card, self.client, job_run)
-            self._following.add(flow_run.id)
             await self.set_state(flow_run, Running())
             await self._follow_to_the_end(job_run)
             return DendroWorkerResult(identifier=infrastructure_id, status_code=0)
@@ -220,7 +218,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         """Prefect calls this for a launched run cancelled before it was Running. Cancellation is one mechanism,
         the job's own loop (job_run.py), which kills, fails the job at the central and ends the run: it sees the
         Cancelling run within a poll. Only a job that no loop of this worker follows is killed here."""
-        if infrastructure_pid in self._followed_infrastructure:
+        if infrastructure_pid in self._following.values():
             return
         launcher = self.launcher(configuration)
         await launcher.kill(infrastructure_pid)
@@ -260,17 +258,17 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
 
     def busy_run_ids(self) -> set:
         """The runs this worker follows or is submitting: none of them is an orphan."""
-        return self._following | self._submitting_flow_run_ids
+        return set(self._following) | self._submitting_flow_run_ids
 
     def start_following(self, flow_run: FlowRun, take_up: Callable[[FlowRun], Awaitable[None]]) -> None:
         """Take up a run in the background; it counts as followed from now on."""
-        self._following.add(flow_run.id)
+        self._following.setdefault(flow_run.id, flow_run.infrastructure_pid)
 
         async def taking_up() -> None:
             try:
                 await take_up(flow_run)
             finally:
-                self._following.discard(flow_run.id)
+                self._following.pop(flow_run.id, None)
 
         self._runs_task_group.start_soon(taking_up)
 
@@ -280,10 +278,8 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
             await self._follow_to_the_end(job_run)
 
     async def _follow_to_the_end(self, job_run: JobRun) -> None:
-        self._following.add(job_run.flow_run.id)
-        self._followed_infrastructure.add(job_run.infrastructure_id)
+        self._following[job_run.flow_run.id] = job_run.infrastructure_id
         try:
             await job_run.follow_to_the_end()
         finally:
-            self._following.discard(job_run.flow_run.id)
-            self._followed_infrastructure.discard(job_run.infrastructure_id)
+            self._following.pop(job_run.flow_run.id, None)

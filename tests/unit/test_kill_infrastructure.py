@@ -48,7 +48,7 @@ class OneLauncherWorker(DendroWorker):
 
 def test_a_run_its_own_loop_follows_is_left_to_it_and_another_is_killed_and_released():
     worker = OneLauncherWorker(work_pool_name="unit-kill")
-    worker._followed_infrastructure.add("fake:followed")
+    worker._following["a-flow-run-id"] = "fake:followed"
     configuration = DendroJobConfiguration()
     asyncio.run(worker.kill_infrastructure("fake:followed", configuration))
     asyncio.run(worker.kill_infrastructure("fake:orphan", configuration))
