@@ -108,11 +108,47 @@ def postgres_database(home: Path, startup_timeout: float = 60.0) -> Iterator[str
         log.close()
 
 
+REDIS_SERVER = "redis-server"  # Debian's package `redis-server`
+
+
+@contextmanager
+def redis_server(home: Path, startup_timeout: float = 30.0) -> Iterator[str]:
+    """A Redis server of our own on a free 127.0.0.1 port, nothing kept on disk; yields its URL."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = open(home / "redis.log", "ab")
+    process = subprocess.Popen([REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                                "--appendonly", "no", "--dir", str(home)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not _answers(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Redis did not start; see {home / 'redis.log'}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_process(process, signal.SIGTERM)
+        log.close()
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
 @contextmanager
 def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str | None = None,
                    port: int | None = None) -> Iterator[str]:
     """A Prefect server on a free 127.0.0.1 port (or `port`, to restart one) with its database under
-    `home` (SQLite), or at `database_url` (PostgreSQL, for volume); yields the API URL."""
+    `home` (SQLite), or at `database_url` (PostgreSQL, for volume); yields the API URL.
+
+    Where Debian's redis-server is installed, the server's queue of background tasks (docket) is kept in a
+    Redis of its own: its default, an in-process emulation of Redis, polls its queue in Python four times a
+    second, which costs an idle server a third of a core here (a sixth with Redis)."""
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -122,6 +158,15 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
     env["PREFECT_UI_API_URL"] = api_url
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    with ExitStack() as stack:
+        if shutil.which(REDIS_SERVER):
+            env["PREFECT_SERVER_DOCKET_URL"] = stack.enter_context(redis_server(home / "redis"))
+        yield stack.enter_context(_prefect_server_process(home, port, api_url, env, startup_timeout))
+
+
+@contextmanager
+def _prefect_server_process(home: Path, port: int, api_url: str, env: dict[str, str],
+                            startup_timeout: float) -> Iterator[str]:
     log = open(home / "server.log", "ab")
     process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                                env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -151,12 +196,12 @@ def prefect_worker(
     home: Path, api_url: str, pool: str, worker_type: str, cwd: Path, log_name: str, extra_env: dict[str, str] | None = None,
     name: str | None = None, extra_args: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen]:
-    """`prefect worker start` for one pool, querying every second so runs start promptly. A worker
+    """`prefect worker start` for one pool. Our workers query their pool every PREFECT_WORKER_QUERY_SECONDS
+    (Prefect's 10 s): Prefect's events bring them a new run at once (workers/pickup.py). A worker
     restarted under its name takes up its predecessor's jobs at once. `extra_args`: more options of
     `prefect worker start` (e.g. `--with-healthcheck`). The demo, the tests and the benches keep one
     compute resource per directory: a worker started here reads the configuration in its `cwd`."""
     env = prefect_env(home, api_url)
-    env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5")
     env[HOME_ENV] = str(cwd)
     env.update(extra_env or {})
     log = open(home / log_name, "ab")
@@ -312,8 +357,10 @@ class Prefect:
 def controller_worker(prefect: Prefect, log_name: str = "controller.log") -> Iterator[subprocess.Popen]:
     """The process worker of pool dendro-controller, in the project (the subscription deployment's pull step
     runs the flow from there), as `prefect.controller_worker` while it runs. Stop the subscription flow runs it
-    runs first: stopping a process worker leaves its flow runs' processes running."""
-    with prefect.worker("dendro-controller", "process", PROJECT_DIR, log_name) as worker:
+    runs first: stopping a process worker leaves its flow runs' processes running. Prefect's process worker
+    has no event-driven pickup: it queries every second, so that a subscription flow run starts promptly."""
+    with prefect.worker("dendro-controller", "process", PROJECT_DIR, log_name,
+                        {"PREFECT_WORKER_QUERY_SECONDS": "1"}) as worker:
         prefect.controller_worker = worker
         try:
             yield worker

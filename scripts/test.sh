@@ -28,11 +28,15 @@ if [ ! -x /usr/bin/chromium ]; then
     apt_chromium 2>/dev/null || { apt-get update -qq >/dev/null && apt_chromium; }
 fi
 # Debian's PostgreSQL: tests/e2e/test_pool_limit.py runs a Prefect server on a cluster of its own
-# (dendro_prefect.embedded.postgres_database); nothing is started here.
-if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+# (dendro_prefect.embedded.postgres_database). Debian's Redis: each Prefect server of the tests keeps its
+# background task queue in a Redis of its own (embedded.prefect_server). Nothing is started here.
+packages=()
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || packages+=(postgresql)
+command -v redis-server >/dev/null || packages+=(redis-server)
+if [ ${#packages[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt_postgres() { apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends postgresql >/dev/null; }
-    apt_postgres 2>/dev/null || { apt-get -o DPkg::Lock::Timeout=120 update -qq >/dev/null && apt_postgres; }
+    apt_servers() { apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "${packages[@]}" >/dev/null; }
+    apt_servers 2>/dev/null || { apt-get -o DPkg::Lock::Timeout=120 update -qq >/dev/null && apt_servers; }
 fi
 started=()
 stop_started() {

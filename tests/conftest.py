@@ -134,8 +134,10 @@ def pytest_xdist_make_scheduler(config, log):
     return ModuleScheduling(config, log)
 
 
-def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
-    """Poll `condition` until it returns something truthy (and return that); fail at the deadline."""
+def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.25):
+    """Poll `condition` until it returns something truthy (and return that); fail at the deadline. Four
+    times a second: most conditions ask a server, which on this 2-core machine takes CPU from what the
+    test waits for."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

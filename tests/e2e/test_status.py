@@ -36,6 +36,7 @@ from tests.stack import (
     finished_job,
     flow_runs_of_job,
     infrastructure_id_of,
+    prefect_api,
     run,
     running_controller,
 )
@@ -174,21 +175,17 @@ def test_status_with_an_unreachable_api_exits_1_with_one_line(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-async def workers_of(pool: str):
-    async with get_client() as client:
-        return await client.read_workers_for_work_pool(pool)
-
-
-@pytest.mark.parametrize("worker_type", ["dendro-local", "dendro-slurm", "dendro-aws-batch", "dendro-kubernetes"])
-def test_a_worker_started_with_healthcheck_answers_at_health(prefect_stack, tmp_path, worker_type):
-    """Prefect's `prefect worker start --with-healthcheck` serves /health for our worker types: 200 once
-    the worker polls its pool (503 if it stopped polling for 30 query intervals)."""
+def test_a_worker_started_with_healthcheck_answers_at_health(prefect_stack, tmp_path):
+    """Prefect's `prefect worker start --with-healthcheck` serves /health for our workers: 200 once the
+    worker polls its pool (503 if it stopped polling for 30 query intervals). Shown for one worker type: the
+    four share their worker class's start-up (workers/base.py; tests/unit/test_worker_types.py)."""
+    worker_type = "dendro-local"
     pool_name = create_job_pool(f"health-{worker_type}", worker_type).split("/", 1)[1]
     port = free_port()
     env = {"PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(port)}
     with prefect_worker(prefect_stack.home, prefect_stack.api_url, pool_name, worker_type, tmp_path,
                         f"health-{worker_type}.log", env, extra_args=("--with-healthcheck",)) as worker:
-        wait_for(lambda: any(w.status.value == "ONLINE" for w in run(workers_of(pool_name))),
+        wait_for(lambda: any(w.status.value == "ONLINE" for w in prefect_api().read_workers_for_work_pool(pool_name)),
                  f"the {worker_type} worker to be ONLINE", timeout=60, interval=0.5)
 
         def health():

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
@@ -50,7 +49,7 @@ from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import FIXTURES, REPO
 from tests.e2e.test_slurm_pool import slurm, slurm_ready
 from tests.secrets_scan import record_secret
-from tests.stack import PrefectStack, cancel_flow_run, create_job_pool, run, wait_for, worker_name
+from tests.stack import PrefectStack, cancel_flow_run, create_job_pool, prefect_api, run, wait_for, worker_name
 
 COUNT_STARTS = FIXTURES / "apps" / "count_starts"
 STARTS_FILE = "starts.log"  # written by the app: `start <job id> <pid>` per launch, `run ...` per processor run
@@ -136,7 +135,7 @@ class Chaos:
         lost = self.subscription_runs[-1]
         pause = self.rng.uniform(*RESTART_PAUSE_SEC)
         time.sleep(pause)
-        state = run(_read_flow_run(lost)).state
+        state = prefect_api().read_flow_run(lost).state
         self.log(f"controller killed (worker {worker.pid}, flow processes {survivors or 'none yet'}); its "
                  f"subscription flow run is {state.name} after {pause:.1f} s; restarted")
         if not state.is_final():  # as an admin would: the run is lost, and says so
@@ -147,7 +146,7 @@ class Chaos:
     def stop_subscription(self) -> None:
         """Cancel the current subscription flow run and wait until it ends (its worker is alive)."""
         cancel_flow_run(self.subscription_runs[-1])
-        wait_for(lambda: run(_read_flow_run(self.subscription_runs[-1])).state.is_final(),
+        wait_for(lambda: prefect_api().read_flow_run(self.subscription_runs[-1]).state.is_final(),
                  "the last subscription flow run to end", timeout=60)
 
     def kill_job_worker(self) -> None:
@@ -221,40 +220,23 @@ def app_processes(starts_dir: Path) -> list[int]:
     return found
 
 
-async def _read_flow_run(flow_run_id) -> FlowRun:
-    async with get_client() as client:
-        return await client.read_flow_run(flow_run_id)
-
-
 def set_state(flow_run_id, state) -> None:
-    async def change() -> None:
-        async with get_client() as client:
-            await client.set_flow_run_state(flow_run_id, state, force=True)
-
-    run(change())
+    prefect_api().set_flow_run_state(flow_run_id, state, force=True)
 
 
 def flow_runs_of_resource(resource_id: str) -> list[FlowRun]:
-    async def read() -> list[FlowRun]:
-        runs: list[FlowRun] = []
-        async with get_client() as client:
-            while True:
-                page = await client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[resource_tag(resource_id)])),
-                    limit=200, offset=len(runs))
-                runs.extend(page)
-                if len(page) < 200:
-                    return runs
-
-    return run(read())
+    runs: list[FlowRun] = []
+    while True:
+        page = prefect_api().read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[resource_tag(resource_id)])),
+            limit=200, offset=len(runs))
+        runs.extend(page)
+        if len(page) < 200:
+            return runs
 
 
 def set_pool_concurrency(pool: str, limit: int) -> None:
-    async def update() -> None:
-        async with get_client() as client:
-            await client.update_work_pool(pool, WorkPoolUpdate(concurrency_limit=limit))
-
-    run(update())
+    prefect_api().update_work_pool(pool, WorkPoolUpdate(concurrency_limit=limit))
 
 
 def count_starts_requests(admin: StandInAdmin, resource_id: str, run_method: str, count: int) -> list[dict]:

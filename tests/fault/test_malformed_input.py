@@ -28,7 +28,6 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
-from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from pydantic import ValidationError
 
@@ -43,7 +42,7 @@ from dendro_prefect.protocol.models import (
 )
 from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import FIXTURES, LETTER_COUNT_APP, create_letter_count_job, letter_count_spec, register
-from tests.stack import create_job_pool, intake
+from tests.stack import create_job_pool, intake, prefect_api
 
 STATUSES = ("pending", "queued", "starting", "running", "completed", "failed")
 UNIQUE = itertools.count()  # ids and file names stay unique while hypothesis replays and shrinks
@@ -464,13 +463,11 @@ def parking(prefect_stack) -> str:
 
 
 def flow_runs_by_job(job_ids: list[str]) -> Counter:
-    async def read() -> Counter:
-        async with get_client() as client:
-            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(any_=[f"job:{job_id}" for job_id in job_ids])), limit=200)
-        return Counter(run.parameters.get("job_id") for run in runs)
-
-    return asyncio.run(read()) if job_ids else Counter()
+    if not job_ids:
+        return Counter()
+    runs = prefect_api().read_flow_runs(flow_run_filter=FlowRunFilter(
+        tags=FlowRunFilterTags(any_=[f"job:{job_id}" for job_id in job_ids])), limit=200)
+    return Counter(run.parameters.get("job_id") for run in runs)
 
 
 def intake_of(resource_controller: Controller) -> int:

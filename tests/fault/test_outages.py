@@ -14,7 +14,6 @@ import time
 from collections import Counter
 
 import requests
-from prefect.client.orchestration import get_client
 from pubnub.enums import PNStatusCategory
 
 from dendro_prefect.protocol.client import CentralClient, CentralError
@@ -25,7 +24,7 @@ from tests.stack import (
     final_flow_run,
     finished_job,
     flow_runs_of_job,
-    run,
+    prefect_api,
     running_controller,
     wait_for,
     wait_for_log,
@@ -61,11 +60,7 @@ def letter_count_requests(admin, resource_id: str, count: int, **overrides) -> l
 
 
 def flow_run_state(flow_run_id):
-    async def read():
-        async with get_client() as client:
-            return (await client.read_flow_run(flow_run_id)).state
-
-    return run(read())
+    return prefect_api().read_flow_run(flow_run_id).state
 
 
 def unreachable_now(client: CentralClient) -> CentralError:

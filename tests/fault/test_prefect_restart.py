@@ -13,11 +13,10 @@ from tests.stack import (
     PrefectStack,
     final_flow_run,
     finished_job,
-    run,
+    prefect_api,
     running_controller,
     wait_for,
 )
-from tests.stack import _read_state as read_state
 
 
 def test_jobs_run_across_a_prefect_server_restart(tmp_path, sdk_bin):
@@ -38,4 +37,4 @@ def test_jobs_run_across_a_prefect_server_restart(tmp_path, sdk_bin):
                 assert finished_job(controller.admin, after, timeout=120)["status"] == "completed"
                 assert final_flow_run(before).state.is_completed()
                 assert final_flow_run(after).state.is_completed()
-                assert run(read_state(controller.subscription_run_id)).is_running()
+                assert prefect_api().read_flow_run(controller.subscription_run_id).state.is_running()
