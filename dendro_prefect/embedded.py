@@ -196,12 +196,12 @@ def prefect_worker(
     home: Path, api_url: str, pool: str, worker_type: str, cwd: Path, log_name: str, extra_env: dict[str, str] | None = None,
     name: str | None = None, extra_args: tuple[str, ...] = (),
 ) -> Iterator[subprocess.Popen]:
-    """`prefect worker start` for one pool. Our workers query their pool every PREFECT_WORKER_QUERY_SECONDS
-    (Prefect's 10 s): Prefect's events bring them a new run at once (workers/pickup.py). A worker
-    restarted under its name takes up its predecessor's jobs at once. `extra_args`: more options of
+    """`prefect worker start` for one pool, querying every second: a worker restarted under its name takes up
+    its predecessor's jobs at its first queries. `extra_args`: more options of
     `prefect worker start` (e.g. `--with-healthcheck`). The demo, the tests and the benches keep one
     compute resource per directory: a worker started here reads the configuration in its `cwd`."""
     env = prefect_env(home, api_url)
+    env.update(PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="5")
     env[HOME_ENV] = str(cwd)
     env.update(extra_env or {})
     log = open(home / log_name, "ab")
@@ -357,10 +357,8 @@ class Prefect:
 def controller_worker(prefect: Prefect, log_name: str = "controller.log") -> Iterator[subprocess.Popen]:
     """The process worker of pool dendro-controller, in the project (the subscription deployment's pull step
     runs the flow from there), as `prefect.controller_worker` while it runs. Stop the subscription flow runs it
-    runs first: stopping a process worker leaves its flow runs' processes running. Prefect's process worker
-    has no event-driven pickup: it queries every second, so that a subscription flow run starts promptly."""
-    with prefect.worker("dendro-controller", "process", PROJECT_DIR, log_name,
-                        {"PREFECT_WORKER_QUERY_SECONDS": "1"}) as worker:
+    runs first: stopping a process worker leaves its flow runs' processes running."""
+    with prefect.worker("dendro-controller", "process", PROJECT_DIR, log_name) as worker:
         prefect.controller_worker = worker
         try:
             yield worker
