@@ -59,6 +59,27 @@ def stop_process(process: subprocess.Popen, sig: int = signal.SIGINT, timeout: f
             process.wait()
 
 
+@contextmanager
+def server_process(argv: list[str], log_path: Path, ready: Callable[[], bool], what: str, startup_timeout: float,
+                   stop_signal: int = signal.SIGTERM, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A server as a child process with its output in `log_path`, yielded once `ready()` says it serves, and
+    stopped by its PID at exit; if it exits or is not ready within `startup_timeout`, an error with its log's
+    end."""
+    log = open(log_path, "ab")
+    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{what} did not start; its log ends with:\n{tail}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        stop_process(process, stop_signal)
+        log.close()
+
+
 POSTGRES_BIN = Path("/usr/lib/postgresql")
 
 
@@ -88,24 +109,17 @@ def postgres_database(home: Path, startup_timeout: float = 60.0) -> Iterator[str
         subprocess.run([*as_postgres, _postgres_tool("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"],
                        check=True, capture_output=True)
     port = free_port()
-    log = open(home / "postgres.log", "ab")
-    process = subprocess.Popen(
-        [*as_postgres, _postgres_tool("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-         "-k", str(sockets), "-c", "max_connections=200", "-c", "fsync=off"],
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while subprocess.run([_postgres_tool("pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL did not start; see {home / 'postgres.log'}")
-            time.sleep(0.1)
+    command = [*as_postgres, _postgres_tool("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
+               "-k", str(sockets), "-c", "max_connections=200", "-c", "fsync=off"]
+
+    def ready() -> bool:
+        return subprocess.run([_postgres_tool("pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                              capture_output=True).returncode == 0
+
+    with server_process(command, home / "postgres.log", ready, "PostgreSQL", startup_timeout):
         subprocess.run([_postgres_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "prefect"],
                        capture_output=True)
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
-    finally:
-        stop_process(process, signal.SIGTERM)
-        log.close()
 
 
 REDIS_SERVER = "redis-server"  # Debian's package `redis-server`
@@ -116,19 +130,10 @@ def redis_server(home: Path, startup_timeout: float = 30.0) -> Iterator[str]:
     """A Redis server of our own on a free 127.0.0.1 port, nothing kept on disk; yields its URL."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    log = open(home / "redis.log", "ab")
-    process = subprocess.Popen([REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                "--appendonly", "no", "--dir", str(home)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while not _answers(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Redis did not start; see {home / 'redis.log'}")
-            time.sleep(0.05)
+    command = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+               "--dir", str(home)]
+    with server_process(command, home / "redis.log", lambda: _answers(port), "Redis", startup_timeout):
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop_process(process, signal.SIGTERM)
-        log.close()
 
 
 def _answers(port: int) -> bool:
@@ -161,26 +166,11 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
     with ExitStack() as stack:
         if shutil.which(REDIS_SERVER):
             env["PREFECT_SERVER_DOCKET_URL"] = stack.enter_context(redis_server(home / "redis"))
-        yield stack.enter_context(_prefect_server_process(home, port, api_url, env, startup_timeout))
-
-
-@contextmanager
-def _prefect_server_process(home: Path, port: int, api_url: str, env: dict[str, str],
-                            startup_timeout: float) -> Iterator[str]:
-    log = open(home / "server.log", "ab")
-    process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while not _healthy(api_url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = (home / "server.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"the Prefect server did not start; its log ends with:\n{tail}")
-            time.sleep(0.2)
+        # SIGINT: the way `prefect server start` is stopped in a terminal.
+        stack.enter_context(server_process(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], home / "server.log",
+            lambda: _healthy(api_url), "the Prefect server", startup_timeout, signal.SIGINT, env))
         yield api_url
-    finally:
-        stop_process(process)
-        log.close()
 
 
 def _healthy(api_url: str) -> bool:

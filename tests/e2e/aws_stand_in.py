@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Iterator
 import boto3
 import requests
 
-from dendro_prefect.embedded import free_port
+from dendro_prefect.embedded import free_port, server_process
 
 REGION = "us-east-1"
 CPU_QUEUE = "dendro-cpu"
@@ -40,26 +38,17 @@ class MotoBatch:
 @contextmanager
 def moto_server(log_file: Path, startup_timeout: float = 30.0) -> Iterator[MotoBatch]:
     port = free_port()
-    env = dict(os.environ, MOTO_DOCKER_NETWORK_MODE="host")
-    with open(log_file, "ab") as log:
-        process = subprocess.Popen([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            try:
-                if requests.get(f"{url}/moto-api/", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto_server did not start; see {log_file}")
-            time.sleep(0.1)
+
+    def ready() -> bool:
+        try:
+            return requests.get(f"{url}/moto-api/", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    with server_process([str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)], log_file, ready, "moto_server",
+                        startup_timeout, env=dict(os.environ, MOTO_DOCKER_NETWORK_MODE="host")):
         yield MotoBatch(url)
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def create_batch_environment(moto: MotoBatch) -> None:
