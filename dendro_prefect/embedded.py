@@ -6,10 +6,13 @@ loopback and free ports, for the demo, the tests and the benches. Each is stoppe
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import importlib.metadata
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -26,6 +29,8 @@ import yaml
 from .config import HOME_ENV
 
 PREFECT = str(Path(sys.executable).with_name("prefect"))
+# Migrated empty SQLite databases of Prefect servers, one per Prefect version (see migrated_sqlite).
+SQLITE_TEMPLATES = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dendro-prefect"
 # The clone: prefect.yaml and the flows its deployments name. Prefect runs the flows from here.
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -163,6 +168,8 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
     env["PREFECT_UI_API_URL"] = api_url
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    else:
+        migrated_sqlite(home / "prefect.db")
     with ExitStack() as stack:
         if shutil.which(REDIS_SERVER):
             env["PREFECT_SERVER_DOCKET_URL"] = stack.enter_context(redis_server(home / "redis"))
@@ -171,6 +178,35 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], home / "server.log",
             lambda: _healthy(api_url), "the Prefect server", startup_timeout, signal.SIGINT, env))
         yield api_url
+
+
+def migrated_sqlite(database: Path) -> None:
+    """A Prefect server's new SQLite database starts as a copy of an empty one migrated once per Prefect version
+    (kept in SQLITE_TEMPLATES): Alembic's migrations of an empty database are 8 s of the 13 s of CPU a first
+    start costs. An existing database is left as it is."""
+    if database.exists():
+        return
+    template = SQLITE_TEMPLATES / f"prefect-{importlib.metadata.version('prefect')}.db"
+    if not template.exists():
+        template.parent.mkdir(parents=True, exist_ok=True)
+        with open(template.with_suffix(".lock"), "w") as lock, tempfile.TemporaryDirectory() as home:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be making it
+            if not template.exists():
+                env = dict(prefect_env(Path(home)),
+                           PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")
+                subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, check=True,
+                               capture_output=True, timeout=300)
+                _copy_sqlite(Path(home) / "prefect.db", template.with_suffix(".tmp"))
+                os.replace(template.with_suffix(".tmp"), template)
+    _copy_sqlite(template, database)
+
+
+def _copy_sqlite(source: Path, target: Path) -> None:
+    """SQLite's own backup: whole whatever the journal mode (Prefect's is WAL)."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+    src.close()
+    dst.close()
 
 
 def _healthy(api_url: str) -> bool:

@@ -39,34 +39,41 @@ def register_resource(admin: Any, workdir: Path, apps: list[dict], container_met
     return config
 
 
-async def _cancel_and_wait(flow_run_id, timeout: float) -> bool:
+async def _cancel_and_wait(flow_run_id, timeout: float) -> None:
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling
 
     async with get_client() as client:
         await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
         deadline = time.monotonic() + timeout
-        while not (await client.read_flow_run(flow_run_id)).state.is_final():
+        while not (flow_run := await client.read_flow_run(flow_run_id)).state.is_final():
             if time.monotonic() > deadline:
-                return False
+                started = flow_run.start_time.isoformat() if flow_run.start_time else "never started"
+                raise RuntimeError(
+                    f"the subscription flow run {flow_run_id} did not end within {timeout:.0f} s of its cancellation: "
+                    f"it is {flow_run.state.name} ({flow_run.state.message or 'no message'}; {started}; "
+                    f"infrastructure pid {flow_run.infrastructure_pid})")
             await asyncio.sleep(0.2)
-    return True
+
+
+def cancel_subscription_run(flow_run_id, timeout: float = 60.0) -> None:
+    """Cancel a subscription flow run and wait until it has ended (the controller stops within 2 s of it); raise,
+    naming where the run stands, if it has not within `timeout`."""
+    asyncio.run(_cancel_and_wait(flow_run_id, timeout))
 
 
 @contextmanager
 def subscription_run(parameters: dict, deployment: str = SUBSCRIPTION_DEPLOYMENT,
                      stop_timeout: float = 60.0) -> Iterator[str]:
     """A flow run of the subscription deployment with `parameters`; yields its id. At exit it is cancelled and
-    waited for (the controller stops within 2 s of it): before its worker stops, which would leave it running."""
+    waited for: before its worker stops, which would leave it running."""
     from prefect.deployments import arun_deployment
 
     flow_run = asyncio.run(arun_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False))
     try:
         yield str(flow_run.id)
     finally:
-        if not asyncio.run(_cancel_and_wait(flow_run.id, stop_timeout)):
-            raise RuntimeError(f"the subscription flow run {flow_run.id} did not end within {stop_timeout:.0f} s "
-                               "of its cancellation")
+        cancel_subscription_run(flow_run.id, stop_timeout)
 
 
 @dataclass

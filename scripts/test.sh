@@ -6,44 +6,55 @@
 # the tests start everything else (Prefect server, central stand-in, workers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
-python3 -m venv .venv-sdk
-.venv-sdk/bin/pip install --quiet --disable-pip-version-check "dendro==0.2.17"
-# The real Dendro 0.2.17 central's own routers (extra `api`) with an in-memory MongoDB, for
-# tests/e2e/test_real_central.py and tests/integration/test_central_contract.py (see tests/real_central/serve.py).
-python3 -m venv .venv-central
-.venv-central/bin/pip install --quiet --disable-pip-version-check "dendro[api]==0.2.17" "mongomock-motor==0.0.36" uvicorn
-# The spike-sorting app's venv and image take a minute or two each: made in the background while the
-# first tests run (the tests ask for them again and wait for these; see tests/e2e/test_spike_sorting.py).
-# Each in a process group of its own, stopped with the script if still running.
 mkdir -p .state
+# Steps in the background, each in a process group of its own (stopped with the script if still running) and
+# logging to .state/: `prepare` for what the tests wait for themselves, `install_first` for what they need before they start.
 preparing=()
-prepare() { local log="$1"; shift; setsid "$@" > ".state/$log" 2>&1 & preparing+=($!); }
-prepare mountainsort5-install.log bash apps/mountainsort5/install.sh
-# Debian's Chromium for the browser test of the Prefect UI (Playwright drives it; its own browser download is not used).
-if [ ! -x /usr/bin/chromium ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt_chromium() { apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
-    apt_chromium 2>/dev/null || { apt-get update -qq >/dev/null && apt_chromium; }
-fi
-# Debian's PostgreSQL: tests/e2e/test_pool_limit.py runs a Prefect server on a cluster of its own
-# (dendro_prefect.embedded.postgres_database). Debian's Redis: each Prefect server of the tests keeps its
-# background task queue in a Redis of its own (embedded.prefect_server). Nothing is started here.
-packages=()
-ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || packages+=(postgresql)
-command -v redis-server >/dev/null || packages+=(redis-server)
-if [ ${#packages[@]} -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt_servers() { apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "${packages[@]}" >/dev/null; }
-    apt_servers 2>/dev/null || { apt-get -o DPkg::Lock::Timeout=120 update -qq >/dev/null && apt_servers; }
-fi
-started=()
+started=()  # the services this script started, stopped at its end
 stop_started() {
     for pid in "${preparing[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
     for service in "${started[@]}"; do bash "scripts/stop-$service.sh" || true; done
 }
 trap stop_started EXIT
+prepare() { local log="$1"; shift; setsid "$@" > ".state/$log" 2>&1 & preparing+=($!); }
+installing=()
+install_first() { local log="$1"; shift; prepare "$log" bash -c '"$@"' install_first "$@"; installing+=("$!:$log"); }
+installed() {
+    for entry in "${installing[@]}"; do
+        wait "${entry%%:*}" || { echo "scripts/test.sh: ${entry#*:} failed; it ends with:" >&2; tail -n 20 ".state/${entry#*:}" >&2; exit 1; }
+    done
+}
+# Debian's packages, in one apt-get: Chromium for the browser test of the Prefect UI (Playwright drives it; its
+# own browser download is not used); PostgreSQL for tests/e2e/test_pool_limit.py's Prefect server
+# (embedded.postgres_database); Redis, where each Prefect server of the tests keeps its background task queue
+# (embedded.prefect_server); Slurm and debootstrap, which scripts/start-slurm.sh and scripts/build-app-image.sh
+# would otherwise install one after the other. Nothing is started here.
+debian_packages() {
+    local packages=()
+    [ -x /usr/bin/chromium ] || packages+=(chromium chromium-driver)
+    ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || packages+=(postgresql)
+    command -v redis-server >/dev/null || packages+=(redis-server)
+    command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
+        && command -v munged >/dev/null || packages+=(munge slurmctld slurmd slurm-client)
+    command -v debootstrap >/dev/null || packages+=(debootstrap)
+    [ ${#packages[@]} -gt 0 ] || return 0
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "${packages[@]}" \
+        || { apt-get -o DPkg::Lock::Timeout=120 update -qq && apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "${packages[@]}"; }
+}
+venv() { local dir="$1"; shift; python3 -m venv "$dir" && "$dir/bin/pip" install --quiet --disable-pip-version-check "$@"; }
+export -f debian_packages venv
+# Everything that only downloads and unpacks runs side by side: the network, not the 2 cores, is what it waits for.
+install_first apt.log debian_packages
+install_first venv.log venv .venv -e ".[test]"
+install_first venv-sdk.log venv .venv-sdk "dendro==0.2.17"
+# The real Dendro 0.2.17 central's own routers (extra `api`) with an in-memory MongoDB, for
+# tests/e2e/test_real_central.py and tests/integration/test_central_contract.py (see tests/real_central/serve.py).
+install_first venv-central.log venv .venv-central "dendro[api]==0.2.17" "mongomock-motor==0.0.36" uvicorn
+# The spike-sorting app's venv and image take a minute or two each: made in the background while the
+# first tests run (the tests ask for them again and wait for these; see tests/e2e/test_spike_sorting.py).
+prepare mountainsort5-install.log bash apps/mountainsort5/install.sh
+installed
 if ! timeout 10 docker info >/dev/null 2>&1; then
     bash scripts/start-dockerd.sh
     started+=(dockerd)

@@ -43,13 +43,13 @@ from prefect.states import Crashed
 from dendro_prefect.config import CONFIG_FILE_NAME
 from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS, resource_tag
 from dendro_prefect.embedded import prefect_worker
-from dendro_prefect.embedded_controller import register_resource
+from dendro_prefect.embedded_controller import cancel_subscription_run, register_resource
 from dendro_prefect.stand_in.admin_client import StandInAdmin
 from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import FIXTURES, REPO
 from tests.e2e.test_slurm_pool import slurm, slurm_ready
 from tests.secrets_scan import record_secret
-from tests.stack import PrefectStack, cancel_flow_run, create_job_pool, prefect_api, run, wait_for, worker_name
+from tests.stack import PrefectStack, create_job_pool, prefect_api, run, wait_for, worker_name
 
 COUNT_STARTS = FIXTURES / "apps" / "count_starts"
 STARTS_FILE = "starts.log"  # written by the app: `start <job id> <pid>` per launch, `run ...` per processor run
@@ -145,9 +145,11 @@ class Chaos:
 
     def stop_subscription(self) -> None:
         """Cancel the current subscription flow run and wait until it ends (its worker is alive)."""
-        cancel_flow_run(self.subscription_runs[-1])
-        wait_for(lambda: prefect_api().read_flow_run(self.subscription_runs[-1]).state.is_final(),
-                 "the last subscription flow run to end", timeout=60)
+        try:
+            cancel_subscription_run(self.subscription_runs[-1])
+        except RuntimeError as error:
+            raise AssertionError(f"{error}; its process worker {self.controller.pid} "
+                                 f"{'runs' if self.controller.poll() is None else 'has exited'}") from None
 
     def kill_job_worker(self) -> None:
         pid = self.job_worker.pid

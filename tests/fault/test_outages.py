@@ -216,15 +216,20 @@ def test_a_central_outage_loses_no_status_update(prefect_stack, tmp_path, sdk_bi
     with running_controller(prefect_stack, tmp_path / "central-outage", sdk_bin, poll_interval_sec=POLL_SEC) as ctl:
         client = CentralClient(ctl.admin.url, ctl.resource_id, ctl.config.private_key)
         long_resources = {"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": OUTAGE_SEC + 120}
-        sleeper = create_letter_count_job(
-            ctl.admin, ctl.resource_id, requiredResources=long_resources,
-            inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": OUTAGE_SEC + 10}])
-        caught = create_letter_count_job(
-            ctl.admin, ctl.resource_id, inputParameters=[{"name": "letter", "value": "o"},
-                                                         {"name": "delay_sec", "value": 6}])
-        for job_id in (sleeper, caught):  # `running` comes before the app fetches its job: wait for that
-            wait_for(lambda: "[dendro] Processor:" in app_console(ctl, job_id), f"the app of job {job_id} to run")
 
+        def started(delay_sec: float, **fields) -> str:
+            """A job whose app, once running, sleeps `delay_sec` before it needs the central again
+            (`running` comes before the app fetches its job: wait for that)."""
+            job_id = create_letter_count_job(
+                ctl.admin, ctl.resource_id, **fields,
+                inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": delay_sec}])
+            wait_for(lambda: "[dendro] Processor:" in app_console(ctl, job_id), f"the app of job {job_id} to run")
+            return job_id
+
+        # One after the other, and the outage at once: the sleeper's sleep then outlasts the outage
+        # however long the launches take.
+        caught = started(OUTAGE_SEC / 2)
+        sleeper = started(OUTAGE_SEC + 10, requiredResources=long_resources)
         ctl.admin.fail_requests(OUTAGE_SEC)
         ends = time.monotonic() + OUTAGE_SEC
         error = unreachable_now(client)
