@@ -16,8 +16,8 @@ from uuid import UUID
 
 import anyio
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.objects import StateType
-from prefect.exceptions import ObjectNotFound
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
 from ..apps import AppCatalog, AppSpecError
 from ..config import ComputeResourceConfig
@@ -56,6 +56,9 @@ class Controller:
         self.last_contact = self.last_intake = self.last_error_at = None
         self.last_error: str | None = None
         self.jobs_submitted = 0
+        # Deployment name -> id, read once: `prefect deploy` of a deployment keeps its id (a deleted and
+        # recreated one is read again, see _create_run).
+        self.deployment_ids: dict[str, UUID] = {}
 
     async def load_apps(self) -> None:
         """Load the apps' specs and report them to the central, as the original daemon does."""
@@ -99,14 +102,13 @@ class Controller:
     async def _submit_all(self, prefect: PrefectClient, jobs: list[DendroJob]) -> int:
         submitted = 0
         limiter = anyio.CapacityLimiter(self.submit_concurrency)
-        deployment_ids: dict[str, UUID] = {}
 
         async def take(job: DendroJob) -> None:
             nonlocal submitted
             async with limiter:
                 try:
                     app = self.catalog.for_processor(job.processorName)
-                    if await self._submit(prefect, job, plan_flow_run(job, app, self.deployments), deployment_ids):
+                    if await self._submit(prefect, job, plan_flow_run(job, app, self.deployments)):
                         submitted += 1
                 except (AppSpecError, RoutingError) as error:
                     await self._fail(job.jobId, job.jobPrivateKey, str(error))
@@ -128,19 +130,10 @@ class Controller:
                 self.logger.error("Unusable job from the central: %s", error)
             return None
 
-    async def _submit(self, prefect: PrefectClient, job: DendroJob, plan: FlowRunPlan,
-                      deployment_ids: dict[str, UUID]) -> bool:
+    async def _submit(self, prefect: PrefectClient, job: DendroJob, plan: FlowRunPlan) -> bool:
         """Create the job's flow run, as `run_deployment(timeout=0)` does, on one shared Prefect client; False
         when the idempotency key gave back a run that already ended: the job is not launched again."""
-        try:
-            if plan.deployment not in deployment_ids:
-                deployment_ids[plan.deployment] = (await prefect.read_deployment_by_name(plan.deployment)).id
-        except ObjectNotFound:
-            raise RoutingError(f"no deployment {plan.deployment} for runMethod {job.runMethod}") from None
-        flow_run = await prefect.create_flow_run_from_deployment(
-            deployment_ids[plan.deployment], parameters=plan.parameters, job_variables=plan.job_variables,
-            name=plan.name, tags=plan.tags, idempotency_key=job.jobId,
-        )
+        flow_run = await self._create_run(prefect, job, plan)
         if flow_run.state is not None and flow_run.state.is_final():
             if not await reconcile.requeue_crashed(prefect, flow_run):
                 await self._fail(job.jobId, job.jobPrivateKey,
@@ -151,6 +144,23 @@ class Controller:
         self.flow_runs[job.jobId] = str(flow_run.id)
         self.logger.info("Job %s → flow run %s (%s)", job.jobId, flow_run.name, plan.deployment)
         return True
+
+    async def _create_run(self, prefect: PrefectClient, job: DendroJob, plan: FlowRunPlan) -> FlowRun:
+        """The job's flow run from its deployment, whose id is read once, and again once it is gone (the
+        deployment was deleted and applied again since)."""
+        deployment_id = self.deployment_ids.get(plan.deployment)
+        if deployment_id is not None:
+            try:
+                return await _create_from(prefect, deployment_id, job, plan)
+            except PrefectHTTPStatusError as error:
+                if error.response.status_code != 404:
+                    raise
+        try:
+            deployment_id = (await prefect.read_deployment_by_name(plan.deployment)).id
+        except ObjectNotFound:
+            raise RoutingError(f"no deployment {plan.deployment} for runMethod {job.runMethod}") from None
+        self.deployment_ids[plan.deployment] = deployment_id
+        return await _create_from(prefect, deployment_id, job, plan)
 
     async def _fail(self, job_id: str, job_private_key: str, reason: str) -> None:
         """Fail a job at the central as the workers do, through the outbox: a central that is down gets the
@@ -223,6 +233,12 @@ class Controller:
             self.last_error = f"intake round failed: {type(error).__name__}: {error}"
             self.last_error_at = utcnow()
         return load_apps
+
+
+async def _create_from(prefect: PrefectClient, deployment_id: UUID, job: DendroJob, plan: FlowRunPlan) -> FlowRun:
+    return await prefect.create_flow_run_from_deployment(
+        deployment_id, parameters=plan.parameters, job_variables=plan.job_variables, name=plan.name,
+        tags=plan.tags, idempotency_key=job.jobId)
 
 
 async def _cancelling(prefect: PrefectClient, flow_run_id: UUID) -> bool:

@@ -148,6 +148,7 @@ class FakePrefect:
         self.deployments: dict[str, UUID] = {}
         self.created: list[FlowRun] = []
         self.read_calls = 0
+        self.deployment_reads = 0
         for run in runs:
             self.add(run)
 
@@ -190,12 +191,17 @@ class FakePrefect:
     async def read_deployment_by_name(self, name: str):
         from prefect.exceptions import ObjectNotFound
 
+        self.deployment_reads += 1
         if name not in self.deployments:
             raise ObjectNotFound(http_exc=Exception(name))
         return SimpleNamespace(id=self.deployments[name], name=name)
 
     async def create_flow_run_from_deployment(self, deployment_id: UUID, *, parameters=None, job_variables=None,
                                               name=None, tags=None, idempotency_key=None, **_: Any) -> FlowRun:
+        from prefect.exceptions import PrefectHTTPStatusError
+
+        if deployment_id not in self.deployments.values():  # as the server answers
+            raise PrefectHTTPStatusError.from_httpx_error(http_error(404))
         for run in self.runs.values():
             if idempotency_key is not None and run.idempotency_key == idempotency_key:
                 return run

@@ -288,6 +288,19 @@ async def test_a_pending_job_without_run_gets_one_flow_run_of_its_run_methods_de
     assert central.status_changes == []
 
 
+async def test_a_deployment_is_read_once_and_again_once_it_was_applied_anew(controller, central, prefect):
+    """Its id is kept between rounds (one read per round was one call per job); a deployment deleted and
+    applied again has a new id, which the next creation reads."""
+    for job_id in (JOB, "p1.bcdefghi"):
+        central.jobs[job_id] = job(job_id)
+        assert await controller.intake(prefect) == 1
+    assert prefect.deployment_reads == 1
+    prefect.deployments["dendro-job/slurm"] = applied_anew = uuid4()
+    central.jobs["p1.cdefghij"] = job("p1.cdefghij")
+    assert await controller.intake(prefect) == 1
+    assert prefect.deployment_reads == 2 and prefect.created[-1].deployment_id == applied_anew
+
+
 @pytest.mark.parametrize("kind, message, reason", [
     (StateType.CANCELLED, None, "not launched again: its flow run {name} was cancelled in Prefect"),
     (StateType.COMPLETED, None, "not launched again: its flow run {name} ended Completed in Prefect"),
