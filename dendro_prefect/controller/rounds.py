@@ -59,6 +59,7 @@ class Controller:
         # Deployment name -> id, read once: `prefect deploy` of a deployment keeps its id (a deleted and
         # recreated one is read again, see _create_run).
         self.deployment_ids: dict[str, UUID] = {}
+        self.cancel_checked_at = float("-inf")  # when the controller last asked whether its flow run is cancelled
 
     async def load_apps(self) -> None:
         """Load the apps' specs and report them to the central, as the original daemon does."""
@@ -204,15 +205,18 @@ class Controller:
         finally:
             hints.stop()
 
-    @staticmethod
-    async def _wait(prefect: PrefectClient, hints: JobHints, until: float, flow_run_id: UUID | None) -> list | None:
+    async def _wait(self, prefect: PrefectClient, hints: JobHints, until: float, flow_run_id: UUID | None) -> list | None:
         """The hints that arrive before `until` (a monotonic time), or None once the controller's own
         flow run is being cancelled, which is looked at every CANCEL_CHECK_SEC however long the poll
-        interval: Prefect's own cancellation of a flow run gives up for good after an outage."""
+        interval (Prefect's own cancellation of a flow run gives up for good after an outage), and no more
+        often however many hints wake it."""
         while True:
-            if flow_run_id is not None and await _cancelling(prefect, flow_run_id):
-                return None
-            messages = await hints.wait(max(0.0, min(until, time.monotonic() + CANCEL_CHECK_SEC) - time.monotonic()))
+            if flow_run_id is not None and time.monotonic() >= self.cancel_checked_at + CANCEL_CHECK_SEC:
+                self.cancel_checked_at = time.monotonic()
+                if await _cancelling(prefect, flow_run_id):
+                    return None
+            next_check = until if flow_run_id is None else min(until, self.cancel_checked_at + CANCEL_CHECK_SEC)
+            messages = await hints.wait(max(0.0, next_check - time.monotonic()))
             if messages or time.monotonic() >= until:
                 return messages
 

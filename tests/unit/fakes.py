@@ -179,6 +179,10 @@ class FakePrefect:
         matching = [run for run in self.runs.values() if self._matches(run, flow_run_filter)]
         return matching[offset:offset + limit if limit else None]
 
+    async def read_flow_run(self, flow_run_id: UUID) -> FlowRun:
+        self.read_calls += 1
+        return self.runs[flow_run_id]
+
     async def read_flow_run_states(self, flow_run_id: UUID) -> list[State]:
         return list(self.history[flow_run_id])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from types import SimpleNamespace
 from uuid import uuid4
 
@@ -299,6 +300,34 @@ async def test_a_deployment_is_read_once_and_again_once_it_was_applied_anew(cont
     central.jobs["p1.cdefghij"] = job("p1.cdefghij")
     assert await controller.intake(prefect) == 1
     assert prefect.deployment_reads == 2 and prefect.created[-1].deployment_id == applied_anew
+
+
+class BurstOfHints:
+    """JobHints as `Controller._wait` sees them: a message at every wait, `burst` times, then quiet."""
+
+    def __init__(self, burst: int) -> None:
+        self.burst = burst
+
+    async def wait(self, timeout: float) -> list:
+        if self.burst:
+            self.burst -= 1
+            return [SimpleNamespace(type="newPendingJob")]
+        await asyncio.sleep(timeout)
+        return []
+
+
+async def test_a_waiting_controller_asks_whether_its_run_is_cancelled_every_few_seconds_not_at_every_hint(
+        controller, prefect, monkeypatch):
+    monkeypatch.setattr("dendro_prefect.controller.rounds.CANCEL_CHECK_SEC", 1.0)
+    own = prefect.add(flow_run(JOB, StateType.RUNNING))
+    hints = BurstOfHints(burst=50)
+    for _ in range(50):  # a burst of hints, each ending a wait (and the round after it) at once
+        assert await controller._wait(prefect, hints, time.monotonic() + 10, own.id)
+    assert prefect.read_calls == 1
+    await prefect.set_flow_run_state(own.id, state(StateType.CANCELLING))
+    started = time.monotonic()
+    assert await controller._wait(prefect, hints, started + 10, own.id) is None
+    assert time.monotonic() - started < 3.0 and prefect.read_calls == 2
 
 
 @pytest.mark.parametrize("kind, message, reason", [
