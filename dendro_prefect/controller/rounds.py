@@ -26,7 +26,9 @@ from ..protocol.models import (
     AppsChangedMessage,
     ComputeResourceSpec,
     DendroJob,
+    JobStatusChangedMessage,
     ProtocolError,
+    PubsubMessage,
     parse,
 )
 from ..protocol.outbox import StatusOutbox
@@ -36,6 +38,9 @@ from .job_hints import JobHints
 from .routing import FlowRunPlan, RoutingError, plan_flow_run
 
 CANCEL_CHECK_SEC = 2.0  # how often a waiting controller looks whether its flow run is being cancelled
+# The statuses a job's worker reports on its way: the controller has nothing to do for them that its next
+# poll would not do, and a round for each cost the Prefect server a read or two per job.
+PROGRESS_STATUSES = ("starting", "running", "completed")
 
 
 class Controller:
@@ -206,7 +211,8 @@ class Controller:
             hints.stop()
 
     async def _wait(self, prefect: PrefectClient, hints: JobHints, until: float, flow_run_id: UUID | None) -> list | None:
-        """The hints that arrive before `until` (a monotonic time), or None once the controller's own
+        """The hints that arrive before `until` (a monotonic time; ending the wait at once if one needs a
+        round), or None once the controller's own
         flow run is being cancelled, which is looked at every CANCEL_CHECK_SEC however long the poll
         interval (Prefect's own cancellation of a flow run gives up for good after an outage), and no more
         often however many hints wake it."""
@@ -217,7 +223,7 @@ class Controller:
                     return None
             next_check = until if flow_run_id is None else min(until, self.cancel_checked_at + CANCEL_CHECK_SEC)
             messages = await hints.wait(max(0.0, next_check - time.monotonic()))
-            if messages or time.monotonic() >= until:
+            if any(map(_needs_round, messages)) or time.monotonic() >= until:
                 return messages
 
     async def _round(self, prefect: PrefectClient, load_apps: bool) -> bool:
@@ -237,6 +243,11 @@ class Controller:
             self.last_error = f"intake round failed: {type(error).__name__}: {error}"
             self.last_error_at = utcnow()
         return load_apps
+
+
+def _needs_round(message: PubsubMessage) -> bool:
+    """New jobs, approved ones (a `pending` status change), failures and the apps' changes start a round."""
+    return not (isinstance(message, JobStatusChangedMessage) and message.status in PROGRESS_STATUSES)
 
 
 async def _create_from(prefect: PrefectClient, deployment_id: UUID, job: DendroJob, plan: FlowRunPlan) -> FlowRun:

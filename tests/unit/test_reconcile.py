@@ -20,7 +20,7 @@ from dendro_prefect.controller.reconcile import Reconciler, active_runs, latest_
 from dendro_prefect.controller.rounds import Controller
 from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.protocol.client import CentralError
-from dendro_prefect.protocol.models import ComputeResourceApp, DendroJob, parse
+from dendro_prefect.protocol.models import ComputeResourceApp, DendroJob, PubsubMessage, parse
 from tests.conftest import LETTER_COUNT_APP
 from tests.unit.fakes import (
     RESOURCE_ID,
@@ -328,6 +328,41 @@ async def test_a_waiting_controller_asks_whether_its_run_is_cancelled_every_few_
     started = time.monotonic()
     assert await controller._wait(prefect, hints, started + 10, own.id) is None
     assert time.monotonic() - started < 3.0 and prefect.read_calls == 2
+
+
+class Announcements:
+    """JobHints holding `messages` for the first wait, then quiet."""
+
+    def __init__(self, *messages: dict) -> None:
+        self.messages = [parse(PubsubMessage, m, "message") for m in messages]
+
+    async def wait(self, timeout: float) -> list:
+        messages, self.messages = self.messages, []
+        if not messages:
+            await asyncio.sleep(timeout)
+        return messages
+
+
+def status_changed(status: str | None) -> dict:
+    return {"type": "jobStatusChanged", "projectId": "p1", "computeResourceId": RESOURCE_ID, "jobId": JOB,
+            **({"status": status} if status else {})}
+
+
+@pytest.mark.parametrize("message, ends_the_wait", [
+    ({"type": "newPendingJob", "projectId": "p1", "computeResourceId": RESOURCE_ID, "jobId": JOB}, True),
+    (status_changed("pending"), True),  # a held job approved
+    (status_changed("failed"), True),
+    (status_changed(None), True),
+    ({"type": "computeResourceAppsChanaged", "computeResourceId": RESOURCE_ID}, True),
+    (status_changed("starting"), False),
+    (status_changed("running"), False),
+    (status_changed("completed"), False),
+])
+async def test_a_job_progressing_on_its_worker_does_not_start_a_round(controller, prefect, message, ends_the_wait):
+    started = time.monotonic()
+    messages = await controller._wait(prefect, Announcements(message), started + 1.0, None)
+    assert (time.monotonic() - started < 0.8) == ends_the_wait
+    assert bool(messages) == ends_the_wait
 
 
 @pytest.mark.parametrize("kind, message, reason", [
