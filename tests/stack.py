@@ -122,8 +122,13 @@ def wait_for_log(flow_run_id, *texts: str, timeout: float = 30.0) -> str:
     return wait_for(complete_log, f"log lines {texts} of flow run {flow_run_id}", timeout, interval=0.5)
 
 
+def set_state(flow_run_id, state) -> None:
+    """Force a flow run into `state`, as an admin (or the UI) does."""
+    prefect_api().set_flow_run_state(flow_run_id, state, force=True)
+
+
 def cancel_flow_run(flow_run_id) -> None:
-    prefect_api().set_flow_run_state(flow_run_id, Cancelling(), force=True)
+    set_state(flow_run_id, Cancelling())
 
 
 def finished_job(admin: StandInAdmin, job_id: str, timeout: float = 90.0) -> dict:

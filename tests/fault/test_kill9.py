@@ -49,7 +49,7 @@ from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import FIXTURES, REPO
 from tests.e2e.test_slurm_pool import slurm, slurm_ready
 from tests.secrets_scan import record_secret
-from tests.stack import PrefectStack, create_job_pool, prefect_api, run, wait_for, worker_name
+from tests.stack import PrefectStack, create_job_pool, prefect_api, run, set_state, wait_for, worker_name
 
 COUNT_STARTS = FIXTURES / "apps" / "count_starts"
 STARTS_FILE = "starts.log"  # written by the app: `start <job id> <pid>` per launch, `run ...` per processor run
@@ -220,10 +220,6 @@ def app_processes(starts_dir: Path) -> list[int]:
             if wanted in environ and b"worker\0start\0" not in command and alive(int(entry.name)):
                 found.append(int(entry.name))
     return found
-
-
-def set_state(flow_run_id, state) -> None:
-    prefect_api().set_flow_run_state(flow_run_id, state, force=True)
 
 
 def flow_runs_of_resource(resource_id: str) -> list[FlowRun]:

@@ -26,6 +26,7 @@ from tests.stack import (
     infrastructure_id_of,
     letter_count_spec_uri,
     running_controller,
+    set_state,
     wait_for,
     wait_for_log,
     worker_name,
@@ -62,14 +63,6 @@ def pool_worker(controller, prefect_stack):
                         controller.workdir, f"{controller.pool}.log", controller.worker_env,
                         name=worker_name(controller.pool)) as worker:
         yield worker
-
-
-def set_state(flow_run_id, state) -> None:
-    async def change() -> None:
-        async with get_client() as client:
-            await client.set_flow_run_state(flow_run_id, state, force=True)
-
-    asyncio.run(change())
 
 
 def the_flow_run(job_id):
