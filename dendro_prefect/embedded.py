@@ -196,8 +196,10 @@ def migrated_sqlite(database: Path) -> None:
                            PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")
                 subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, check=True,
                                capture_output=True, timeout=300)
-                _copy_sqlite(Path(home) / "prefect.db", template.with_suffix(".tmp"))
-                os.replace(template.with_suffix(".tmp"), template)
+                partial = template.with_suffix(".tmp")
+                partial.unlink(missing_ok=True)  # left by a process killed while making it
+                _copy_sqlite(Path(home) / "prefect.db", partial)
+                os.replace(partial, template)
     _copy_sqlite(template, database)
 
 
