@@ -7,7 +7,7 @@ the subscription flow it runs; the pool's log holds the `dendro-local` worker. F
 `--gap-sec` (each on its own, not behind a queue) and followed to their end. A job's calls are the calls of that
 window less the idle rate over it, divided by the jobs.
 
-    .venv/bin/python bench/api_calls.py [--jobs 20] [--gap-sec 2] [--idle-sec 30] [--database sqlite|postgres]
+    .venv/bin/python bench/api_calls.py [--jobs 20] [--gap-sec 2] [--idle-sec 30] [--database postgres|sqlite]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import bench_stack, bench_workdir
+from common import DATABASES, bench_stack, bench_workdir
 
 FINAL = ("completed", "failed")
 REQUEST = re.compile(r'HTTP Request: (\w+) https?://[^/]+/api(/\S*?)(?:\?\S*)? "HTTP/[\d.]+ (\d+)')
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--gap-sec", type=float, default=2.0, help="between two job creations")
     parser.add_argument("--idle-sec", type=float, default=30.0, help="how long the idle stack is counted")
     parser.add_argument("--poll-sec", type=float, default=10.0, help="the subscription flow's poll interval")
-    parser.add_argument("--database", choices=["postgres", "sqlite"], default="sqlite")
+    parser.add_argument("--database", choices=DATABASES, default="postgres")
     parser.add_argument("--workdir", type=Path, help="keep the stack's files (logs, databases) here")
     args = parser.parse_args()
     os.environ["PREFECT_LOGGING_ROOT_LEVEL"] = "INFO"  # for every Prefect process of the stack: httpx's lines

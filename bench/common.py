@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from dendro_prefect.embedded import Deployment, running_prefect  # noqa: E402
 from dendro_prefect.embedded_controller import running_controller  # noqa: E402
+from dendro_prefect.prefect_database import DATABASES  # noqa: E402, F401 (the benches' --database choices)
 from dendro_prefect.stand_in.admin_client import StandInAdmin  # noqa: E402
 
 APPS = REPO / "tests" / "fixtures" / "apps"

@@ -9,7 +9,7 @@ machine saturates); `--app count_starts` runs the real dendro SDK instead. Jobs 
 `--gap-sec`, so that each is measured on its own rather than behind a queue; the times are the
 central's own timestamps.
 
-    .venv/bin/python bench/intake_latency.py [--jobs 100] [--poll-sec 5] [--database sqlite|postgres]
+    .venv/bin/python bench/intake_latency.py [--jobs 100] [--poll-sec 5] [--database postgres|sqlite]
         [--app noop|count_starts] [--pubsub up|down] [--workdir DIR]
 """
 
@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from common import bench_stack, bench_workdir, percentile
+from common import DATABASES, bench_stack, bench_workdir, percentile
 
 FINAL = ("completed", "failed")
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=100)
     parser.add_argument("--gap-sec", type=float, default=1.0, help="between two job creations")
     parser.add_argument("--poll-sec", type=float, default=5.0, help="the subscription flow's poll interval")
-    parser.add_argument("--database", choices=["postgres", "sqlite"], default="sqlite")
+    parser.add_argument("--database", choices=DATABASES, default="postgres")
     parser.add_argument("--app", choices=["noop", "count_starts"], default="noop")
     parser.add_argument("--pubsub", choices=["up", "down"], action="append",
                         help="measure with PubSub up, down (polling only), or both (the default)")

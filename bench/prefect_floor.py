@@ -17,7 +17,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from common import REPO, bench_workdir, cpu_sec, prefect_server_pid
+from common import DATABASES, REPO, bench_workdir, cpu_sec, prefect_server_pid
 from prefect.client.orchestration import get_client
 from prefect.states import Completed, Pending, Running
 
@@ -56,7 +56,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--callers", type=int, default=8, help="concurrent API callers")
-    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--database", choices=DATABASES, default="postgres")
     parser.add_argument("--workdir", type=Path, help="keep the server's files in DIR/prefect_floor")
     args = parser.parse_args()
     with bench_workdir(args.workdir, "prefect_floor") as workdir, running_prefect(

@@ -29,7 +29,7 @@ What the original needs to run against the stand-in, written by this script into
 - `jobs/` exists before the daemon starts: its cleanup process spins on a core until it does.
 
     .venv/bin/python bench/side_by_side.py [--jobs 20] [--job-sec 4] [--sdk-bin DIR] [--original-venv DIR]
-        [--database sqlite|postgres] [--original-pubsub pubsub|polling] [--workdir DIR]
+        [--database postgres|sqlite] [--original-pubsub pubsub|polling] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from common import APPS, REPO, bench_stack, bench_workdir, percentile
+from common import APPS, DATABASES, REPO, bench_stack, bench_workdir, percentile
 
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from dendro_prefect.stand_in.admin_client import StandInAdmin
@@ -372,7 +372,7 @@ def main() -> None:
                         "jobs run with (scripts/test.sh makes it)")
     parser.add_argument("--original-venv", type=Path, default=REPO / ".venv-original",
                         help="the original daemon's virtual environment (made when missing); its jobs run its SDK")
-    parser.add_argument("--database", choices=["postgres", "sqlite"], default="sqlite",
+    parser.add_argument("--database", choices=DATABASES, default="postgres",
                         help="the Prefect server's database")
     parser.add_argument("--original-pubsub", choices=["pubsub", "polling"], default="pubsub",
                         help="the original's PubSub through the stand-in, or none (it then polls every 600 s)")

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import bench_stack, percentile
+from common import DATABASES, bench_stack, percentile
 
 
 def submissions(job_root: Path, job_ids: list[str]) -> dict[str, tuple[str, float]]:
@@ -57,7 +57,7 @@ def run_once(n: int, workdir: Path, database: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, action="append", help="jobs per run (repeatable); default 100")
-    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres",
+    parser.add_argument("--database", choices=DATABASES, default="postgres",
                         help="the Prefect server's database (PostgreSQL is Prefect's choice for volume)")
     args = parser.parse_args()
     for n in args.jobs or [100]:

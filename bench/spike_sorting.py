@@ -13,7 +13,7 @@ stand-in, subscription flow, the pool's worker). Prints the medians of:
 Start a docker engine (scripts/start-dockerd.sh) and Slurm (scripts/start-slurm.sh) first: a pool whose
 infrastructure does not answer is skipped, with the reason.
 
-    .venv/bin/python bench/spike_sorting.py [--pool process|docker|slurm|slurm-docker ...] [--jobs 3] [--database sqlite|postgres]
+    .venv/bin/python bench/spike_sorting.py [--pool process|docker|slurm|slurm-docker ...] [--jobs 3] [--database postgres|sqlite]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import bench_stack, bench_workdir
+from common import DATABASES, bench_stack, bench_workdir
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
@@ -108,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", choices=list(POOLS), action="append", help="the pools to measure (all by default)")
     parser.add_argument("--jobs", type=int, default=3, help="jobs per pool, one after the other")
-    parser.add_argument("--database", choices=["postgres", "sqlite"], default="sqlite")
+    parser.add_argument("--database", choices=DATABASES, default="postgres")
     parser.add_argument("--deadline-sec", type=float, default=600.0, help="for each job")
     parser.add_argument("--workdir", type=Path, help="keep the stacks' files in DIR/spike_sorting")
     args = parser.parse_args()

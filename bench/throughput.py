@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from common import bench_stack, bench_workdir, children, cpu_sec, percentile, prefect_server_pid, rss_mb
+from common import DATABASES, bench_stack, bench_workdir, children, cpu_sec, percentile, prefect_server_pid, rss_mb
 
 
 def processes(stack) -> dict[str, int]:
@@ -75,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--batches", type=int, default=1, help="batches of --jobs, one after the other")
-    parser.add_argument("--database", choices=["postgres", "sqlite"], default="postgres",
+    parser.add_argument("--database", choices=DATABASES, default="postgres",
                         help="the Prefect server's database (PostgreSQL is Prefect's choice for volume)")
     parser.add_argument("--deadline-sec", type=float, default=1800.0)
     parser.add_argument("--workdir", type=Path, help="keep the stack's files in DIR/throughput (a temporary directory by default)")

@@ -65,14 +65,20 @@ def demo(
     container_method: str = typer.Option("auto", help="docker, none, or auto: docker where an engine answers."),
     app: str = typer.Option("letter_count", help="letter_count, or mountainsort5: a spike sort of a synthetic "
                             "recording, its units compared with the recording's ground truth."),
+    database: str = typer.Option("postgres", help="The Prefect server's database: postgres (a server of its own) "
+                                 "or sqlite (one writer at a time: slower with many jobs)."),
 ) -> None:
     """Run one real Dendro job from submitted to completed through Prefect on this machine."""
     from .demo import DEMO_APPS, run_demo
+    from .prefect_database import DATABASES
 
     if app not in DEMO_APPS:
         typer.echo(f"Error: no demo app {app!r}; choose one of {', '.join(DEMO_APPS)}", err=True)
         raise typer.Exit(2)
-    run_demo(workdir, sdk_venv, timeout, keep_running, container_method, app)
+    if database not in DATABASES:
+        typer.echo(f"Error: no database {database!r}; choose one of {', '.join(DATABASES)}", err=True)
+        raise typer.Exit(2)
+    run_demo(workdir, sdk_venv, timeout, keep_running, container_method, app, database)
 
 
 @app.command()

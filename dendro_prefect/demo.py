@@ -142,16 +142,17 @@ def final_flow_run(api_url: str, job_id: str, timeout: float) -> str:
 
 
 def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, container_method: str,
-             app: str = "letter_count") -> None:
+             app: str = "letter_count", database: str = "postgres") -> None:
     demo = DEMO_APPS[app]
     workdir = workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     if container_method == "auto":
         container_method = "docker" if docker_available() else "none"
-    typer.echo("Starting a Prefect server (SQLite) with the work pools and deployments of prefect.yaml, and the "
-               "Dendro central stand-in …")
-    with running_prefect(workdir / "prefect") as prefect, running_stand_in(workdir / "central") as admin:
+    typer.echo(f"Starting a Prefect server ({'PostgreSQL' if database == 'postgres' else 'SQLite'}) with the work "
+               "pools and deployments of prefect.yaml, and the Dendro central stand-in …")
+    with running_prefect(workdir / "prefect", database=database) as prefect, \
+            running_stand_in(workdir / "central") as admin:
         typer.echo(f"Prefect UI: {prefect.api_url.removesuffix('/api')}   central: {admin.url}")
         typer.echo(f"Work pools {', '.join(WORK_POOLS)} created; deployments of prefect.yaml applied")
         demo.prepare(workdir)

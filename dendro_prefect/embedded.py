@@ -1,4 +1,4 @@
-"""The embedded stack, Prefect's side: a Prefect server (SQLite, or a PostgreSQL server of its own), work
+"""The embedded stack, Prefect's side: a Prefect server (on a PostgreSQL server of its own, or SQLite), work
 pools and their deployments applied with `prefect deploy`, and Prefect workers, as child processes on
 loopback and free ports, for the demo, the tests and the benches. Each is stopped by its PID when done.
 `running_prefect` brings them up together; `embedded_controller` adds a compute resource to them."""
@@ -6,18 +6,11 @@ loopback and free ports, for the demo, the tests and the benches. Each is stoppe
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import importlib.metadata
-import os
 import shutil
 import signal
 import socket
-import sqlite3
-import stat
 import subprocess
-import sys
 import tempfile
-import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,107 +19,12 @@ from typing import Callable, ContextManager, Iterator
 import requests
 import yaml
 
+from .child_processes import PREFECT, free_port, prefect_env, server_process, stop_process
 from .config import HOME_ENV
+from .prefect_database import migrated_sqlite, postgres_database
 
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-# Migrated empty SQLite databases of Prefect servers, one per Prefect version (see migrated_sqlite).
-SQLITE_TEMPLATES = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dendro-prefect"
 # The clone: prefect.yaml and the flows its deployments name. Prefect runs the flows from here.
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def prefect_env(home: Path | None, api_url: str | None = None) -> dict[str, str]:
-    """The environment of our Prefect processes: their own home (database, profiles; None: this process's) and
-    no analytics."""
-    env = dict(os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_CLI_PROMPT="false",
-               PREFECT_SERVER_LOGGING_LEVEL="WARNING")
-    if home:
-        env["PREFECT_HOME"] = str(home)
-    if api_url:
-        env["PREFECT_API_URL"] = api_url
-    return env
-
-
-def stop_process(process: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 20.0) -> None:
-    """SIGINT first: `prefect worker start` ignores SIGTERM for minutes but stops on SIGINT."""
-    if process.poll() is None:
-        process.send_signal(sig)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@contextmanager
-def server_process(argv: list[str], log_path: Path, ready: Callable[[], bool], what: str, startup_timeout: float,
-                   stop_signal: int = signal.SIGTERM, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """A server as a child process with its output in `log_path`, yielded once `ready()` says it serves, and
-    stopped by its PID at exit; if it exits or is not ready within `startup_timeout`, an error with its log's
-    end."""
-    log = open(log_path, "ab")
-    process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while not ready():
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{what} did not start; its log ends with:\n{tail}")
-            time.sleep(0.1)
-        yield process
-    finally:
-        stop_process(process, stop_signal)
-        log.close()
-
-
-POSTGRES_BIN = Path("/usr/lib/postgresql")
-
-
-def _postgres_tool(name: str) -> str:
-    """Debian's PostgreSQL server programs are not on PATH: take the newest installed version's."""
-    versions = sorted(POSTGRES_BIN.glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
-    if not versions:
-        raise RuntimeError("PostgreSQL is not installed (Debian package `postgresql`)")
-    return str(versions[-1] / name)
-
-
-@contextmanager
-def postgres_database(home: Path, startup_timeout: float = 60.0) -> Iterator[str]:
-    """A PostgreSQL server of our own on a free 127.0.0.1 port, data under `home` (run as user
-    postgres, trust authentication on loopback); yields Prefect's database URL for it."""
-    data, sockets = home / "pgdata", home / "pgsocket"
-    home.mkdir(parents=True, exist_ok=True)
-    sockets.mkdir(exist_ok=True)
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if os.geteuid() == 0:
-        shutil.chown(home, "postgres")
-        shutil.chown(sockets, "postgres")
-        for parent in home.resolve().parents:  # let postgres through our own (temporary) directories
-            if parent.stat().st_uid == 0 and not parent.stat().st_mode & stat.S_IXOTH:
-                parent.chmod(parent.stat().st_mode | stat.S_IXOTH)
-    if not data.exists():
-        subprocess.run([*as_postgres, _postgres_tool("initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"],
-                       check=True, capture_output=True)
-    port = free_port()
-    command = [*as_postgres, _postgres_tool("postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port),
-               "-k", str(sockets), "-c", "max_connections=200", "-c", "fsync=off"]
-
-    def ready() -> bool:
-        return subprocess.run([_postgres_tool("pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                              capture_output=True).returncode == 0
-
-    with server_process(command, home / "postgres.log", ready, "PostgreSQL", startup_timeout):
-        subprocess.run([_postgres_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "prefect"],
-                       capture_output=True)
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/prefect"
-
-
 REDIS_SERVER = "redis-server"  # Debian's package `redis-server`
 
 
@@ -153,8 +51,8 @@ def _answers(port: int) -> bool:
 @contextmanager
 def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str | None = None,
                    port: int | None = None) -> Iterator[str]:
-    """A Prefect server on a free 127.0.0.1 port (or `port`, to restart one) with its database under
-    `home` (SQLite), or at `database_url` (PostgreSQL, for volume); yields the API URL.
+    """A Prefect server on a free 127.0.0.1 port (or `port`, to restart one) with its database at
+    `database_url` (see running_prefect), or under `home` (SQLite); yields the API URL.
 
     Where Debian's redis-server is installed, the server's queue of background tasks (docket) is kept in a
     Redis of its own: its default, an in-process emulation of Redis, polls its queue in Python four times a
@@ -178,37 +76,6 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], home / "server.log",
             lambda: _healthy(api_url), "the Prefect server", startup_timeout, signal.SIGINT, env))
         yield api_url
-
-
-def migrated_sqlite(database: Path) -> None:
-    """A Prefect server's new SQLite database starts as a copy of an empty one migrated once per Prefect version
-    (kept in SQLITE_TEMPLATES): Alembic's migrations of an empty database are 8 s of the 13 s of CPU a first
-    start costs. An existing database is left as it is."""
-    if database.exists():
-        return
-    template = SQLITE_TEMPLATES / f"prefect-{importlib.metadata.version('prefect')}.db"
-    if not template.exists():
-        template.parent.mkdir(parents=True, exist_ok=True)
-        with open(template.with_suffix(".lock"), "w") as lock, tempfile.TemporaryDirectory() as home:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be making it
-            if not template.exists():
-                env = dict(prefect_env(Path(home)),
-                           PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")
-                subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, check=True,
-                               capture_output=True, timeout=300)
-                partial = template.with_suffix(".tmp")
-                partial.unlink(missing_ok=True)  # left by a process killed while making it
-                _copy_sqlite(Path(home) / "prefect.db", partial)
-                os.replace(partial, template)
-    _copy_sqlite(template, database)
-
-
-def _copy_sqlite(source: Path, target: Path) -> None:
-    """SQLite's own backup: whole whatever the journal mode (Prefect's is WAL)."""
-    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
-        src.backup(dst)
-    src.close()
-    dst.close()
 
 
 def _healthy(api_url: str) -> bool:
@@ -395,10 +262,10 @@ def controller_worker(prefect: Prefect, log_name: str = "controller.log") -> Ite
 
 
 @contextmanager
-def running_prefect(home: Path, *, database: str = "sqlite", project: bool = True,
+def running_prefect(home: Path, *, database: str = "postgres", project: bool = True,
                     controller: bool = True) -> Iterator[Prefect]:
-    """A Prefect server with its database under `home` (`sqlite`), or on a PostgreSQL server of its own under
-    `home/postgres` (`postgres`, for volume); with prefect.yaml's work pools and deployments (`project`) and
+    """A Prefect server with its database on a PostgreSQL server of its own under `home/postgres` (`postgres`),
+    or under `home` (`sqlite`; see prefect_database); with prefect.yaml's work pools and deployments (`project`) and
     the process worker of pool dendro-controller (`controller`). Within, this process's Prefect client talks
     to it (PREFECT_API_URL)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings

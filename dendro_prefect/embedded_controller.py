@@ -48,12 +48,22 @@ async def _cancel_and_wait(flow_run_id, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not (flow_run := await client.read_flow_run(flow_run_id)).state.is_final():
             if time.monotonic() > deadline:
-                started = flow_run.start_time.isoformat() if flow_run.start_time else "never started"
-                raise RuntimeError(
-                    f"the subscription flow run {flow_run_id} did not end within {timeout:.0f} s of its cancellation: "
-                    f"it is {flow_run.state.name} ({flow_run.state.message or 'no message'}; {started}; "
-                    f"infrastructure pid {flow_run.infrastructure_pid})")
+                raise RuntimeError(f"the subscription flow run {flow_run_id} did not end within {timeout:.0f} s of its "
+                                   f"cancellation: {where_run_stands(flow_run)}")
             await asyncio.sleep(0.2)
+
+
+def where_run_stands(flow_run) -> str:
+    """A subscription flow run's state, whether it started, and whether the process its worker started for it
+    (on this machine) is alive: what a run that does not start or does not end is first asked."""
+    started = f"started {flow_run.start_time.isoformat()}" if flow_run.start_time else "never started"
+    pid = flow_run.infrastructure_pid
+    try:
+        process = f"{Path(f'/proc/{int(pid)}/stat').read_text().rsplit(')', 1)[1].split()[0]} (/proc state)"
+    except (TypeError, ValueError, OSError):
+        process = "gone" if pid else "none yet"
+    return (f"it is {flow_run.state.name} ({flow_run.state.message or 'no message'}; {started}; "
+            f"infrastructure pid {pid}: {process})")
 
 
 def cancel_subscription_run(flow_run_id, timeout: float = 60.0) -> None:

@@ -26,14 +26,12 @@ installed() {
     done
 }
 # Debian's packages, in one apt-get: Chromium for the browser test of the Prefect UI (Playwright drives it; its
-# own browser download is not used); PostgreSQL for tests/e2e/test_pool_limit.py's Prefect server
-# (embedded.postgres_database); Redis, where each Prefect server of the tests keeps its background task queue
+# own browser download is not used); Redis, where each Prefect server of the tests keeps its background task queue
 # (embedded.prefect_server); Slurm and debootstrap, which scripts/start-slurm.sh and scripts/build-app-image.sh
 # would otherwise install one after the other. Nothing is started here.
 debian_packages() {
     local packages=()
     [ -x /usr/bin/chromium ] || packages+=(chromium chromium-driver)
-    ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || packages+=(postgresql)
     command -v redis-server >/dev/null || packages+=(redis-server)
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
         && command -v munged >/dev/null || packages+=(munge slurmctld slurmd slurm-client)

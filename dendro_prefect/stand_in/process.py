@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..embedded import stop_process
+from ..child_processes import stop_process
 from .admin_client import AdminError, StandInAdmin
 from .server import CENTRAL_FILE
 

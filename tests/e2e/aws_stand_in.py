@@ -16,7 +16,7 @@ from typing import Iterator
 import boto3
 import requests
 
-from dendro_prefect.embedded import free_port, server_process
+from dendro_prefect.child_processes import free_port, server_process
 
 REGION = "us-east-1"
 CPU_QUEUE = "dendro-cpu"

@@ -1,7 +1,6 @@
 """A work pool's concurrency limit is a promise to the admin (licences, GPUs, memory): never exceeded,
-whatever the timing (issue 17). On a PostgreSQL Prefect server of the module's own (the session's is
-SQLite; on PostgreSQL a query of the pool skips the runs whose state change is in flight, which is how
-the limit was exceeded), 30 jobs are created at once on a pool with limit 2, twice in a row (five times with
+whatever the timing (issue 17). On the session's Prefect server, on PostgreSQL (there a query of the pool
+skips the runs whose state change is in flight, which is how the limit was exceeded), 30 jobs are created at once on a pool with limit 2, twice in a row (five times with
 DENDRO_POOL_LIMIT_ROUNDS=5). The
 app's own record (tests/fixtures/apps/spans: a `start` and an `end` line per job) must show at most 2
 jobs running at any moment, and every job completed; how far apart the first two of each batch start is
@@ -19,22 +18,13 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolUpdate
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
-from dendro_prefect.embedded import POSTGRES_BIN, running_prefect
 from tests.conftest import FIXTURES
-from tests.stack import PrefectStack, run, running_controller, wait_for
+from tests.stack import run, running_controller, wait_for
 
 ROUNDS = int(os.environ.get("DENDRO_POOL_LIMIT_ROUNDS", "2"))  # 5 for the README's figures
 JOBS = 30
 LIMIT = 2
 SPANS = FIXTURES / "apps" / "spans"
-
-
-@pytest.fixture(scope="module")
-def postgres_prefect(tmp_path_factory) -> PrefectStack:
-    if not list(POSTGRES_BIN.glob("*/bin/postgres")):
-        pytest.fail("PostgreSQL is not installed (Debian package `postgresql`; scripts/test.sh installs it)")
-    with running_prefect(tmp_path_factory.mktemp("postgres-prefect"), database="postgres") as prefect:
-        yield prefect
 
 
 def spans_requests(admin, resource_id: str, count: int) -> list[dict]:
@@ -84,11 +74,11 @@ def all_runs_final(resource_id: str, count: int) -> bool:
 
 
 @pytest.mark.timeout(600)
-def test_a_pool_limit_of_two_is_never_exceeded(postgres_prefect, tmp_path, sdk_bin):
+def test_a_pool_limit_of_two_is_never_exceeded(prefect_stack, tmp_path, sdk_bin):
     spans_file = tmp_path / "spans.log"
     apps = [{"name": "spans", "specUri": (SPANS / "spec.json").as_uri()}]
     # On PostgreSQL the controller creates flow runs several at once, as the README advises.
-    with running_controller(postgres_prefect, tmp_path / "pool-limit", sdk_bin, apps=apps, submit_concurrency=4,
+    with running_controller(prefect_stack, tmp_path / "pool-limit", sdk_bin, apps=apps, submit_concurrency=4,
                             worker_env={"SPANS_FILE": str(spans_file)}) as controller:
         async def limit_pool() -> None:
             async with get_client() as client:

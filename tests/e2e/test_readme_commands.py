@@ -26,7 +26,8 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterNam
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 
-from dendro_prefect.embedded import prefect_env, prefect_server, stop_process
+from dendro_prefect.child_processes import prefect_env, stop_process
+from dendro_prefect.embedded import prefect_server
 from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import LETTER_COUNT_APP, REPO, create_letter_count_job
 from tests.stack import final_flow_run, finished_job, wait_for

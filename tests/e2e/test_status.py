@@ -17,6 +17,7 @@ import requests
 from prefect.client.orchestration import get_client
 from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
+from dendro_prefect.child_processes import free_port, prefect_env
 from dendro_prefect.controller.heartbeat import (
     EVENT,
     VARIABLE_TAG,
@@ -26,7 +27,7 @@ from dendro_prefect.controller.heartbeat import (
     utcnow,
     variable_name,
 )
-from dendro_prefect.embedded import free_port, prefect_env, prefect_worker
+from dendro_prefect.embedded import prefect_worker
 from dendro_prefect.protocol.signing import generate_keypair
 from tests.conftest import create_letter_count_job, wait_for
 from tests.stack import (

@@ -1,7 +1,7 @@
 """Kill -9 the controller and the job pool's worker at random moments while many short jobs run: every
 job still reaches a final state at the central, none is launched twice, nothing is left behind.
 
-Real parts: a Prefect server (SQLite), the stand-in central, the subscription flow run by a `process`
+Real parts: a Prefect server (the embedded default, PostgreSQL), the stand-in central, the subscription flow run by a `process`
 worker of a pool of its own, a dendro-local (or dendro-slurm) worker, and the count_starts app
 (real dendro SDK, tests/fixtures/apps/count_starts), which appends a line to a file each time a worker
 launches it: the file counts the launches of every job.
@@ -43,7 +43,7 @@ from prefect.states import Crashed
 from dendro_prefect.config import CONFIG_FILE_NAME
 from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS, resource_tag
 from dendro_prefect.embedded import prefect_worker
-from dendro_prefect.embedded_controller import cancel_subscription_run, register_resource
+from dendro_prefect.embedded_controller import cancel_subscription_run, register_resource, where_run_stands
 from dendro_prefect.stand_in.admin_client import StandInAdmin
 from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import FIXTURES, REPO
@@ -117,6 +117,19 @@ class Chaos:
         flow_run = run(arun_deployment(f"dendro-subscription/{self.controller_pool}", timeout=0, as_subflow=False,
                                        parameters=self.subscription_parameters))
         self.subscription_runs.append(str(flow_run.id))
+        # Up means running, as an admin would check: a kill before that tests little, and a run that never
+        # starts would go unnoticed while the jobs already created complete without it.
+        try:
+            wait_for(lambda: prefect_api().read_flow_run(flow_run.id).state.is_running(),
+                     "the new subscription flow run to start", timeout=120, interval=0.5)
+        except AssertionError as error:
+            raise AssertionError(f"{error}: {where_run_stands(prefect_api().read_flow_run(flow_run.id))}; its "
+                                 f"worker's log ends with:\n{self.controller_log_tail()}") from None
+
+    def controller_log_tail(self, lines: int = 25) -> str:
+        """The controller worker's log without its HTTP request lines (the last `lines`)."""
+        log = (self.prefect.home / f"controller-{self.workdir.name}.log").read_text(errors="replace")
+        return "\n".join([line for line in log.splitlines() if "HTTP Request" not in line][-lines:])
 
     def start_job_worker(self) -> None:
         self.job_worker = self.stack.enter_context(prefect_worker(
@@ -136,11 +149,13 @@ class Chaos:
         pause = self.rng.uniform(*RESTART_PAUSE_SEC)
         time.sleep(pause)
         state = prefect_api().read_flow_run(lost).state
-        self.log(f"controller killed (worker {worker.pid}, flow processes {survivors or 'none yet'}); its "
-                 f"subscription flow run is {state.name} after {pause:.1f} s; restarted")
         if not state.is_final():  # as an admin would: the run is lost, and says so
             set_state(lost, Crashed(message="its process worker and flow process were killed (kill -9)"))
+        restarted = time.monotonic()
         self.start_controller()
+        self.log(f"controller killed (worker {worker.pid}, flow processes {survivors or 'none yet'}); its "
+                 f"subscription flow run is {state.name} after {pause:.1f} s; restarted, running after "
+                 f"{time.monotonic() - restarted:.1f} s")
         self.kills["controller"] += 1
 
     def stop_subscription(self) -> None:
@@ -149,7 +164,8 @@ class Chaos:
             cancel_subscription_run(self.subscription_runs[-1])
         except RuntimeError as error:
             raise AssertionError(f"{error}; its process worker {self.controller.pid} "
-                                 f"{'runs' if self.controller.poll() is None else 'has exited'}") from None
+                                 f"{'runs' if self.controller.poll() is None else 'has exited'}; its log ends with:\n"
+                                 f"{self.controller_log_tail()}") from None
 
     def kill_job_worker(self) -> None:
         pid = self.job_worker.pid

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from dendro_prefect.embedded import stop_process
+from dendro_prefect.child_processes import stop_process
 from dendro_prefect.stand_in.admin_client import AdminError, CentralHttp
 
 REPO = Path(__file__).resolve().parents[2]
