@@ -17,7 +17,7 @@ from typing import Iterator
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dendro_prefect.embedded import Deployment, running_prefect  # noqa: E402
+from dendro_prefect.embedded import Deployment, Prefect, running_prefect  # noqa: E402
 from dendro_prefect.embedded_controller import running_controller  # noqa: E402
 from dendro_prefect.prefect_database import DATABASES  # noqa: E402, F401 (the benches' --database choices)
 from dendro_prefect.stand_in.admin_client import StandInAdmin  # noqa: E402
@@ -79,6 +79,7 @@ def bench_workdir(kept: Path | None, name: str) -> Iterator[Path]:
 
 @dataclass
 class BenchStack:
+    prefect: Prefect
     admin: StandInAdmin
     resource_id: str
     workdir: Path
@@ -102,8 +103,7 @@ class BenchStack:
 @contextmanager
 def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: str, app: str,
                 job_variables: dict | None = None, worker_env: dict | None = None, poll_interval_sec: float = 2.0,
-                submit_concurrency: int = 1, spec_uri: str | None = None,
-                container_method: str = "none") -> Iterator[BenchStack]:
+                spec_uri: str | None = None, container_method: str = "none") -> Iterator[BenchStack]:
     """Everything up, and the subscription flow reporting the app's spec, before it yields. The app is
     a test fixture's (tests/fixtures/apps/<app>) unless `spec_uri` names another. Its jobs of `run_method`
     go to a pool of its own, `bench-<run_method>`, with `job_variables`."""
@@ -112,6 +112,6 @@ def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: s
         apps = [{"name": app, "specUri": spec_uri or (APPS / app / "spec.json").as_uri()}]
         with running_controller(prefect, workdir, apps, pool=pool, run_method=run_method,
                                 container_method=container_method, worker_env=worker_env,
-                                poll_interval_sec=poll_interval_sec, submit_concurrency=submit_concurrency) as running:
-            yield BenchStack(running.admin, running.resource_id, workdir, run_method, app,
+                                poll_interval_sec=poll_interval_sec) as running:
+            yield BenchStack(prefect, running.admin, running.resource_id, workdir, run_method, app,
                              running.controller_worker.pid, running.processes[0].pid)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -43,13 +44,28 @@ async def take_runs(deployment_id, batch: str, runs: int, callers: int, lifecycl
         await asyncio.gather(*(one(index) for index in range(runs)))
 
 
-def measure(server_pid: int, deployment_id, what: str, runs: int, callers: int) -> None:
+def measure(server_pid: int, deployment_id, what: str, runs: int, callers: int) -> float:
+    """Runs/s for `what` (creation, or a run's whole life), printed with the server's CPU per run."""
     cpu_before, started = cpu_sec(server_pid), time.monotonic()
     asyncio.run(take_runs(deployment_id, what, runs, callers, lifecycle=what == "lifecycle"))
     elapsed = time.monotonic() - started
     per_run_ms = 1000 * (cpu_sec(server_pid) - cpu_before) / runs
     print(f"{what:9s}: {runs} runs in {elapsed:.1f} s ({runs / elapsed:.1f} runs/s), server CPU {per_run_ms:.0f} ms "
           f"per run; 1,000 such runs take at least {1000 / (runs / elapsed):.0f} s here", flush=True)
+    return runs / elapsed
+
+
+def floor(prefect, runs: int, callers: int) -> dict[str, float]:
+    """Prefect's floor on the server of `prefect` (a deployment of a pool of its own, no worker): runs/s for
+    creation alone and for a run's whole life."""
+    [name] = prefect.deploy(Deployment(f"floor-{time.monotonic_ns()}"))
+
+    async def deployment():
+        async with get_client() as client:
+            return (await client.read_deployment_by_name(name)).id
+
+    deployment_id = asyncio.run(deployment())
+    return {what: measure(prefect_server_pid(), deployment_id, what, runs, callers) for what in ("creation", "lifecycle")}
 
 
 def main() -> None:
@@ -61,16 +77,10 @@ def main() -> None:
     args = parser.parse_args()
     with bench_workdir(args.workdir, "prefect_floor") as workdir, running_prefect(
             workdir / "prefect", database=args.database, project=False, controller=False) as prefect:
-        [name] = prefect.deploy(Deployment("floor"))
-
-        async def deployment():
-            async with get_client() as client:
-                return (await client.read_deployment_by_name(name)).id
-
-        deployment_id = asyncio.run(deployment())
         print(f"Prefect server on {args.database}, {args.callers} callers:", flush=True)
-        for what in ("creation", "lifecycle"):
-            measure(prefect_server_pid(), deployment_id, what, args.runs, args.callers)
+        figures = floor(prefect, args.runs, args.callers)
+    print(json.dumps({"bench": "prefect_floor", "database": args.database, "runs": args.runs, "callers": args.callers,
+                      **{f"{what}_runs_per_sec": round(value, 2) for what, value in figures.items()}}))
 
 
 if __name__ == "__main__":

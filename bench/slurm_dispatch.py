@@ -35,8 +35,7 @@ def submissions(job_root: Path, job_ids: list[str]) -> dict[str, tuple[str, floa
 
 def run_once(n: int, workdir: Path, database: str) -> dict:
     with bench_stack(workdir, database=database, run_method="slurm", worker_type="dendro-slurm", app="sleeper",
-                     job_variables={"extra_sbatch_lines": ["--hold"]},
-                     submit_concurrency=4 if database == "postgres" else 1) as stack:
+                     job_variables={"extra_sbatch_lines": ["--hold"]}) as stack:
         requests = stack.job_requests(n)
         started = time.time()
         job_ids = stack.admin.create_jobs(requests)

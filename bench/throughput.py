@@ -3,19 +3,24 @@ and all completed, on the local pool with the no-op app (tests/fixtures/apps/noo
 side of the protocol with curl, so the figures are the controller's, not the dendro SDK's start-up).
 
 Prints jobs/s, p50/p99 of creation → `starting`, the CPU each job cost the subscription flow, the worker
-and the Prefect server (compare the server's with bench/prefect_floor.py), and the resident memory
-(RSS) of the subscription flow's process and of the pool's worker before the jobs and after each batch.
+and the Prefect server (PostgreSQL's own processes not counted), and the resident memory (RSS) of the
+subscription flow's process and of the pool's worker before the jobs and after each batch. Then, on the
+same server, Prefect's floor (bench/prefect_floor.py: a flow run's whole life with nothing of ours, 8
+callers) and the ratio of our launches/s to it; the last line is the figures as JSON.
 
-    .venv/bin/python bench/throughput.py [--jobs 1000] [--batches 1] [--database postgres|sqlite] [--workdir DIR]
+    .venv/bin/python bench/throughput.py [--jobs 1000] [--batches 1] [--database postgres|sqlite]
+        [--floor-runs 300] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 from common import DATABASES, bench_stack, bench_workdir, children, cpu_sec, percentile, prefect_server_pid, rss_mb
+from prefect_floor import floor
 
 
 def processes(stack) -> dict[str, int]:
@@ -31,7 +36,7 @@ def memory(stack) -> dict[str, float]:
     return {name: rss_mb(pid) for name, pid in processes(stack).items() if name != "Prefect server"}
 
 
-def run_batch(stack, jobs: int, database: str, deadline_sec: float) -> None:
+def run_batch(stack, jobs: int, database: str, deadline_sec: float) -> dict:
     requests = stack.job_requests(jobs)
     cpu_before = {name: cpu_sec(pid) for name, pid in processes(stack).items()}
     started = time.time()
@@ -55,20 +60,29 @@ def run_batch(stack, jobs: int, database: str, deadline_sec: float) -> None:
                                      for name, pid in processes(stack).items()), flush=True)
     if completed < jobs:
         raise SystemExit(f"{jobs - completed} jobs did not complete within {deadline_sec:g} s")
+    return {"launched_sec": round(max(launched) - started, 1), "jobs_per_sec": round(len(launched) / (max(launched) - started), 2),
+            "completed_sec": round(max(finished) - started, 1), "starting_p50_sec": round(percentile(latencies, 50), 2),
+            "starting_p99_sec": round(percentile(latencies, 99), 2)}
 
 
-def run(jobs: int, batches: int, workdir: Path, database: str, deadline_sec: float) -> None:
+def run(jobs: int, batches: int, workdir: Path, database: str, deadline_sec: float, floor_runs: int) -> None:
     """`batches` batches of `jobs`, one after the other: memory that grows batch after batch leaks,
     memory that grows once is the high-water mark of the first."""
-    with bench_stack(workdir, database=database, run_method="local", worker_type="dendro-local", app="noop",
-                     submit_concurrency=8 if database == "postgres" else 1) as stack:
+    with bench_stack(workdir, database=database, run_method="local", worker_type="dendro-local", app="noop") as stack:
         rss = [memory(stack)]
+        figures = []
         for _ in range(batches):
-            run_batch(stack, jobs, database, deadline_sec)
+            figures.append(run_batch(stack, jobs, database, deadline_sec))
             rss.append(memory(stack))
+        prefect_floor = floor(stack.prefect, floor_runs, callers=8)
     for process in rss[0]:
         print(f"  RSS of the {process}: " + " → ".join(f"{sample[process]:.0f}" for sample in rss)
               + " MB (before, then after each batch)", flush=True)
+    ratio = figures[0]["jobs_per_sec"] / prefect_floor["lifecycle"]
+    print(f"launches/s of the first batch over Prefect's floor (a run's whole life): {ratio:.2f}", flush=True)
+    print(json.dumps({"bench": "throughput", "database": database, "jobs": jobs, "batches": figures,
+                      "floor_runs_per_sec": round(prefect_floor["lifecycle"], 2), "ratio_to_floor": round(ratio, 2),
+                      "rss_mb": [{name: round(mb) for name, mb in sample.items()} for sample in rss]}))
 
 
 def main() -> None:
@@ -78,10 +92,11 @@ def main() -> None:
     parser.add_argument("--database", choices=DATABASES, default="postgres",
                         help="the Prefect server's database (PostgreSQL is Prefect's choice for volume)")
     parser.add_argument("--deadline-sec", type=float, default=1800.0)
+    parser.add_argument("--floor-runs", type=int, default=300, help="flow runs of Prefect's floor, measured after")
     parser.add_argument("--workdir", type=Path, help="keep the stack's files in DIR/throughput (a temporary directory by default)")
     args = parser.parse_args()
     with bench_workdir(args.workdir, "throughput") as workdir:
-        run(args.jobs, args.batches, workdir, args.database, args.deadline_sec)
+        run(args.jobs, args.batches, workdir, args.database, args.deadline_sec, args.floor_runs)
 
 if __name__ == "__main__":
     main()

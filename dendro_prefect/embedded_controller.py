@@ -116,7 +116,7 @@ def running_controller(
     central: Any = None, mock_pubsub: bool = False, container_method: str = "none",
     resource_name: str = "dendro-prefect", sdk_bin: Path | None = None, worker_env: dict[str, str] | None = None,
     worker_name: str | None = None, poll_interval_sec: float | None = None, settle_sec: float | None = None,
-    submit_concurrency: int | None = None, startup_timeout: float = 120.0,
+    startup_timeout: float = 120.0,
 ) -> Iterator[RunningController]:
     """A compute resource with `apps`, registered at `central` (an admin client, see register_resource) or at a
     stand-in of its own in `workdir/central`; a worker of its pool in `workdir` (with the dendro SDK's `sdk_bin`
@@ -141,8 +141,7 @@ def running_controller(
         job_worker = stack.enter_context(prefect.worker(pool, worker_type, workdir, f"{pool}.log", env, worker_name))
         parameters = {"config_file": str(workdir / CONFIG_FILE_NAME),
                       "deployments": {**DEFAULT_DEPLOYMENTS, **(deployments or {}), run_method: deployment},
-                      "poll_interval_sec": poll_interval_sec, "settle_sec": settle_sec,
-                      "submit_concurrency": submit_concurrency}
+                      "poll_interval_sec": poll_interval_sec, "settle_sec": settle_sec}
         flow_run_id = stack.enter_context(subscription_run({k: v for k, v in parameters.items() if v is not None}))
         processes = [job_worker]
         # At exit, first of all: the pool's worker (if still there) stops while the flow run ends.

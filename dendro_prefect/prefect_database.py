@@ -8,7 +8,8 @@ jobs. PostgreSQL here is a single-host database: `synchronous_commit=off` (a com
 reaches the disk: a power cut or a crash of the OS may lose the last ~0.6 s of commits, never corrupt the
 database; a crash of PostgreSQL alone loses nothing). PostgreSQL refuses to run as root: run as root, it runs
 as the system user DATABASE_USER (created if missing), which is given the right to traverse (o+x, not to
-list) the directories down to its data and its binaries.
+list) the directories down to its data and its binaries; whatever takes that right away while it runs stops
+it (PostgreSQL PANICs: a pytest session started alongside resets /tmp/pytest-of-<user> to 0700, for one).
 
 Either database starts as a copy of an empty one migrated once per Prefect version (and PostgreSQL major
 version), kept in TEMPLATES: Alembic's migrations of an empty database are most of a first start's CPU."""

@@ -17,17 +17,14 @@ async def subscription(
     poll_interval_sec: float = 10.0,
     deployments: dict[str, str] = DEFAULT_DEPLOYMENTS,
     run_for_sec: float | None = None,
-    submit_concurrency: int = 1,
     settle_sec: float = 30.0,
 ) -> State | None:
     """Turn every pending Dendro job of this compute resource into one flow run of the deployment
     its runMethod names; PubSub messages wake it at once, polling every `poll_interval_sec` covers
-    lost messages. Runs until cancelled, or for `run_for_sec` seconds. `submit_concurrency` flow runs
-    are created at once: keep 1 on a SQLite Prefect server, raise it on PostgreSQL. A disagreement
+    lost messages. Runs until cancelled, or for `run_for_sec` seconds. A disagreement
     between the central and Prefect that a worker would settle itself is acted on after `settle_sec`.
     `config_file`: the compute resource's configuration, by default the one `register-compute-resource`
     wrote into the dendro-prefect home (config.py)."""
-    controller = Controller(ComputeResourceConfig.read(config_file), dict(deployments), get_run_logger(),
-                            submit_concurrency, settle_sec)
+    controller = Controller(ComputeResourceConfig.read(config_file), dict(deployments), get_run_logger(), settle_sec)
     if await controller.run(poll_interval_sec, run_for_sec, flow_run_id=FlowRunContext.get().flow_run.id):
         return Cancelled(message="Cancelled in Prefect")

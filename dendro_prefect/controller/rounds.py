@@ -4,7 +4,9 @@ reconcile the central with Prefect (reconcile.py).
 
 Idempotency comes from Prefect: the flow run's idempotency key is the job id (unique per flow, and all
 job deployments share the `dendro-job` flow), so a job announced twice, polled again or seen by a
-restarted controller still has one flow run.
+restarted controller still has one flow run. A round's new runs are created in bulk, one call per
+deployment and up to BULK_CREATE_LIMIT jobs (Prefect's endpoint `create_flow_run/bulk`, one transaction),
+which keeps that idempotency: a job's existing run comes back as if created.
 """
 
 from __future__ import annotations
@@ -12,12 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
+from typing import Literal
 from uuid import UUID
 
 import anyio
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.actions import DeploymentFlowRunCreate
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.states import Scheduled, to_state_create
+from pydantic import BaseModel
 
 from ..apps import AppCatalog, AppSpecError
 from ..config import ComputeResourceConfig
@@ -37,6 +45,7 @@ from .heartbeat import ControllerHeartbeat, publish_heartbeat, utcnow
 from .job_hints import JobHints
 from .routing import FlowRunPlan, RoutingError, plan_flow_run
 
+BULK_CREATE_LIMIT = 100  # flow runs per call of Prefect's create_flow_run/bulk (its own limit)
 CANCEL_CHECK_SEC = 2.0  # how often a waiting controller looks whether its flow run is being cancelled
 # The statuses a job's worker reports on its way: the controller has nothing to do for them that its next
 # poll would not do, and a round for each cost the Prefect server a read or two per job.
@@ -45,8 +54,7 @@ PROGRESS_STATUSES = ("starting", "running", "completed")
 
 class Controller:
     def __init__(self, config: ComputeResourceConfig, deployments: dict[str, str],
-                 logger: logging.Logger | logging.LoggerAdapter, submit_concurrency: int = 1,
-                 settle_sec: float = reconcile.SETTLE_SEC) -> None:
+                 logger: logging.Logger | logging.LoggerAdapter, settle_sec: float = reconcile.SETTLE_SEC) -> None:
         self.config = config
         self.deployments = deployments
         self.logger = logger
@@ -55,9 +63,6 @@ class Controller:
         self.catalog = AppCatalog()
         self.flow_runs: dict[str, str] = {}  # job id -> flow run id this controller created; "" if it failed the job
         self.reconciler = reconcile.Reconciler(config.compute_resource_id, settle_sec)
-        # Flow runs created at once: 1 suits SQLite (concurrent writers wait on its lock); more pays
-        # off on PostgreSQL.
-        self.submit_concurrency = submit_concurrency
         self.last_contact = self.last_intake = self.last_error_at = None
         self.last_error: str | None = None
         self.jobs_submitted = 0
@@ -82,7 +87,7 @@ class Controller:
         self.logger.info("Loaded %d app(s): %s", len(self.catalog.apps), ", ".join(a.name for a in self.catalog.apps) or "none")
 
     async def intake(self, prefect: PrefectClient) -> int:
-        """One reconciliation: submit every pending job that has no flow run, a few at a time, and
+        """One reconciliation: submit every pending job that has no flow run, in bulk, and
         settle the disagreements between the central and Prefect (see reconcile.py). Returns how many
         flow runs were created."""
         # The two reads at once (gather raises the first error as it is: a CentralError stays one).
@@ -106,22 +111,41 @@ class Controller:
         return not (isinstance(job_id, str) and self.flow_runs.get(job_id) == "")
 
     async def _submit_all(self, prefect: PrefectClient, jobs: list[DendroJob]) -> int:
+        """Plan every job's run, then create them in bulk per deployment; a job that cannot be planned or whose
+        run Prefect refuses is failed."""
+        planned: dict[str, list[tuple[DendroJob, FlowRunPlan]]] = defaultdict(list)
+        for job in jobs:
+            try:
+                plan = plan_flow_run(job, self.catalog.for_processor(job.processorName), self.deployments)
+            except (AppSpecError, RoutingError) as error:
+                await self._fail(job.jobId, job.jobPrivateKey, str(error))
+                continue
+            planned[plan.deployment].append((job, plan))
         submitted = 0
-        limiter = anyio.CapacityLimiter(self.submit_concurrency)
+        for deployment, batch in planned.items():
+            for start in range(0, len(batch), BULK_CREATE_LIMIT):
+                submitted += await self._submit_batch(prefect, deployment, batch[start:start + BULK_CREATE_LIMIT])
+        return submitted
 
-        async def take(job: DendroJob) -> None:
-            nonlocal submitted
-            async with limiter:
-                try:
-                    app = self.catalog.for_processor(job.processorName)
-                    if await self._submit(prefect, job, plan_flow_run(job, app, self.deployments)):
-                        submitted += 1
-                except (AppSpecError, RoutingError) as error:
-                    await self._fail(job.jobId, job.jobPrivateKey, str(error))
-
-        async with anyio.create_task_group() as group:
-            for job in jobs:
-                group.start_soon(take, job)
+    async def _submit_batch(self, prefect: PrefectClient, deployment: str,
+                            batch: list[tuple[DendroJob, FlowRunPlan]]) -> int:
+        """One bulk creation, then one read of the runs it gave back: a run that already ended (the idempotency
+        key gave back an earlier one) is not launched again."""
+        try:
+            results = await self._create_runs(prefect, deployment, batch)
+        except RoutingError as error:
+            for job, _ in batch:
+                await self._fail(job.jobId, job.jobPrivateKey, str(error))
+            return 0
+        ids = [result.flow_run_id for result in results if result.flow_run_id is not None]
+        runs = {run.id: run for run in await prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))} if ids else {}
+        submitted = 0
+        for (job, plan), result in zip(batch, results):
+            if result.flow_run_id is None:
+                await self._fail(job.jobId, job.jobPrivateKey, f"Prefect refused its flow run: {result.error}")
+            elif await self._take(prefect, job, plan, runs.get(result.flow_run_id), result.flow_run_id):
+                submitted += 1
         return submitted
 
     async def _parse(self, document: object) -> DendroJob | None:
@@ -136,37 +160,39 @@ class Controller:
                 self.logger.error("Unusable job from the central: %s", error)
             return None
 
-    async def _submit(self, prefect: PrefectClient, job: DendroJob, plan: FlowRunPlan) -> bool:
-        """Create the job's flow run, as `run_deployment(timeout=0)` does, on one shared Prefect client; False
-        when the idempotency key gave back a run that already ended: the job is not launched again."""
-        flow_run = await self._create_run(prefect, job, plan)
-        if flow_run.state is not None and flow_run.state.is_final():
+    async def _take(self, prefect: PrefectClient, job: DendroJob, plan: FlowRunPlan, flow_run: FlowRun | None,
+                    flow_run_id: UUID) -> bool:
+        """Record the job's run; False when the idempotency key gave back a run that already ended: the job is
+        not launched again (a run that crashed before the launch goes back to the queue, a few times)."""
+        if flow_run is not None and flow_run.state is not None and flow_run.state.is_final():
             if not await reconcile.requeue_crashed(prefect, flow_run):
                 await self._fail(job.jobId, job.jobPrivateKey,
                                  f"not launched again: {reconcile.why_run_ended(flow_run)}")
                 return False
             self.logger.warning("Job %s: its flow run %s crashed before the launch (%s); back in the queue",
                                 job.jobId, flow_run.name, flow_run.state.message)
-        self.flow_runs[job.jobId] = str(flow_run.id)
-        self.logger.info("Job %s → flow run %s (%s)", job.jobId, flow_run.name, plan.deployment)
+        self.flow_runs[job.jobId] = str(flow_run_id)
+        self.logger.info("Job %s → flow run %s (%s)", job.jobId, plan.name, plan.deployment)
         return True
 
-    async def _create_run(self, prefect: PrefectClient, job: DendroJob, plan: FlowRunPlan) -> FlowRun:
-        """The job's flow run from its deployment, whose id is read once, and again once it is gone (the
+    async def _create_runs(self, prefect: PrefectClient, deployment: str,
+                           batch: list[tuple[DendroJob, FlowRunPlan]]) -> list[BulkCreateResult]:
+        """The batch's runs from their deployment, whose id is read once, and again once it is gone (the
         deployment was deleted and applied again since)."""
-        deployment_id = self.deployment_ids.get(plan.deployment)
+        deployment_id = self.deployment_ids.get(deployment)
         if deployment_id is not None:
             try:
-                return await _create_from(prefect, deployment_id, job, plan)
+                return await _create_bulk(prefect, deployment_id, batch)
             except PrefectHTTPStatusError as error:
                 if error.response.status_code != 404:
                     raise
         try:
-            deployment_id = (await prefect.read_deployment_by_name(plan.deployment)).id
+            deployment_id = (await prefect.read_deployment_by_name(deployment)).id
         except ObjectNotFound:
-            raise RoutingError(f"no deployment {plan.deployment} for runMethod {job.runMethod}") from None
-        self.deployment_ids[plan.deployment] = deployment_id
-        return await _create_from(prefect, deployment_id, job, plan)
+            run_method = batch[0][0].runMethod
+            raise RoutingError(f"no deployment {deployment} for runMethod {run_method}") from None
+        self.deployment_ids[deployment] = deployment_id
+        return await _create_bulk(prefect, deployment_id, batch)
 
     async def _fail(self, job_id: str, job_private_key: str, reason: str) -> None:
         """Fail a job at the central as the workers do, through the outbox: a central that is down gets the
@@ -250,10 +276,28 @@ def _needs_round(message: PubsubMessage) -> bool:
     return not (isinstance(message, JobStatusChangedMessage) and message.status in PROGRESS_STATUSES)
 
 
-async def _create_from(prefect: PrefectClient, deployment_id: UUID, job: DendroJob, plan: FlowRunPlan) -> FlowRun:
-    return await prefect.create_flow_run_from_deployment(
-        deployment_id, parameters=plan.parameters, job_variables=plan.job_variables, name=plan.name,
-        tags=plan.tags, idempotency_key=job.jobId)
+class BulkCreateResult(BaseModel):
+    """One item of Prefect's answer to `POST /deployments/{id}/create_flow_run/bulk`, in the order asked."""
+
+    flow_run_id: UUID | None = None
+    status: Literal["CREATED", "FAILED"]
+    error: str | None = None
+
+
+async def _create_bulk(prefect: PrefectClient, deployment_id: UUID,
+                       batch: list[tuple[DendroJob, FlowRunPlan]]) -> list[BulkCreateResult]:
+    """The batch's flow runs, Scheduled, in one call (and one transaction) of Prefect's API; the job id is each
+    run's idempotency key."""
+    body = [DeploymentFlowRunCreate(
+        parameters=plan.parameters, job_variables=plan.job_variables, name=plan.name, tags=plan.tags,
+        idempotency_key=job.jobId, state=to_state_create(Scheduled()),
+    ).model_dump(mode="json", exclude_unset=True) for job, plan in batch]
+    response = await prefect.request("POST", "/deployments/{id}/create_flow_run/bulk",
+                                     path_params={"id": deployment_id}, json=body)
+    results = [BulkCreateResult.model_validate(item) for item in response.json()["results"]]
+    if len(results) != len(batch):
+        raise ProtocolError(f"Prefect answered {len(results)} results for {len(batch)} flow runs")
+    return results
 
 
 async def _cancelling(prefect: PrefectClient, flow_run_id: UUID) -> bool:

@@ -77,8 +77,7 @@ def all_runs_final(resource_id: str, count: int) -> bool:
 def test_a_pool_limit_of_two_is_never_exceeded(prefect_stack, tmp_path, sdk_bin):
     spans_file = tmp_path / "spans.log"
     apps = [{"name": "spans", "specUri": (SPANS / "spec.json").as_uri()}]
-    # On PostgreSQL the controller creates flow runs several at once, as the README advises.
-    with running_controller(prefect_stack, tmp_path / "pool-limit", sdk_bin, apps=apps, submit_concurrency=4,
+    with running_controller(prefect_stack, tmp_path / "pool-limit", sdk_bin, apps=apps,
                             worker_env={"SPANS_FILE": str(spans_file)}) as controller:
         async def limit_pool() -> None:
             async with get_client() as client:

@@ -138,7 +138,7 @@ def flow_run(job_id: str, kind: StateType | None, resource_id: str = RESOURCE_ID
 
 class FakePrefect:
     """The Prefect client calls of the controller: flow runs filtered by tags, state types and ids, in creation
-    order (as sorted by expected start time), their state histories, deployments, idempotent creation."""
+    order (as sorted by expected start time), their state histories, deployments, idempotent bulk creation."""
 
     SUPPORTED_FILTERS = {"tags": {"all_", "any_"}, "state": {"type"}, "id": {"any_"}}
 
@@ -149,6 +149,8 @@ class FakePrefect:
         self.created: list[FlowRun] = []
         self.read_calls = 0
         self.deployment_reads = 0
+        self.bulk_calls: list[int] = []  # the number of flow runs asked for in each bulk creation
+        self.refused: dict[str, str] = {}  # idempotency key -> the error Prefect answers for its item
         for run in runs:
             self.add(run)
 
@@ -200,20 +202,32 @@ class FakePrefect:
             raise ObjectNotFound(http_exc=Exception(name))
         return SimpleNamespace(id=self.deployments[name], name=name)
 
-    async def create_flow_run_from_deployment(self, deployment_id: UUID, *, parameters=None, job_variables=None,
-                                              name=None, tags=None, idempotency_key=None, **_: Any) -> FlowRun:
+    async def request(self, method: str, path: str, path_params: dict | None = None, json: Any = None, **_: Any):
+        """Prefect's `POST /deployments/{id}/create_flow_run/bulk` as the server answers it: a 404 for an unknown
+        deployment, else one result per item in order; an idempotency key already used gives back its run as
+        created; an item whose idempotency key is in `refused` fails with that error."""
         from prefect.exceptions import PrefectHTTPStatusError
 
-        if deployment_id not in self.deployments.values():  # as the server answers
+        assert (method, path) == ("POST", "/deployments/{id}/create_flow_run/bulk"), f"{method} {path} not faked"
+        assert len(json) <= 100, "Prefect refuses more than 100 flow runs at once"
+        deployment_id = path_params["id"]
+        if deployment_id not in self.deployments.values():
             raise PrefectHTTPStatusError.from_httpx_error(http_error(404))
-        for run in self.runs.values():
-            if idempotency_key is not None and run.idempotency_key == idempotency_key:
-                return run
-        run = FlowRun(id=uuid4(), flow_id=uuid4(), deployment_id=deployment_id, name=name, parameters=parameters,
-                      job_variables=job_variables, tags=list(tags or []), idempotency_key=idempotency_key,
-                      state=state(StateType.SCHEDULED))
-        self.created.append(run)
-        return self.add(run)
+        self.bulk_calls.append(len(json))
+        return SimpleNamespace(json=lambda: {"results": [self._create(deployment_id, item) for item in json]})
+
+    def _create(self, deployment_id: UUID, item: dict) -> dict:
+        key = item.get("idempotency_key")
+        if key in self.refused:
+            return {"status": "FAILED", "error": self.refused[key], "flow_run_id": None}
+        existing = [run for run in self.runs.values() if key is not None and run.idempotency_key == key]
+        run = existing[0] if existing else self.add(FlowRun(
+            id=uuid4(), flow_id=uuid4(), deployment_id=deployment_id, name=item.get("name"),
+            parameters=item.get("parameters") or {}, job_variables=item.get("job_variables"),
+            tags=list(item.get("tags") or []), idempotency_key=key, state=state(StateType.SCHEDULED)))
+        if not existing:
+            self.created.append(run)
+        return {"status": "CREATED", "flow_run_id": str(run.id), "error": None}
 
     def state_of(self, run: FlowRun) -> State | None:
         return self.runs[run.id].state

@@ -302,6 +302,33 @@ async def test_a_deployment_is_read_once_and_again_once_it_was_applied_anew(cont
     assert prefect.deployment_reads == 2 and prefect.created[-1].deployment_id == applied_anew
 
 
+async def test_a_rounds_new_runs_are_created_in_bulk_per_deployment_at_most_100_a_call(controller, central, prefect):
+    """One call per deployment and hundred jobs (Prefect's limit), not one per job; a restarted controller,
+    which sees the same jobs still pending, creates nothing more."""
+    slurm = [f"p{i // 10}.{i:08d}" for i in range(150)]
+    for job_id in slurm:
+        central.jobs[job_id] = job(job_id)
+    central.jobs["p9.localjob"] = dict(job("p9.localjob"), runMethod="local")
+    assert await controller.intake(prefect) == 151
+    assert sorted(prefect.bulk_calls) == [1, 50, 100]
+    assert {run.idempotency_key for run in prefect.created} == {*slurm, "p9.localjob"}
+    restarted = Controller(controller.config, dict(DEFAULT_DEPLOYMENTS), controller.logger, settle_sec=SETTLE)
+    restarted.central, restarted.catalog = central, controller.catalog
+    assert await restarted.intake(prefect) == 0  # the jobs are still pending at the central: their runs are waiting
+    assert len(prefect.runs) == 151 and len(prefect.bulk_calls) == 3 and central.status_changes == []
+
+
+async def test_a_run_prefect_refuses_fails_its_job_with_prefects_reason_and_the_others_are_created(
+        controller, central, prefect):
+    central.jobs[JOB] = job(JOB)
+    central.jobs["p1.bcdefghi"] = job("p1.bcdefghi")
+    prefect.refused["p1.bcdefghi"] = "Error creating flow run: Validation failed for field 'num_cpus'."
+    assert await controller.intake(prefect) == 1
+    assert [run.idempotency_key for run in prefect.created] == [JOB]
+    assert central.status_changes == [("p1.bcdefghi", "failed", "Prefect refused its flow run: Error creating flow "
+                                       "run: Validation failed for field 'num_cpus'.")]
+
+
 class BurstOfHints:
     """JobHints as `Controller._wait` sees them: a message at every wait, `burst` times, then quiet."""
 
