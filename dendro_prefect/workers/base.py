@@ -72,7 +72,14 @@ class DendroJobConfiguration(BaseJobConfiguration, JobSettings):
 
 
 class DendroVariables(BaseVariables, JobSettings):
-    pass
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Each variable with its `position`, by which the Prefect UI orders the pool's form: a PostgreSQL
+        Prefect server keeps the template in JSONB, which does not keep the order of its keys."""
+        schema = super().model_json_schema(*args, **kwargs)
+        for position, variable in enumerate(schema.get("properties", {}).values()):
+            variable["position"] = position
+        return schema
 
 
 class DendroWorkerResult(BaseWorkerResult):

@@ -61,7 +61,7 @@ def test_restarted_controllers_reuse_the_flow_run_of_a_job(controller, tmp_path)
 
     async def submit_again() -> None:
         async with get_client() as client:
-            assert await second._submit(client, job, plan)
+            assert await second._submit_batch(client, plan.deployment, [(job, plan)]) == 1
 
     run(submit_again())
     assert second.flow_runs[job_id] == first.flow_runs[job_id]
