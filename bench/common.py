@@ -23,6 +23,7 @@ from dendro_prefect.prefect_database import DATABASES  # noqa: E402, F401 (the b
 from dendro_prefect.stand_in.admin_client import StandInAdmin  # noqa: E402
 
 APPS = REPO / "tests" / "fixtures" / "apps"
+SDK_BIN = REPO / ".venv-sdk" / "bin"  # the dendro SDK that apps without an image run under (scripts/test.sh makes it)
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -103,15 +104,17 @@ class BenchStack:
 @contextmanager
 def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: str, app: str,
                 job_variables: dict | None = None, worker_env: dict | None = None, poll_interval_sec: float = 2.0,
-                spec_uri: str | None = None, container_method: str = "none") -> Iterator[BenchStack]:
+                spec_uri: str | None = None, container_method: str = "none",
+                sdk_bin: Path = SDK_BIN) -> Iterator[BenchStack]:
     """Everything up, and the subscription flow reporting the app's spec, before it yields. The app is
-    a test fixture's (tests/fixtures/apps/<app>) unless `spec_uri` names another. Its jobs of `run_method`
-    go to a pool of its own, `bench-<run_method>`, with `job_variables`."""
+    a test fixture's (tests/fixtures/apps/<app>) unless `spec_uri` names another, run under the dendro SDK of
+    `sdk_bin` when it has no image. Its jobs of `run_method` go to a pool of its own, `bench-<run_method>`,
+    with `job_variables`."""
     pool = Deployment(f"bench-{run_method}", worker_type, job_variables)
     with running_prefect(workdir / "prefect", database=database) as prefect:
         apps = [{"name": app, "specUri": spec_uri or (APPS / app / "spec.json").as_uri()}]
         with running_controller(prefect, workdir, apps, pool=pool, run_method=run_method,
-                                container_method=container_method, worker_env=worker_env,
+                                container_method=container_method, worker_env=worker_env, sdk_bin=sdk_bin,
                                 poll_interval_sec=poll_interval_sec) as running:
             yield BenchStack(prefect, running.admin, running.resource_id, workdir, run_method, app,
                              running.controller_worker.pid, running.processes[0].pid)

@@ -6,8 +6,8 @@ worker. The app is the no-op app by default (tests/fixtures/apps/noop: it report
 `completed` with curl), so that what is measured is the controller's path and not a machine busy with
 earlier jobs' SDK processes (each real-SDK job costs 2-3 s of CPU: at one job a second a 2-core
 machine saturates); `--app count_starts` runs the real dendro SDK instead. Jobs are created one every
-`--gap-sec`, so that each is measured on its own rather than behind a queue; the times are the
-central's own timestamps.
+`--gap-sec` (1 s: each is measured on its own rather than behind a queue; 0.2 s: 5 arrivals a second); the
+times are the central's own timestamps. The last line is the figures as JSON.
 
     .venv/bin/python bench/intake_latency.py [--jobs 100] [--poll-sec 5] [--database postgres|sqlite]
         [--app noop|count_starts] [--pubsub up|down] [--workdir DIR]
@@ -16,11 +16,11 @@ central's own timestamps.
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import time
 from pathlib import Path
 
-from common import DATABASES, bench_stack, bench_workdir, percentile
+from common import DATABASES, SDK_BIN, bench_stack, bench_workdir, percentile
 
 FINAL = ("completed", "failed")
 
@@ -59,20 +59,25 @@ def main() -> None:
                         help="how long after the last creation every job must have ended")
     parser.add_argument("--workdir", type=Path, help="keep the stack's files (logs, databases) here, one directory "
                         "per PubSub mode; a temporary directory by default")
-    parser.add_argument("--sdk-bin", default=str(Path(__file__).resolve().parent.parent / ".venv-sdk" / "bin"),
+    parser.add_argument("--sdk-bin", default=str(SDK_BIN),
                         help="the bin directory of a virtual environment with the dendro SDK (scripts/test.sh makes it)")
     args = parser.parse_args()
+    results = []
     for pubsub in args.pubsub or ["up", "down"]:
         with bench_workdir(args.workdir, pubsub) as workdir:
             with bench_stack(workdir, database=args.database, run_method="local", worker_type="dendro-local",
                              app=args.app, poll_interval_sec=args.poll_sec,
-                             worker_env={"PATH": f"{args.sdk_bin}{os.pathsep}{os.environ['PATH']}"}) as stack:
+                             sdk_bin=Path(args.sdk_bin)) as stack:
                 stack.admin.set_pubsub(pubsub)
                 latencies = measure(stack, args.jobs, args.gap_sec, args.deadline_sec)
         figures = ", ".join(f"→ {phase} p50 {percentile(values, 50):.2f} s, p99 {percentile(values, 99):.2f} s"
                             for phase, values in latencies.items())
         print(f"{args.database}, {args.app} app, PubSub {pubsub} (poll every {args.poll_sec:g} s), {args.jobs} jobs one every "
               f"{args.gap_sec:g} s: created {figures}", flush=True)
+        results.append({"pubsub": pubsub, **{f"{phase}_{q}_sec": round(percentile(values, n), 3)
+                                             for phase, values in latencies.items() for q, n in (("p50", 50), ("p99", 99))}})
+    print(json.dumps({"bench": "intake_latency", "database": args.database, "app": args.app, "jobs": args.jobs,
+                      "gap_sec": args.gap_sec, "poll_sec": args.poll_sec, "results": results}))
 
 
 if __name__ == "__main__":

@@ -339,7 +339,7 @@ def run_prefect(workdir: Path, args: argparse.Namespace, mark: str) -> dict[int,
     results = {}
     try:
         with bench_stack(workdir, database=args.database, run_method="local", worker_type="dendro-local", app=APP,
-                         worker_env={"PATH": f"{args.sdk_bin}{os.pathsep}{os.environ['PATH']}", name: value}) as stack:
+                         worker_env={name: value}, sdk_bin=Path(args.sdk_bin)) as stack:
             for limit in PREFECT_LIMITS:
                 set_pool_limit(limit)
                 setup = f"dendro-prefect, pool limit {limit} ({args.database})"
