@@ -32,7 +32,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.states import Cancelling, Scheduled
+from prefect.states import Cancelled, Cancelling, Scheduled
 
 from ..protocol.models import DendroJob
 from .routing import job_tag, resource_tag
@@ -142,5 +142,10 @@ class Reconciler:
 
     @staticmethod
     async def cancel(client: PrefectClient, flow_run: FlowRun, reason: str) -> None:
-        await client.set_flow_run_state(flow_run.id, Cancelling(message=f"Cancelled by the controller: {reason}"),
+        """Cancelling, which the worker that follows the run acts on; a run no worker has taken (Scheduled,
+        nothing launched) is Cancelled at once, as Prefect's own rule for it would (the force, which lets
+        the controller cancel from any state, bypasses that rule): nobody would ever end its Cancelling."""
+        message = f"Cancelled by the controller: {reason}"
+        untaken = flow_run.state is not None and flow_run.state.type == StateType.SCHEDULED and not flow_run.infrastructure_pid
+        await client.set_flow_run_state(flow_run.id, Cancelled(message=message) if untaken else Cancelling(message=message),
                                         force=True)

@@ -2,10 +2,12 @@
 
 Running (or cancelling) runs: their jobs still run (or have ended) on the infrastructure recorded on the
 run; they are followed instead of launched again (a cancelling one is then killed by the follow). Pending
-runs: the worker was lost while launching them; the central says how far the launch got (workers set a
-job `starting` before any launch): a job still pending goes back to the queue, a launched one is followed
-on the infrastructure its job directory records, and one launched without a record is failed with the
-reason, never launched twice.
+runs, and running or cancelling ones without that record (a worker sets Running as soon as its launch
+returns, and Prefect records the infrastructure in a call of its own, so a worker lost between the two
+leaves a Running run without it): the worker was lost while launching them; the central says how far the
+launch got (workers set a job `starting` before any launch): a job still pending goes back to the queue, a
+launched one is followed on the infrastructure its job directory records, and one launched without a record
+is failed with the reason (a cancelling one cancelled), never launched twice.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from prefect.client.schemas.filters import (
     WorkPoolFilterName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.states import Failed, Running, Scheduled
+from prefect.states import Cancelled, Failed, Running, Scheduled
 
 from .job_run import JobRun
 from .watch import RUNS_PAGE
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 NOT_LAUNCHED = "not-launched:"  # the infrastructure id of a run whose job was refused
 # A Pending run without a worker's label this old was left by a worker lost before it labelled it.
 STRANDED_PENDING_SEC = 30.0
+STRANDED_STATES = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
 
 
 def launched(flow_run: FlowRun) -> bool:
@@ -74,6 +77,8 @@ class Recovery:
                 worker.start_following(flow_run, self._take_up_stranded)
             elif launched(flow_run):
                 worker.start_following(flow_run, self.take_up)
+            else:  # lost between Running and Prefect's record of its launch
+                worker.start_following(flow_run, self._take_up_stranded)
         self._offline_workers_seen = offline
 
     async def _pool_runs(self, states: list[StateType]) -> list[FlowRun]:
@@ -105,7 +110,7 @@ class Recovery:
         job_id = str(flow_run.parameters.get("job_id", ""))
         try:
             flow_run = await worker.client.read_flow_run(flow_run.id)
-            if flow_run.state is None or flow_run.state.type != StateType.PENDING:
+            if flow_run.state is None or flow_run.state.type not in STRANDED_STATES:
                 return
             if launched(flow_run):
                 return await self.take_up(flow_run)
@@ -121,6 +126,8 @@ class Recovery:
             elif recorded is not None:
                 await worker.client.update_flow_run(flow_run.id, infrastructure_pid=recorded)
                 await self.take_up(flow_run.model_copy(update={"infrastructure_pid": recorded}))
+            elif flow_run.state.type == StateType.CANCELLING:
+                await worker.set_state(flow_run, Cancelled(message="Its worker was lost; nothing of it is left to kill"))
             elif document is None:
                 await worker.set_state(flow_run, await job_run.ended_unwatched())
             else:

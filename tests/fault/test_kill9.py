@@ -179,15 +179,16 @@ class Chaos:
 
     def step(self, job_ids: list[str]) -> dict[str, dict] | None:
         """One round of the chaos loop: the jobs once all are final at the central; else kill whatever
-        is due. A kind not killed yet is due as soon as a job has ended: jobs that end sooner than its
-        first kill was drawn (6 Slurm jobs took 19 s once) must not leave it out."""
+        is due. A kind not killed yet is due as soon as a job has ended, and its time is read after the
+        kill before it (a controller's restart takes seconds): jobs that end sooner than its first kill
+        was drawn (6 Slurm jobs took 19 s once; 14 local jobs 27 s) must not leave it out."""
         jobs = {job["jobId"]: job for job in self.admin.jobs(self.resource_id)}
         unfinished = sum(jobs[job_id]["status"] not in FINAL_STATUSES for job_id in job_ids)
         if unfinished == 0:
             return jobs
-        now = time.monotonic()
         for kind, do_kill in (("controller", self.kill_controller), ("worker", self.kill_job_worker)):
-            due = now >= self.next_kill[kind] or (self.kills[kind] == 0 and unfinished < len(job_ids))
+            first = self.kills[kind] == 0
+            due = time.monotonic() >= self.next_kill[kind] or (first and unfinished < len(job_ids))
             if self.kills[kind] < MAX_KILLS[kind] and unfinished >= KILLS_STOP_AT * len(job_ids) and due:
                 do_kill()
                 self.next_kill[kind] = time.monotonic() + self.rng.uniform(*KILL_GAP_SEC[kind])

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.states import Cancelled, Crashed, Pending
+from prefect.client.schemas.objects import State
+from prefect.states import Cancelled, Crashed, Pending, Running
 
 from dendro_prefect.controller.reconcile import MAX_REQUEUES
 from dendro_prefect.embedded import prefect_worker
@@ -167,13 +168,15 @@ def test_a_job_whose_app_died_with_its_worker_is_failed_not_relaunched(reconcili
     assert log.count(f"Running job {job_id}") == 1 and len(flow_runs_of_job(job_id)) == 1
 
 
-def strand(flow_run_id) -> None:
-    """Put a run where a worker SIGKILLed between Prefect's Pending and the recording of its launch
-    leaves it: Pending, labelled with the pool worker's name, no infrastructure id on the run."""
+def strand(flow_run_id, state: type[State] = Pending) -> None:
+    """Put a run where a worker SIGKILLed before Prefect recorded its launch leaves it: Pending (lost
+    between Prefect's Pending and the launch) or Running (lost between the worker's Running and Prefect's
+    record of the launch, which is a call of its own), labelled with the pool worker's name, no
+    infrastructure id on the run."""
     async def change() -> None:
         async with get_client() as client:
             flow_run = await client.read_flow_run(flow_run_id)
-            await client.set_flow_run_state(flow_run_id, Pending(), force=True)
+            await client.set_flow_run_state(flow_run_id, state(), force=True)
             await client.update_flow_run_labels(flow_run_id, {"prefect.worker.name": worker_name(flow_run.work_pool_name)})
             # (update_flow_run cannot clear it)
             await client.request("PATCH", "/flow_runs/{id}", path_params={"id": flow_run_id},
@@ -193,14 +196,16 @@ def test_a_run_left_pending_before_its_launch_goes_back_to_the_queue_and_runs_on
     assert log.count(f"Job {job_id} launched as") == 1 and len(flow_runs_of_job(job_id)) == 1
 
 
-@pytest.mark.parametrize("recorded", [True, False], ids=["recorded-in-job-dir", "not-recorded"])
-def test_a_job_launched_by_a_worker_lost_before_prefect_recorded_it(reconciling, prefect_stack, recorded):
-    """Recorded in the job's directory only: the next worker follows the app to its end. Recorded
-    nowhere: the job is failed with the reason, never launched a second time."""
+@pytest.mark.parametrize("recorded, state", [(True, Pending), (False, Pending), (True, Running)],
+                         ids=["recorded-in-job-dir", "not-recorded", "running-recorded-in-job-dir"])
+def test_a_job_launched_by_a_worker_lost_before_prefect_recorded_it(reconciling, prefect_stack, recorded, state):
+    """Recorded in the job's directory only: the next worker follows the app to its end, whether the run
+    was left Pending or Running. Recorded nowhere: the job is failed with the reason, never launched a
+    second time."""
     # Not recorded: the app must outlive the worker's restart, and stops once its job is failed.
     job_id, pid = running_app(reconciling, prefect_stack, slow_job(reconciling, delay_sec=10 if recorded else 120))
     flow_run = flow_runs_of_job(job_id)[0]
-    strand(flow_run.id)
+    strand(flow_run.id, state)
     record = reconciling.workdir / "dendro-jobs" / job_id / "infrastructure_id"
     assert record.read_text() == f"process:{pid}"
     if not recorded:

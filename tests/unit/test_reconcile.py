@@ -214,11 +214,15 @@ async def test_runs_are_read_page_by_page(monkeypatch):
     assert prefect.read_calls == 5  # tags 3 at a time; a full page of runs asks for one more: 2 + 2 + 1
 
 
-async def test_a_cancel_proposes_cancelling_with_the_reason(reconciler):
-    run = flow_run(JOB, StateType.RUNNING)
+@pytest.mark.parametrize("kind, ends_as", [(StateType.RUNNING, StateType.CANCELLING),
+                                            (StateType.PENDING, StateType.CANCELLING),
+                                            (StateType.SCHEDULED, StateType.CANCELLED)])
+async def test_a_cancel_proposes_cancelling_with_the_reason_and_a_run_no_worker_took_is_cancelled_at_once(
+        reconciler, kind, ends_as):
+    run = flow_run(JOB, kind)
     prefect = FakePrefect([run])
     await reconciler.cancel(prefect, run, "job gone")
-    assert prefect.state_of(run).type == StateType.CANCELLING
+    assert prefect.state_of(run).type == ends_as
     assert prefect.state_of(run).message == "Cancelled by the controller: job gone"
 
 
@@ -470,7 +474,7 @@ async def test_a_failure_the_central_cannot_take_yet_waits_in_the_outbox_and_is_
 async def test_the_controller_cancels_the_waiting_run_of_a_deleted_job_at_once(controller, prefect):
     run = prefect.add(flow_run(JOB, StateType.SCHEDULED))
     await controller.intake(prefect)
-    assert prefect.state_of(run).type == StateType.CANCELLING
+    assert prefect.state_of(run).type == StateType.CANCELLED  # no worker took it: nothing to kill
 
 
 async def test_the_controller_cancels_a_deleted_jobs_running_run_no_worker_stopped_after_settle_sec(controller, prefect,
