@@ -21,9 +21,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import DATABASES, bench_stack, bench_workdir
+from common import DATABASES, FINAL, bench_stack, bench_workdir, create_one_every, ended_jobs
 
-FINAL = ("completed", "failed")
 REQUEST = re.compile(r'HTTP Request: (\w+) https?://[^/]+/api(/\S*?)(?:\?\S*)? "HTTP/[\d.]+ (\d+)')
 ID = re.compile(r"/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -44,15 +43,9 @@ class Calls:
 
 
 def run_jobs(stack, jobs: int, gap_sec: float, deadline_sec: float) -> None:
-    job_ids = []
-    for request in stack.job_requests(jobs):
-        job_ids += stack.admin.create_jobs([request])
-        time.sleep(gap_sec)
-    deadline = time.monotonic() + deadline_sec
-    while not all(stack.admin.job(job_id)["status"] in FINAL for job_id in job_ids):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the jobs did not all end within {deadline_sec:g} s of the last creation")
-        time.sleep(0.5)
+    job_ids = create_one_every(stack.admin, stack.job_requests(jobs), gap_sec)
+    if any(d["status"] not in FINAL for d in ended_jobs(stack.admin, job_ids, deadline_sec)):
+        raise SystemExit(f"the jobs did not all end within {deadline_sec:g} s of the last creation")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,28 @@ def bench_workdir(kept: Path | None, name: str) -> Iterator[Path]:
         workdir = kept.resolve() / name
         workdir.mkdir(parents=True, exist_ok=True)
         yield workdir
+
+
+FINAL = ("completed", "failed")
+
+
+def create_one_every(admin: StandInAdmin, requests: list[dict], gap_sec: float) -> list[str]:
+    """The jobs created one at a time, `gap_sec` apart (each measured on its own, not behind a queue); their ids."""
+    job_ids = []
+    for request in requests:
+        job_ids += admin.create_jobs([request])
+        time.sleep(gap_sec)
+    return job_ids
+
+
+def ended_jobs(admin: StandInAdmin, job_ids: list[str], deadline_sec: float) -> list[dict]:
+    """The jobs' documents once every one is final at the central, or as they stand after `deadline_sec`."""
+    deadline = time.monotonic() + deadline_sec
+    while True:
+        documents = [admin.job(job_id) for job_id in job_ids]
+        if all(d["status"] in FINAL for d in documents) or time.monotonic() > deadline:
+            return documents
+        time.sleep(0.5)
 
 
 @dataclass

@@ -17,27 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
-from common import DATABASES, SDK_BIN, bench_stack, bench_workdir, percentile
-
-FINAL = ("completed", "failed")
+from common import DATABASES, SDK_BIN, bench_stack, bench_workdir, create_one_every, ended_jobs, percentile
 
 
 def measure(stack, jobs: int, gap_sec: float, deadline_sec: float) -> dict[str, list[float]]:
     no_sleep = [{"name": "min_sec", "value": 0}, {"name": "max_sec", "value": 0}]
     requests = stack.job_requests(jobs, no_sleep if stack.app == "count_starts" else [])
-    job_ids = []
-    for request in requests:
-        job_ids += stack.admin.create_jobs([request])
-        time.sleep(gap_sec)
-    deadline = time.monotonic() + deadline_sec
-    while True:
-        documents = [stack.admin.job(job_id) for job_id in job_ids]
-        if all(d["status"] in FINAL for d in documents) or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
+    documents = ended_jobs(stack.admin, create_one_every(stack.admin, requests, gap_sec), deadline_sec)
     failed = [d["jobId"] for d in documents if d["status"] != "completed"]
     if failed:
         raise SystemExit(f"{len(failed)} jobs did not complete within {deadline_sec:g} s of the last creation, "

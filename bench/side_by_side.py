@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from common import APPS, DATABASES, REPO, bench_stack, bench_workdir, percentile
+from common import APPS, DATABASES, REPO, SDK_BIN, bench_stack, bench_workdir, percentile
 
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from dendro_prefect.stand_in.admin_client import StandInAdmin
@@ -339,7 +339,7 @@ def run_prefect(workdir: Path, args: argparse.Namespace, mark: str) -> dict[int,
     results = {}
     try:
         with bench_stack(workdir, database=args.database, run_method="local", worker_type="dendro-local", app=APP,
-                         worker_env={name: value}, sdk_bin=Path(args.sdk_bin)) as stack:
+                         worker_env={name: value}, sdk_bin=args.sdk_bin) as stack:
             for limit in PREFECT_LIMITS:
                 set_pool_limit(limit)
                 setup = f"dendro-prefect, pool limit {limit} ({args.database})"
@@ -367,7 +367,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--job-sec", type=float, default=4.0, help="how long each job's processor sleeps")
-    parser.add_argument("--sdk-bin", type=Path, default=REPO / ".venv-sdk" / "bin",
+    parser.add_argument("--sdk-bin", type=Path, default=SDK_BIN,
                         help="the bin directory of the virtual environment with the dendro SDK that dendro-prefect's "
                         "jobs run with (scripts/test.sh makes it)")
     parser.add_argument("--original-venv", type=Path, default=REPO / ".venv-original",

