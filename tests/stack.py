@@ -46,12 +46,20 @@ PrefectStack = Prefect
 
 @pytest.fixture(scope="session")
 def prefect_stack(tmp_path_factory) -> PrefectStack:
-    home = tmp_path_factory.mktemp("prefect")
-    with running_prefect(home, controller=False) as prefect:
+    with prefect_for_tests(tmp_path_factory, "prefect") as prefect:
+        yield prefect
+
+
+@contextmanager
+def prefect_for_tests(tmp_path_factory, name: str, api_processes: int = 1):
+    """The embedded Prefect server (`api_processes` > 1: Prefect's scale-out server) with the process worker
+    that runs the controllers' subscription flows."""
+    home = tmp_path_factory.mktemp(name)
+    with running_prefect(home, controller=False, api_processes=api_processes) as prefect:
         with controller_worker(prefect):
             yield prefect
         close_prefect_clients()
-        # Before the server stops: no key or credential of the session in Prefect, the job directories or the
+        # Before the server stops: no key or credential of the tests in Prefect, the job directories or the
         # workers' logs (a finding fails the session).
         assert_no_secrets_leaked(home, tmp_path_factory.getbasetemp())
 
