@@ -7,7 +7,7 @@ the subscription flow it runs; the pool's log holds the `dendro-local` worker. F
 `--gap-sec` (each on its own, not behind a queue) and followed to their end. A job's calls are the calls of that
 window less the idle rate over it, divided by the jobs.
 
-    .venv/bin/python bench/api_calls.py [--jobs 20] [--gap-sec 2] [--idle-sec 30] [--database postgres|sqlite]
+    .venv/bin/python bench/api_calls.py [--jobs 20] [--gap-sec 2] [--idle-sec 30] [--database postgres|sqlite] [--server-workers 2]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import DATABASES, FINAL, bench_stack, bench_workdir, create_one_every, ended_jobs
+from common import FINAL, add_server_options, bench_stack, bench_workdir, create_one_every, ended_jobs
 
 REQUEST = re.compile(r'HTTP Request: (\w+) https?://[^/]+/api(/\S*?)(?:\?\S*)? "HTTP/[\d.]+ (\d+)')
 ID = re.compile(r"/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -54,13 +54,13 @@ def main() -> None:
     parser.add_argument("--gap-sec", type=float, default=2.0, help="between two job creations")
     parser.add_argument("--idle-sec", type=float, default=30.0, help="how long the idle stack is counted")
     parser.add_argument("--poll-sec", type=float, default=10.0, help="the subscription flow's poll interval")
-    parser.add_argument("--database", choices=DATABASES, default="postgres")
+    add_server_options(parser)
     parser.add_argument("--workdir", type=Path, help="keep the stack's files (logs, databases) here")
     args = parser.parse_args()
     os.environ["PREFECT_LOGGING_ROOT_LEVEL"] = "INFO"  # for every Prefect process of the stack: httpx's lines
     logging.getLogger("httpx").setLevel(logging.WARNING)  # but not this one's
     with bench_workdir(args.workdir, "api-calls") as workdir:
-        with bench_stack(workdir, database=args.database, run_method="local", worker_type="dendro-local",
+        with bench_stack(workdir, database=args.database, server_workers=args.server_workers, run_method="local", worker_type="dendro-local",
                          app="noop", poll_interval_sec=args.poll_sec) as stack:
             logs = {"controller": Calls(workdir / "prefect" / "controller.log"),
                     "worker": Calls(workdir / "prefect" / "bench-local.log")}
@@ -82,7 +82,7 @@ def main() -> None:
               f"{sum(idle[name].values()) * 60 / args.idle_sec:.0f} per minute")
         for endpoint, count in endpoints.items():
             print(f"  {count:6.2f}  {endpoint}")
-    print(json.dumps({"bench": "api_calls", "database": args.database, "jobs": args.jobs, "gap_sec": args.gap_sec,
+    print(json.dumps({"bench": "api_calls", "database": args.database, "server_workers": args.server_workers, "jobs": args.jobs, "gap_sec": args.gap_sec,
                       "calls_per_job": {name: round(sum(e.values()), 1) for name, e in per_job.items()},
                       "idle_calls_per_min": {name: round(sum(c.values()) * 60 / args.idle_sec, 1)
                                              for name, c in idle.items()},

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from dendro_prefect.embedded import Deployment, Prefect, running_prefect  # noqa: E402
 from dendro_prefect.embedded_controller import running_controller  # noqa: E402
-from dendro_prefect.prefect_database import DATABASES  # noqa: E402, F401 (the benches' --database choices)
+from dendro_prefect.prefect_database import DATABASES  # noqa: E402
 from dendro_prefect.stand_in.admin_client import StandInAdmin  # noqa: E402
 
 APPS = REPO / "tests" / "fixtures" / "apps"
@@ -59,10 +59,33 @@ def children(pid: int, command_contains: str = "") -> list[int]:
     return found
 
 
-def prefect_server_pid() -> int:
-    """The Prefect server this process started (embedded.prefect_server)."""
-    [pid] = children(os.getpid(), "server start")
-    return pid
+def descendants(pid: int) -> list[int]:
+    found = children(pid)
+    return found + [grandchild for child in found for grandchild in descendants(child)]
+
+
+def prefect_server_cpu_sec() -> float:
+    """The CPU time the Prefect server this process started has used (embedded.prefect_server): its process
+    and its children (the API processes of the scale-out server) and, on the scale-out server, the services'
+    process. PostgreSQL and Redis are not counted."""
+    roots = children(os.getpid(), "server start") + children(os.getpid(), "services start")
+    if not roots:
+        raise SystemExit("no Prefect server started by this process")
+    return sum(cpu_sec(pid) for root in roots for pid in [root, *descendants(root)])
+
+
+def add_server_options(parser) -> None:
+    """The Prefect server a bench runs on: its database, and its API processes (more than one: Prefect's
+    scale-out server, with Redis)."""
+    parser.add_argument("--database", choices=DATABASES, default="postgres",
+                        help="the Prefect server's database (PostgreSQL, the default, is Prefect's choice for volume)")
+    parser.add_argument("--server-workers", type=int, default=1,
+                        help="the Prefect server's API processes; more than one needs PostgreSQL and Redis")
+
+
+def server_setup(args) -> str:
+    """The Prefect server of a bench's arguments, in words."""
+    return args.database + (f", {args.server_workers} API processes" if args.server_workers > 1 else "")
 
 
 @contextmanager
@@ -125,7 +148,7 @@ class BenchStack:
 
 
 @contextmanager
-def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: str, app: str,
+def bench_stack(workdir: Path, *, database: str, server_workers: int = 1, run_method: str, worker_type: str, app: str,
                 job_variables: dict | None = None, worker_env: dict | None = None, poll_interval_sec: float = 2.0,
                 spec_uri: str | None = None, container_method: str = "none",
                 sdk_bin: Path = SDK_BIN) -> Iterator[BenchStack]:
@@ -134,7 +157,7 @@ def bench_stack(workdir: Path, *, database: str, run_method: str, worker_type: s
     `sdk_bin` when it has no image. Its jobs of `run_method` go to a pool of its own, `bench-<run_method>`,
     with `job_variables`."""
     pool = Deployment(f"bench-{run_method}", worker_type, job_variables)
-    with running_prefect(workdir / "prefect", database=database) as prefect:
+    with running_prefect(workdir / "prefect", database=database, api_processes=server_workers) as prefect:
         apps = [{"name": app, "specUri": spec_uri or (APPS / app / "spec.json").as_uri()}]
         with running_controller(prefect, workdir, apps, pool=pool, run_method=run_method,
                                 container_method=container_method, worker_env=worker_env, sdk_bin=sdk_bin,

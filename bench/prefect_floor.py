@@ -7,7 +7,7 @@ through the states a worker gives it (Pending, Running, Completed). Prints runs/
 per run for creation alone and for the whole life of a run: what a job costs Prefect before any worker,
 launch or log line. Compare with bench/throughput.py, which runs the whole path.
 
-    .venv/bin/python bench/prefect_floor.py [--runs 300] [--callers 8] [--database postgres|sqlite]
+    .venv/bin/python bench/prefect_floor.py [--runs 300] [--callers 8] [--database postgres|sqlite] [--server-workers 2]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from common import DATABASES, REPO, bench_workdir, cpu_sec, prefect_server_pid
+from common import REPO, add_server_options, bench_workdir, prefect_server_cpu_sec, server_setup
 from prefect.client.orchestration import get_client
 from prefect.states import Completed, Pending, Running
 
@@ -44,12 +44,12 @@ async def take_runs(deployment_id, batch: str, runs: int, callers: int, lifecycl
         await asyncio.gather(*(one(index) for index in range(runs)))
 
 
-def measure(server_pid: int, deployment_id, what: str, runs: int, callers: int) -> float:
+def measure(deployment_id, what: str, runs: int, callers: int) -> float:
     """Runs/s for `what` (creation, or a run's whole life), printed with the server's CPU per run."""
-    cpu_before, started = cpu_sec(server_pid), time.monotonic()
+    cpu_before, started = prefect_server_cpu_sec(), time.monotonic()
     asyncio.run(take_runs(deployment_id, what, runs, callers, lifecycle=what == "lifecycle"))
     elapsed = time.monotonic() - started
-    per_run_ms = 1000 * (cpu_sec(server_pid) - cpu_before) / runs
+    per_run_ms = 1000 * (prefect_server_cpu_sec() - cpu_before) / runs
     print(f"{what:9s}: {runs} runs in {elapsed:.1f} s ({runs / elapsed:.1f} runs/s), server CPU {per_run_ms:.0f} ms "
           f"per run; 1,000 such runs take at least {1000 / (runs / elapsed):.0f} s here", flush=True)
     return runs / elapsed
@@ -65,21 +65,21 @@ def floor(prefect, runs: int, callers: int) -> dict[str, float]:
             return (await client.read_deployment_by_name(name)).id
 
     deployment_id = asyncio.run(deployment())
-    return {what: measure(prefect_server_pid(), deployment_id, what, runs, callers) for what in ("creation", "lifecycle")}
+    return {what: measure(deployment_id, what, runs, callers) for what in ("creation", "lifecycle")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=300)
     parser.add_argument("--callers", type=int, default=8, help="concurrent API callers")
-    parser.add_argument("--database", choices=DATABASES, default="postgres")
+    add_server_options(parser)
     parser.add_argument("--workdir", type=Path, help="keep the server's files in DIR/prefect_floor")
     args = parser.parse_args()
     with bench_workdir(args.workdir, "prefect_floor") as workdir, running_prefect(
-            workdir / "prefect", database=args.database, project=False, controller=False) as prefect:
-        print(f"Prefect server on {args.database}, {args.callers} callers:", flush=True)
+            workdir / "prefect", database=args.database, api_processes=args.server_workers, project=False, controller=False) as prefect:
+        print(f"Prefect server on {server_setup(args)}, {args.callers} callers:", flush=True)
         figures = floor(prefect, args.runs, args.callers)
-    print(json.dumps({"bench": "prefect_floor", "database": args.database, "runs": args.runs, "callers": args.callers,
+    print(json.dumps({"bench": "prefect_floor", "database": args.database, "server_workers": args.server_workers, "runs": args.runs, "callers": args.callers,
                       **{f"{what}_runs_per_sec": round(value, 2) for what, value in figures.items()}}))
 
 

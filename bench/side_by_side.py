@@ -29,7 +29,7 @@ What the original needs to run against the stand-in, written by this script into
 - `jobs/` exists before the daemon starts: its cleanup process spins on a core until it does.
 
     .venv/bin/python bench/side_by_side.py [--jobs 20] [--job-sec 4] [--sdk-bin DIR] [--original-venv DIR]
-        [--database postgres|sqlite] [--original-pubsub pubsub|polling] [--workdir DIR]
+        [--database postgres|sqlite] [--server-workers 2] [--original-pubsub pubsub|polling] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from common import APPS, DATABASES, REPO, SDK_BIN, bench_stack, bench_workdir, percentile
+from common import APPS, REPO, SDK_BIN, add_server_options, bench_stack, bench_workdir, percentile, server_setup
 
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
 from dendro_prefect.stand_in.admin_client import StandInAdmin
@@ -338,11 +338,11 @@ def run_prefect(workdir: Path, args: argparse.Namespace, mark: str) -> dict[int,
     name, value = mark.split("=", 1)
     results = {}
     try:
-        with bench_stack(workdir, database=args.database, run_method="local", worker_type="dendro-local", app=APP,
+        with bench_stack(workdir, database=args.database, server_workers=args.server_workers, run_method="local", worker_type="dendro-local", app=APP,
                          worker_env={name: value}, sdk_bin=args.sdk_bin) as stack:
             for limit in PREFECT_LIMITS:
                 set_pool_limit(limit)
-                setup = f"dendro-prefect, pool limit {limit} ({args.database})"
+                setup = f"dendro-prefect, pool limit {limit} ({server_setup(args)})"
                 results[limit] = run_jobs(Target(stack.admin, stack.resource_id), setup, args.jobs, args.job_sec,
                                           deadline_for(args.jobs, args.job_sec, limit))
                 print(results[limit].line(args.job_sec), flush=True)
@@ -372,8 +372,7 @@ def main() -> None:
                         "jobs run with (scripts/test.sh makes it)")
     parser.add_argument("--original-venv", type=Path, default=REPO / ".venv-original",
                         help="the original daemon's virtual environment (made when missing); its jobs run its SDK")
-    parser.add_argument("--database", choices=DATABASES, default="postgres",
-                        help="the Prefect server's database")
+    add_server_options(parser)
     parser.add_argument("--original-pubsub", choices=["pubsub", "polling"], default="pubsub",
                         help="the original's PubSub through the stand-in, or none (it then polls every 600 s)")
     parser.add_argument("--workdir", type=Path, help="keep the files (logs, databases, job directories) in a new "

@@ -5,7 +5,7 @@ cluster of scripts/start-slurm.sh. The jobs are submitted held (`#SBATCH --hold`
 them without running them, and are cancelled at the end. Prints jobs/s and p50/p99 of job creation →
 `sbatch` accepted.
 
-    .venv/bin/python bench/slurm_dispatch.py --jobs 100 --jobs 1000 [--database sqlite]
+    .venv/bin/python bench/slurm_dispatch.py --jobs 100 --jobs 1000 [--database sqlite] [--server-workers 2]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DATABASES, bench_stack, percentile
+from common import add_server_options, bench_stack, percentile, server_setup
 
 
 def submissions(job_root: Path, job_ids: list[str]) -> dict[str, tuple[str, float]]:
@@ -33,8 +33,8 @@ def submissions(job_root: Path, job_ids: list[str]) -> dict[str, tuple[str, floa
     return found
 
 
-def run_once(n: int, workdir: Path, database: str) -> dict:
-    with bench_stack(workdir, database=database, run_method="slurm", worker_type="dendro-slurm", app="sleeper",
+def run_once(n: int, workdir: Path, database: str, server_workers: int) -> dict:
+    with bench_stack(workdir, database=database, server_workers=server_workers, run_method="slurm", worker_type="dendro-slurm", app="sleeper",
                      job_variables={"extra_sbatch_lines": ["--hold"]}) as stack:
         requests = stack.job_requests(n)
         started = time.time()
@@ -56,13 +56,12 @@ def run_once(n: int, workdir: Path, database: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, action="append", help="jobs per run (repeatable); default 100")
-    parser.add_argument("--database", choices=DATABASES, default="postgres",
-                        help="the Prefect server's database (PostgreSQL is Prefect's choice for volume)")
+    add_server_options(parser)
     args = parser.parse_args()
     for n in args.jobs or [100]:
         with tempfile.TemporaryDirectory(prefix="dendro-bench-") as workdir:
-            result = run_once(n, Path(workdir), args.database)
-        print(f"{args.database}, {result['n']:5d} jobs: {result['submitted']} submitted to Slurm in {result['all_submitted_s']:.1f} s "
+            result = run_once(n, Path(workdir), args.database, args.server_workers)
+        print(f"{server_setup(args)}, {result['n']:5d} jobs: {result['submitted']} submitted to Slurm in {result['all_submitted_s']:.1f} s "
               f"({result['jobs_per_s']:.1f} jobs/s; creating them took {result['creating_s']:.1f} s); "
               f"creation → sbatch accepted p50 {result['p50_s']:.2f} s, p99 {result['p99_s']:.2f} s",
               flush=True)

@@ -13,7 +13,7 @@ stand-in, subscription flow, the pool's worker). Prints the medians of:
 Start a docker engine (scripts/start-dockerd.sh) and Slurm (scripts/start-slurm.sh) first: a pool whose
 infrastructure does not answer is skipped, with the reason.
 
-    .venv/bin/python bench/spike_sorting.py [--pool process|docker|slurm|slurm-docker ...] [--jobs 3] [--database postgres|sqlite]
+    .venv/bin/python bench/spike_sorting.py [--pool process|docker|slurm|slurm-docker ...] [--jobs 3] [--database postgres|sqlite] [--server-workers 2]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import DATABASES, bench_stack, bench_workdir
+from common import add_server_options, bench_stack, bench_workdir
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
@@ -81,7 +81,7 @@ def sort_once(stack, recording, workdir: Path, run_method: str, deadline_sec: fl
     }
 
 
-def bench_pool(pool: str, jobs: int, workdir: Path, database: str, recording, deadline_sec: float) -> None:
+def bench_pool(pool: str, jobs: int, workdir: Path, database: str, server_workers: int, recording, deadline_sec: float) -> None:
     method, run_method, worker_type, job_variables, in_image, probe = POOLS[pool]
     if probe and subprocess.run(probe, capture_output=True).returncode != 0:
         print(f"{pool}: skipped, `{' '.join(probe)}` does not answer", flush=True)
@@ -94,7 +94,7 @@ def bench_pool(pool: str, jobs: int, workdir: Path, database: str, recording, de
     pool_dir = workdir / pool
     pool_dir.mkdir(parents=True, exist_ok=True)
     spec_uri = spike_sorting.spec_uri(pool_dir, spike_sorting.IMAGE if in_image else None)
-    with bench_stack(pool_dir, database=database, run_method=run_method, worker_type=worker_type, app="mountainsort5",
+    with bench_stack(pool_dir, database=database, server_workers=server_workers, run_method=run_method, worker_type=worker_type, app="mountainsort5",
                      job_variables=job_variables, spec_uri=spec_uri, container_method=method) as stack:
         samples = [sort_once(stack, recording, pool_dir, run_method, deadline_sec) for _ in range(jobs)]
     print(f"{pool} ({database}, {jobs} jobs one at a time, medians):", flush=True)
@@ -108,14 +108,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", choices=list(POOLS), action="append", help="the pools to measure (all by default)")
     parser.add_argument("--jobs", type=int, default=3, help="jobs per pool, one after the other")
-    parser.add_argument("--database", choices=DATABASES, default="postgres")
+    add_server_options(parser)
     parser.add_argument("--deadline-sec", type=float, default=600.0, help="for each job")
     parser.add_argument("--workdir", type=Path, help="keep the stacks' files in DIR/spike_sorting")
     args = parser.parse_args()
     with bench_workdir(args.workdir, "spike_sorting") as workdir:
         recording = spike_sorting.make_recording(workdir / "recording")
         for pool in args.pool or list(POOLS):
-            bench_pool(pool, args.jobs, workdir, args.database, recording, args.deadline_sec)
+            bench_pool(pool, args.jobs, workdir, args.database, args.server_workers, recording, args.deadline_sec)
 
 
 if __name__ == "__main__":
