@@ -1,11 +1,14 @@
 """Event-driven pickup: a worker hears of a flow run scheduled in its pool the moment Prefect schedules
 it, from Prefect's event stream, instead of at its next query (every PREFECT_WORKER_QUERY_SECONDS,
-10 s by default); and of a run of its pool that ended, which frees a slot of the pool's concurrency
-limit for a run waiting behind it. The query loop stays as it is: the fallback while the stream is down.
+10 s by default); and, when the pool has a concurrency limit, of a run of its pool that ended, which frees
+a slot for a run waiting behind it (without a limit no run waits for one: a query then would find nothing
+the last one did not). The query loop stays as it is: the fallback while the stream is down.
 
 Events only wake the worker; what it submits still comes from its usual query of the pool, so a
 duplicated, late or replayed event costs one query and never a second submission. Wake-ups that
-arrive while a query runs are folded into one more query after it.
+arrive while a query runs are folded into one more query after it. A query hands out at most a page of
+runs (PREFECT_API_DEFAULT_LIMIT, 200): one that handed out a full page queries again at once, so a
+thousand runs created in bulk are picked up page after page, not a page per query interval.
 
 Those queries and the loop's take turns (`OneQueryAtATime`): the pool's concurrency limit is only as
 good as the count of Pending and Running runs each query makes.
@@ -20,8 +23,10 @@ from uuid import UUID
 import anyio
 from prefect.events.clients import get_events_subscriber
 from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+from prefect.settings import PREFECT_API_DEFAULT_LIMIT
 
-WAKING_EVENTS = [f"prefect.flow-run.{state}" for state in ("Scheduled", "Completed", "Failed", "Cancelled", "Crashed")]
+SCHEDULED_EVENT = "prefect.flow-run.Scheduled"
+END_EVENTS = [f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")]
 RESUBSCRIBE_SEC = 5.0  # after the stream is lost; the query loop carries on meanwhile
 
 
@@ -63,12 +68,14 @@ class OneQueryAtATime:
 
 
 class ScheduledRunPickup:
-    def __init__(self, work_pool_id: UUID, pick_up: Callable[[], Awaitable[object]], logger: logging.Logger) -> None:
+    def __init__(self, work_pool_id: UUID, pick_up: Callable[[], Awaitable[Sequence]], logger: logging.Logger,
+                 pool_has_limit: Callable[[], bool]) -> None:
         self._filter = EventFilter(
-            event=EventNameFilter(name=WAKING_EVENTS),
+            event=EventNameFilter(name=[SCHEDULED_EVENT, *END_EVENTS]),
             any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{work_pool_id}"]),
         )
         self._pick_up = pick_up
+        self._pool_has_limit = pool_has_limit  # asked per event: an admin may set or lift the limit any time
         self._logger = logger
         self._wake = anyio.Event()
 
@@ -86,8 +93,9 @@ class ScheduledRunPickup:
                     if lost:
                         self._logger.info("Prefect's event stream is back: flow runs are picked up as they are scheduled")
                         lost = False
-                    async for _ in subscriber:
-                        self._wake.set()
+                    async for event in subscriber:
+                        if self.wakes(event.event):
+                            self._wake.set()
             except Exception as error:
                 if not lost:
                     self._logger.warning("Prefect's event stream is unavailable (%s: %s); flow runs are picked up at the "
@@ -95,11 +103,15 @@ class ScheduledRunPickup:
                     lost = True
             await anyio.sleep(RESUBSCRIBE_SEC)
 
+    def wakes(self, event_name: str) -> bool:
+        return event_name == SCHEDULED_EVENT or self._pool_has_limit()
+
     async def _pick_up_on_wake(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
             try:
-                await self._pick_up()
+                if len(await self._pick_up()) >= PREFECT_API_DEFAULT_LIMIT.value():
+                    self._wake.set()  # more may wait behind a full page
             except Exception as error:  # the query loop retries; the worker must not stop for this
                 self._logger.warning("Pickup of newly scheduled flow runs failed: %s: %s", type(error).__name__, error)

@@ -9,6 +9,7 @@ the interleaving drawn from a seeded random generator (no clock, no sleeps)."""
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from uuid import uuid4
@@ -19,12 +20,12 @@ import prefect.workers.base as prefect_worker_module
 import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import Abort
-from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
+from prefect.settings import PREFECT_API_DEFAULT_LIMIT, PREFECT_LOGGING_TO_API_ENABLED, temporary_settings
 from prefect.states import Pending
 from prefect.workers.base import BaseWorker
 
 from dendro_prefect.workers.local import LocalWorker
-from dendro_prefect.workers.pickup import OneQueryAtATime
+from dendro_prefect.workers.pickup import END_EVENTS, OneQueryAtATime, ScheduledRunPickup
 
 LIMIT = 2
 RUNS = 12
@@ -163,3 +164,41 @@ def test_a_proposal_that_fails_still_settles_its_run(monkeypatch, outcome):
 
     anyio.run(scenario)
     assert run.id in worker._queries._settled
+
+
+def test_an_ended_run_wakes_the_pickup_only_where_the_pool_has_a_limit():
+    """A scheduled run always wakes the pickup; a run that ended frees a slot only under a pool limit."""
+    limit: list[int | None] = [None]
+    pickup = ScheduledRunPickup(uuid4(), lambda: None, logging.getLogger("test"), lambda: limit[0] is not None)
+    assert pickup.wakes("prefect.flow-run.Scheduled")
+    assert not any(pickup.wakes(name) for name in END_EVENTS)
+    limit[0] = 2  # set by an admin while the worker runs
+    assert all(pickup.wakes(name) for name in END_EVENTS)
+
+
+def test_a_query_that_handed_out_a_full_page_queries_again_at_once():
+    """Runs created in bulk wake the pickup once; it goes on a page at a time until a page is not full."""
+    page_size = PREFECT_API_DEFAULT_LIMIT.value()
+    pages = [[object()] * page_size, [object()] * page_size, [object()]]
+    queried = []
+    drained = anyio.Event()
+
+    async def pick_up():
+        queried.append(len(pages[0]))
+        page = pages.pop(0)
+        if not pages:
+            drained.set()
+        return page
+
+    async def main():
+        pickup = ScheduledRunPickup(uuid4(), pick_up, logging.getLogger("test"), lambda: False)
+        async with anyio.create_task_group() as group:
+            group.start_soon(pickup._pick_up_on_wake)
+            pickup._wake.set()  # one event
+            with anyio.fail_after(5):
+                await drained.wait()
+            await anyio.lowlevel.checkpoint()
+            group.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert queried == [page_size, page_size, 1]
