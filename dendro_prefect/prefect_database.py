@@ -41,6 +41,8 @@ DATABASE_USER = "dendro-postgres"  # PostgreSQL's system user when we run as roo
 POSTGRES_SETTINGS = {"max_connections": "200", "synchronous_commit": "off",
                      "unix_socket_directories": ""}  # TCP on 127.0.0.1 only: no socket file to place
 PREFECT_VERSION = importlib.metadata.version("prefect")
+# The templates' names in TEMPLATES: made again for another Prefect or PostgreSQL version.
+SQLITE_TEMPLATE = f"prefect-{PREFECT_VERSION}-blocks.db"
 
 
 def made_once(template: Path, make: Callable[[Path], None]) -> Path:
@@ -61,7 +63,7 @@ def migrated_sqlite(database: Path) -> None:
     """A new SQLite database of a Prefect server is a copy of the migrated template; an existing one is left
     as it is."""
     if not database.exists():
-        _copy_sqlite(made_once(TEMPLATES / f"prefect-{PREFECT_VERSION}-blocks.db", _make_sqlite_template), database)
+        _copy_sqlite(made_once(TEMPLATES / SQLITE_TEMPLATE, _make_sqlite_template), database)
 
 
 def _make_sqlite_template(partial: Path) -> None:

@@ -4,7 +4,6 @@ PostgreSQL one for real (the session's server), and tests/fault/test_prefect_res
 
 from __future__ import annotations
 
-import importlib.metadata
 import sqlite3
 
 from dendro_prefect import prefect_database
@@ -27,8 +26,8 @@ def _revision(path) -> str:
 def test_a_new_database_is_a_copy_of_this_versions_template(tmp_path, monkeypatch):
     monkeypatch.setattr(prefect_database, "TEMPLATES", tmp_path / "templates")
     (tmp_path / "templates").mkdir()
-    _database(tmp_path / "templates" / f"prefect-{importlib.metadata.version('prefect')}.db", "head-of-this-version")
-    _database(tmp_path / "templates" / "prefect-0.0.1.db", "head-of-another-version")
+    _database(tmp_path / "templates" / prefect_database.SQLITE_TEMPLATE, "head-of-this-version")
+    _database(tmp_path / "templates" / "prefect-0.0.1-blocks.db", "head-of-another-version")
     (tmp_path / "server").mkdir()
     prefect_database.migrated_sqlite(tmp_path / "server" / "prefect.db")
     assert _revision(tmp_path / "server" / "prefect.db") == "head-of-this-version"
