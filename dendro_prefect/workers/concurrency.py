@@ -45,20 +45,26 @@ class TagSlots:
         self._clock = clock
         self._active: set[str] = set()
         self._read_at = float("-inf")
+        self._reading = anyio.Lock()  # the runs a query hands out arrive at once: one read for them all
 
     async def _limit_names(self, tags: list[str]) -> list[str]:
         if self._clock() - self._read_at > LIMITS_MAX_AGE_SEC:
-            names: set[str] = set()
-            offset = 0  # by the limits read, not the active ones kept: a page of inactive ones would be read forever
-            while True:
-                page = await self._client.read_global_concurrency_limits(limit=LIMITS_PAGE, offset=offset)
-                names.update(limit.name for limit in page if limit.active)
-                offset += len(page)
-                if len(page) < LIMITS_PAGE:
-                    break
-            self._active = {name for name in names if name.startswith(TAG_LIMIT_PREFIX)}
-            self._read_at = self._clock()
+            async with self._reading:
+                if self._clock() - self._read_at > LIMITS_MAX_AGE_SEC:  # not read while this waited
+                    await self._read_limits()
         return sorted(name for name in (TAG_LIMIT_PREFIX + tag for tag in tags) if name in self._active)
+
+    async def _read_limits(self) -> None:
+        names: set[str] = set()
+        offset = 0  # by the limits read, not the active ones kept: a page of inactive ones would be read forever
+        while True:
+            page = await self._client.read_global_concurrency_limits(limit=LIMITS_PAGE, offset=offset)
+            names.update(limit.name for limit in page if limit.active)
+            offset += len(page)
+            if len(page) < LIMITS_PAGE:
+                break
+        self._active = {name for name in names if name.startswith(TAG_LIMIT_PREFIX)}
+        self._read_at = self._clock()
 
     async def acquire(self, flow_run: FlowRun, wait: bool = True) -> UUID | None:
         """A lease on one slot of each limit of the run's tags (None when no tag is limited).

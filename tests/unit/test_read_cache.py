@@ -52,3 +52,43 @@ def test_a_read_after_the_ttl_reaches_the_server_again():
 
     asyncio.run(scenario())
     assert client.reads == 2
+
+
+class SlowClient(CountingClient):
+    """Its reads take a while and the first `failures` fail, as a server under load may."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def read_deployment(self, deployment_id):
+        self.reads += 1
+        await asyncio.sleep(0)
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("server busy")
+        return Deployment(job_variables={})
+
+
+def test_runs_submitted_at_once_share_one_read_in_flight():
+    client = SlowClient()
+    cache_reads(client, ttl_sec=60)
+
+    async def scenario():
+        return await asyncio.gather(*(client.read_deployment("d") for _ in range(200)))
+
+    assert len(asyncio.run(scenario())) == 200
+    assert client.reads == 1
+
+
+def test_a_failed_read_is_not_remembered():
+    client = SlowClient(failures=1)
+    cache_reads(client, ttl_sec=60)
+
+    async def scenario():
+        first = await asyncio.gather(client.read_deployment("d"), client.read_deployment("d"), return_exceptions=True)
+        return first, await client.read_deployment("d")
+
+    first, then = asyncio.run(scenario())
+    assert all(isinstance(result, ConnectionError) for result in first)  # both waited on the one failed read
+    assert then == Deployment(job_variables={}) and client.reads == 2

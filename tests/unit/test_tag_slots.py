@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from uuid import UUID
 
+import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -59,6 +61,20 @@ async def test_the_limits_are_read_once_for_launches_within_a_few_seconds_and_ag
     clock.advance(0.1)
     lease = await slots.acquire(run_with(TAGS))
     assert limits.reads == 2 and limits.leases[lease] == ["tag:app:letter_count", "tag:project:p1"]
+
+
+async def test_runs_handed_out_at_once_share_one_read_of_the_limits(clock):
+    class SlowLimits(FakeLimits):
+        async def read_global_concurrency_limits(self, limit: int = 10, offset: int = 0):
+            await anyio.lowlevel.checkpoint()  # the others arrive while this read is in flight
+            return await super().read_global_concurrency_limits(limit, offset)
+
+    limits = SlowLimits(Limit("tag:app:letter_count", 100))
+    slots = TagSlots(limits, clock)
+    async with anyio.create_task_group() as group:
+        for _ in range(50):
+            group.start_soon(slots.acquire, run_with(TAGS))
+    assert limits.reads == 1 and len(limits.increments) == 50
 
 
 async def test_many_limits_are_read_page_by_page(clock, monkeypatch):
