@@ -32,7 +32,7 @@ POOL_TYPES = {"local": "dendro-local", "slurm": "dendro-slurm", "aws-batch": "de
 # The job variables routing.plan_flow_run gives a job of the no-op app.
 JOB_VARIABLES = {"app_name": "noop", "app_image": None, "app_executable": str(REPO / "tests/fixtures/apps/noop/main.sh"),
                  "num_cpus": 1, "num_gpus": 0, "memory_gb": 0.1, "time_limit_sec": 600}
-BARE_TEMPLATE = {"job_configuration": {}, "variables": {"type": "object", "properties": {}}}
+BARE_TEMPLATE = {"job_configuration": {"name": "bare"}, "variables": {"type": "object", "properties": {}}}
 
 
 async def create_runs(deployment_name: str, runs: int, job_variables: dict) -> None:

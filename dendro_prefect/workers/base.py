@@ -79,10 +79,16 @@ class DendroVariables(BaseVariables, JobSettings):
     @classmethod
     def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Each variable with its `position`, by which the Prefect UI orders the pool's form: a PostgreSQL
-        Prefect server keeps the template in JSONB, which does not keep the order of its keys."""
+        Prefect server keeps the template in JSONB, which does not keep the order of its keys.
+
+        An empty default (None, "", [], {}) is left out: the form shows an empty field either way and the
+        job configuration's own default applies, while Prefect validates each default in the template
+        against the whole schema for every run created (bench/job_variables.py)."""
         schema = super().model_json_schema(*args, **kwargs)
         for position, variable in enumerate(schema.get("properties", {}).values()):
             variable["position"] = position
+            if "default" in variable and variable["default"] in (None, "", [], {}):
+                del variable["default"]
         return schema
 
 
