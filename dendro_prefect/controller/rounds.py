@@ -46,6 +46,12 @@ from .job_hints import JobHints
 from .routing import FlowRunPlan, RoutingError, plan_flow_run
 
 BULK_CREATE_LIMIT = 100  # flow runs per call of Prefect's create_flow_run/bulk (its own limit)
+# How Prefect's bulk creation words the refusal of an item for what was asked (its parameters, its job
+# variables, its deployment's queue): the job cannot run as asked and is failed. Any other refusal is the
+# server's own error while creating it (SQLite's "database is locked", a lost connection): the job stays
+# pending and is asked for again at the next round.
+REFUSALS_OF_THE_REQUEST = ("Parameter validation failed", "Parameter schema enforcement", "Invalid schema",
+                           "Error creating flow run", "Cannot create flow run")
 CANCEL_CHECK_SEC = 2.0  # how often a waiting controller looks whether its flow run is being cancelled
 # The statuses a job's worker reports on its way: the controller has nothing to do for them that its next
 # poll would not do, and a round for each cost the Prefect server a read or two per job.
@@ -142,8 +148,11 @@ class Controller:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))} if ids else {}
         submitted = 0
         for (job, plan), result in zip(batch, results):
-            if result.flow_run_id is None:
+            if result.flow_run_id is None and (result.error or "").startswith(REFUSALS_OF_THE_REQUEST):
                 await self._fail(job.jobId, job.jobPrivateKey, f"Prefect refused its flow run: {result.error}")
+            elif result.flow_run_id is None:
+                self.logger.warning("Job %s: Prefect could not create its flow run (%s); asked again next round",
+                                    job.jobId, (result.error or "no reason given").splitlines()[0])
             elif await self._take(prefect, job, plan, runs.get(result.flow_run_id), result.flow_run_id):
                 submitted += 1
         return submitted

@@ -202,8 +202,10 @@ def test_a_job_launched_by_a_worker_lost_before_prefect_recorded_it(reconciling,
     """Recorded in the job's directory only: the next worker follows the app to its end, whether the run
     was left Pending or Running. Recorded nowhere: the job is failed with the reason, never launched a
     second time."""
-    # Not recorded: the app must outlive the worker's restart, and stops once its job is failed.
-    job_id, pid = running_app(reconciling, prefect_stack, slow_job(reconciling, delay_sec=10 if recorded else 120))
+    # The app must outlive the worker's restart (seconds; tens of seconds on a loaded machine, where an app of
+    # 10 s ended before it and was seen ended, not taken up): recorded, it ends by itself once taken up; not
+    # recorded, it stops once its job is failed.
+    job_id, pid = running_app(reconciling, prefect_stack, slow_job(reconciling, delay_sec=40 if recorded else 120))
     flow_run = flow_runs_of_job(job_id)[0]
     strand(flow_run.id, state)
     record = reconciling.workdir / "dendro-jobs" / job_id / "infrastructure_id"

@@ -333,6 +333,17 @@ async def test_a_run_prefect_refuses_fails_its_job_with_prefects_reason_and_the_
                                        "run: Validation failed for field 'num_cpus'.")]
 
 
+async def test_a_run_prefect_could_not_create_leaves_its_job_pending_for_the_next_round(controller, central, prefect):
+    """The server's own error on an item (here SQLite's lock) is not the job's fault."""
+    central.jobs[JOB] = job(JOB)
+    prefect.refused[JOB] = "(sqlite3.OperationalError) database is locked\n[SQL: INSERT INTO flow_run ...]"
+    assert await controller.intake(prefect) == 0
+    assert central.status_changes == [] and prefect.created == []
+    del prefect.refused[JOB]  # the server is itself again
+    assert await controller.intake(prefect) == 1
+    assert [run.idempotency_key for run in prefect.created] == [JOB]
+
+
 class BurstOfHints:
     """JobHints as `Controller._wait` sees them: a message at every wait, `burst` times, then quiet."""
 
