@@ -7,10 +7,11 @@ from memory: three round trips less per launch. A deployment edited or deleted i
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections import defaultdict
 from typing import Any, Awaitable, Callable
 
+import anyio
 from prefect.client.orchestration import PrefectClient
 
 CACHED_READS = ("read_deployment", "read_flow")
@@ -23,22 +24,22 @@ def cache_reads(client: PrefectClient, ttl_sec: float = 5.0) -> None:
 
 
 def _remembered(read: Callable[[Any], Awaitable[Any]], ttl_sec: float) -> Callable[[Any], Awaitable[Any]]:
-    """The runs a query hands out are submitted at once: they share one read in flight (a read that fails
-    is forgotten, so the next caller reads again) rather than each making its own."""
-    remembered: dict[Any, tuple[float, asyncio.Future]] = {}
+    """The runs a query hands out are submitted at once: the first to find an object stale reads it, in its
+    own task, while the others wait for that read instead of each making its own (a read that fails or is
+    cancelled leaves the object stale, and the next one reads it)."""
+    remembered: dict[Any, tuple[float, Any]] = {}
+    reading: dict[Any, anyio.Lock] = defaultdict(anyio.Lock)
+
+    def fresh(object_id: Any) -> bool:
+        return time.monotonic() - remembered.get(object_id, (float("-inf"), None))[0] < ttl_sec
 
     async def read_or_remember(object_id: Any) -> Any:
-        read_at, reading = remembered.get(object_id, (float("-inf"), None))
-        if reading is None or time.monotonic() - read_at >= ttl_sec:
-            read_at, reading = time.monotonic(), asyncio.ensure_future(read(object_id))
-            remembered[object_id] = (read_at, reading)
-        try:
-            value = await asyncio.shield(reading)  # one caller cancelled does not cancel the others' read
-        except Exception:
-            if remembered.get(object_id, (None, None))[1] is reading:
-                del remembered[object_id]
-            raise
+        if not fresh(object_id):
+            async with reading[object_id]:
+                if not fresh(object_id):  # not read by another caller while this one waited
+                    value = await read(object_id)
+                    remembered[object_id] = (time.monotonic(), value)
         # A copy: Prefect merges a run's job variables into the deployment's it was given.
-        return value.model_copy(deep=True)
+        return remembered[object_id][1].model_copy(deep=True)
 
     return read_or_remember
