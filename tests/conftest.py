@@ -134,6 +134,15 @@ def pytest_xdist_make_scheduler(config, log):
     return ModuleScheduling(config, log)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether the process runs (a zombie does not). /proc answers ESRCH for one that goes while it is read."""
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
 def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.25):
     """Poll `condition` until it returns something truthy (and return that); fail at the deadline. Four
     times a second: most conditions ask a server, which on this 2-core machine takes CPU from what the

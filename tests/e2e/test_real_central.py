@@ -28,7 +28,7 @@ import pytest
 from dendro_prefect.controller.heartbeat import read_heartbeats
 from dendro_prefect.protocol.client import CentralClient
 from dendro_prefect.stand_in.admin_client import AdminError
-from tests.conftest import create_letter_count_job, letter_count_spec, wait_for
+from tests.conftest import create_letter_count_job, letter_count_spec, process_alive, wait_for
 from tests.real_central.harness import running_real_central
 from tests.secrets_scan import record_secret
 from tests.stack import (
@@ -174,11 +174,3 @@ def test_a_job_held_for_approval_runs_once_approved(controller, jobs):
     assert json.loads(controller.admin.output(held, "output")) == {"letter": "o", "count": 3}
     for job_id in parked:
         assert final_flow_run(job_id, timeout=30).state.is_cancelled()
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")

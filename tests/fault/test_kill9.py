@@ -46,7 +46,7 @@ from dendro_prefect.embedded import prefect_worker
 from dendro_prefect.embedded_controller import cancel_subscription_run, register_resource, where_run_stands
 from dendro_prefect.stand_in.admin_client import StandInAdmin
 from dendro_prefect.stand_in.process import running_stand_in
-from tests.conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, REPO, process_alive
 from tests.e2e.test_slurm_pool import slurm, slurm_ready
 from tests.secrets_scan import record_secret
 from tests.stack import PrefectStack, create_job_pool, prefect_api, run, set_state, wait_for, worker_name
@@ -141,7 +141,7 @@ class Chaos:
         flow_processes = children_of(worker.pid)  # the subscription flow run's process, once it started
         worker.send_signal(signal.SIGKILL)
         worker.wait()
-        survivors = [pid for pid in flow_processes if alive(pid)]
+        survivors = [pid for pid in flow_processes if process_alive(pid)]
         for pid in survivors:
             kill(pid)
         self.flow_processes_killed += len(survivors)
@@ -208,14 +208,6 @@ def children_of(pid: int) -> list[int]:
     return children
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
 def kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -235,7 +227,7 @@ def app_processes(starts_dir: Path) -> list[int]:
                 command = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if wanted in environ and b"worker\0start\0" not in command and alive(int(entry.name)):
+            if wanted in environ and b"worker\0start\0" not in command and process_alive(int(entry.name)):
                 found.append(int(entry.name))
     return found
 

@@ -18,7 +18,7 @@ from prefect.states import Cancelled, Crashed, Pending, Running
 
 from dendro_prefect.controller.reconcile import MAX_REQUEUES
 from dendro_prefect.embedded import prefect_worker
-from tests.conftest import FIXTURES, create_letter_count_job
+from tests.conftest import FIXTURES, create_letter_count_job, process_alive
 from tests.stack import (
     create_job_pool,
     final_flow_run,
@@ -68,14 +68,6 @@ def pool_worker(controller, prefect_stack):
 
 def the_flow_run(job_id):
     return wait_for(lambda: next(iter(flow_runs_of_job(job_id)), None), f"a flow run of job {job_id}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 def slow_job(controller, delay_sec: float = 120) -> str:
@@ -132,9 +124,9 @@ def test_a_running_job_whose_flow_run_crashed_is_failed_at_the_central(reconcili
     assert job["error"] == f"its flow run {flow_run.name} ended Crashed in Prefect: worker lost"
     with pool_worker(reconciling, prefect_stack):
         try:
-            wait_for(lambda: not alive(pid), "the app to stop once its job failed", timeout=60)
+            wait_for(lambda: not process_alive(pid), "the app to stop once its job failed", timeout=60)
         finally:
-            if alive(pid):
+            if process_alive(pid):
                 os.killpg(pid, signal.SIGKILL)
         assert len(flow_runs_of_job(job_id)) == 1
 
@@ -145,9 +137,9 @@ def test_a_job_deleted_while_its_worker_is_down_has_its_app_killed_by_the_next_w
     reconciling.admin.delete_job(job_id)
     # The controller cancels the run once the disagreement outlasts SETTLE_SEC; nobody kills the app yet.
     wait_for(lambda: flow_runs_of_job(job_id)[0].state.is_cancelling(), "the controller to cancel the run", 30)
-    assert alive(pid)
+    assert process_alive(pid)
     with pool_worker(reconciling, prefect_stack):
-        wait_for(lambda: not alive(pid), "the restarted worker to kill the app", 30)
+        wait_for(lambda: not process_alive(pid), "the restarted worker to kill the app", 30)
         flow_run = final_flow_run(job_id, timeout=30)
     assert flow_run.state.is_cancelled()
 
@@ -155,7 +147,7 @@ def test_a_job_deleted_while_its_worker_is_down_has_its_app_killed_by_the_next_w
 def test_a_job_whose_app_died_with_its_worker_is_failed_not_relaunched(reconciling, prefect_stack):
     job_id, pid = running_app(reconciling, prefect_stack)
     os.killpg(pid, signal.SIGKILL)
-    wait_for(lambda: not alive(pid), "the app to die")
+    wait_for(lambda: not process_alive(pid), "the app to die")
     with pool_worker(reconciling, prefect_stack):
         job = finished_job(reconciling.admin, job_id, timeout=60)
         flow_run = final_flow_run(job_id, timeout=30)
@@ -216,9 +208,9 @@ def test_a_job_launched_by_a_worker_lost_before_prefect_recorded_it(reconciling,
         with pool_worker(reconciling, prefect_stack):
             job = finished_job(reconciling.admin, job_id, timeout=150)
             flow_run = final_flow_run(job_id, timeout=30)
-            wait_for(lambda: not alive(pid), "the app to stop", timeout=60)
+            wait_for(lambda: not process_alive(pid), "the app to stop", timeout=60)
     finally:
-        if alive(pid):
+        if process_alive(pid):
             os.killpg(pid, signal.SIGKILL)
     if recorded:
         assert job["status"] == "completed" and flow_run.state.is_completed()

@@ -16,6 +16,7 @@ from dendro_prefect.workers.job_dir import JobDirectory
 from dendro_prefect.workers.launch import AppCommand, InfrastructureState, LaunchError
 from dendro_prefect.workers.local import LocalJobConfiguration, LocalWorker
 from dendro_prefect.workers.local.command import CommandLauncher
+from tests.conftest import process_alive
 from tests.unit.fakes import JOB_KEY, eventually, launch_request
 
 pytestmark = pytest.mark.anyio
@@ -39,13 +40,6 @@ def option(argv: list[str], name: str) -> list[str]:
     return [argv[i + 1] for i, value in enumerate(argv[:-1]) if value == name]
 
 
-def dead(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-
-
 @pytest.mark.parametrize("argv, exit_code", [(["true"], 0), (["false"], 1), (["sh", "-c", "exit 42"], 42)])
 async def test_a_process_that_ended_exited_with_its_code(tmp_path, argv, exit_code):
     launcher = CommandLauncher("process", runs(*argv))
@@ -63,7 +57,7 @@ async def test_a_running_process_is_running_until_killed_with_everything_it_star
     assert (await launcher.states([infrastructure_id]))[infrastructure_id] == InfrastructureState("running")
     await launcher.kill(infrastructure_id)
     assert (await launcher.states([infrastructure_id]))[infrastructure_id] == InfrastructureState("exited", -15)
-    await eventually(lambda: dead(child), "the app's child to die with its process group")
+    await eventually(lambda: not process_alive(child), "the app's child to die with its process group")
 
 
 async def test_the_app_gets_its_environment_and_key_but_not_the_workers_prefect_settings(tmp_path, monkeypatch):
@@ -305,4 +299,4 @@ async def test_killing_a_docker_job_stops_its_container_whichever_worker_kills_i
             await launcher.attach(infrastructure_id, request)
     await launcher.kill(infrastructure_id)
     assert "stop --time 5 dendro-p1-abcdefgh" in calls(fake_docker)
-    await eventually(lambda: dead(int(infrastructure_id.split(":")[1])), "the docker client to end")
+    await eventually(lambda: not process_alive(int(infrastructure_id.split(":")[1])), "the docker client to end")
