@@ -39,7 +39,7 @@ from prefect.client.schemas.actions import DeploymentFlowRunCreate, LogCreate
 from prefect.states import Completed, to_state_create
 from prefect.types._datetime import now
 
-from dendro_prefect.controller.rounds import BULK_CREATE_LIMIT
+from dendro_prefect.controller.rounds import BULK_CREATE_LIMIT, create_flow_runs_in_bulk
 from dendro_prefect.controller.routing import job_tag, resource_tag
 
 LOG_LINES_PER_RUN = 10
@@ -62,15 +62,13 @@ async def preload_finished_runs(stack, count: int, callers: int = 4) -> None:
 async def _create_finished(client, stack, deployment_id, start: int, end: int) -> None:
     """Jobs `start` to `end` (exclusive): their runs, then their log lines."""
     job_ids = [f"preloaded{index:06d}" for index in range(start, end)]
-    body = [DeploymentFlowRunCreate(
+    results = await create_flow_runs_in_bulk(client, deployment_id, [DeploymentFlowRunCreate(
         parameters={"job_id": job_id}, name=f"{stack.app}/{stack.app} {job_id}", idempotency_key=job_id,
         tags=[f"app:{stack.app}", f"processor:{stack.app}", "project:preloaded", f"run-method:{stack.run_method}",
               job_tag(job_id), resource_tag(stack.resource_id)],
         state=to_state_create(Completed()),
-    ).model_dump(mode="json", exclude_unset=True) for job_id in job_ids]
-    response = await client.request("POST", "/deployments/{id}/create_flow_run/bulk",
-                                    path_params={"id": deployment_id}, json=body)
-    run_ids = [item["flow_run_id"] for item in response.json()["results"]]
+    ) for job_id in job_ids])
+    run_ids = [result.flow_run_id for result in results]
     await client.create_logs([LogCreate(name="prefect.flow_runs.worker", level=20, flow_run_id=run_id,
                                         message=f"line {line} of a finished job", timestamp=now("UTC"))
                               for run_id in run_ids for line in range(LOG_LINES_PER_RUN)])

