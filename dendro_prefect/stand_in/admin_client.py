@@ -9,12 +9,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from .server import CENTRAL_FILE
 
 
 class AdminError(RuntimeError):
     pass
+
+
+# A read is tried again after a dropped connection (a keep-alive connection the server closed as it was
+# reused; a busy machine): reads are safe to repeat, writes are not.
+READ_RETRIES = Retry(total=3, connect=3, read=3, status=0, other=0, backoff_factor=0.2, allowed_methods={"GET"})
 
 
 class CentralHttp:
@@ -25,6 +32,7 @@ class CentralHttp:
         self.url = url.rstrip("/")
         self._session = requests.Session()
         self._session.headers.update(headers)
+        self._session.mount("http://", HTTPAdapter(max_retries=READ_RETRIES))
 
     @property
     def pubsub_origin(self) -> str:
@@ -35,7 +43,7 @@ class CentralHttp:
         try:
             response = self._session.request(method, self.url + path, timeout=60, **kwargs)
         except requests.RequestException as error:
-            raise AdminError(f"{method} {path}: {type(error).__name__}: central unreachable at {self.url}") from None
+            raise AdminError(f"{method} {path}: central unreachable at {self.url} ({_cause(error)})") from None
         if not response.ok:
             try:
                 detail = response.json().get("detail")
@@ -54,6 +62,16 @@ class CentralHttp:
         if not response.ok:
             raise AdminError(f"download failed: HTTP {response.status_code}")
         return response.content
+
+
+def _cause(error: requests.RequestException) -> str:
+    """The innermost reason of a failed request (`ConnectionRefusedError: [Errno 111] Connection refused`),
+    where requests' own message nests urllib3's pool and retry wrappers."""
+    while error.__context__ is not None or error.__cause__ is not None:
+        error = error.__cause__ or error.__context__
+    if hasattr(error, "reason") and isinstance(error.reason, BaseException):
+        return _cause(error.reason)
+    return f"{type(error).__name__}: {error}"
 
 
 class StandInAdmin(CentralHttp):

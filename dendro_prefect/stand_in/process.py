@@ -32,5 +32,9 @@ def running_stand_in(data_dir: Path, *, mock_pubsub: bool = False, startup_timeo
             raise AdminError(f"the stand-in central did not start; its log ends with:\n{tail}") from None
         yield admin
     finally:
+        if process.poll() is not None:  # what a caller's "central unreachable" then means
+            tail = (data_dir / "central.log").read_text(errors="replace")[-2000:]
+            print(f"the stand-in central (pid {process.pid}) had exited with code {process.returncode}; its log "
+                  f"ends with:\n{tail}", file=sys.stderr)
         stop_process(process, signal.SIGTERM, timeout=10)
         log.close()
