@@ -211,6 +211,11 @@ def docker_client():
     return client
 
 
+# How long an app of restart_worker_and_finish runs (its `delay_sec`): it must outlive the kill and the new worker's
+# start, which took up to ~25 s on the loaded suite (a job of 20 s had ended before the new worker looked).
+APP_OUTLIVES_RESTART_SEC = 45
+
+
 def restart_worker_and_finish(controller: RunningController, prefect: PrefectStack, job_id: str, infrastructure: str,
                               output_in_job_dir: bool = False) -> None:
     """SIGKILL the pool's worker while the job runs; a new worker of the pool must take the job up by
@@ -233,6 +238,8 @@ def restart_worker_and_finish(controller: RunningController, prefect: PrefectSta
         assert job["status"] == "completed", job.get("error")
         flow_run = final_flow_run(job_id)
         assert flow_run.state.is_completed()
+        assert "while no worker watched it" not in (flow_run.state.message or ""), \
+            f"the app ended before the new worker looked (raise APP_OUTLIVES_RESTART_SEC): {flow_run.state.message}"
         log = wait_for_log(flow_run.id, f"Job {job_id} taken up again as {infrastructure}:", first_line)
         if output_in_job_dir:
             assert log.count(first_line) == 1, log

@@ -14,6 +14,7 @@ from tests.conftest import create_letter_count_job
 from tests.e2e.aws_stand_in import CPU_QUEUE, GPU_QUEUE, REGION, create_batch_environment, moto_server
 from tests.secrets_scan import record_secret
 from tests.stack import (
+    APP_OUTLIVES_RESTART_SEC,
     IMAGE,
     cancel_running_job,
     final_flow_run,
@@ -186,7 +187,7 @@ def test_missing_credentials_block_fails_the_job_with_a_clear_reason(prefect_sta
 def test_restarted_worker_takes_up_a_running_batch_job_and_it_completes_once(batch_controller, moto, prefect_stack):
     """(Last in the module: the module's worker does not come back.)"""
     controller = batch_controller
-    job_id = batch_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 25}])
+    job_id = batch_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": APP_OUTLIVES_RESTART_SEC}])
     batch_id_of(job_id)
     restart_worker_and_finish(controller, prefect_stack, job_id, "aws-batch")
     submitted = moto.client("batch").list_jobs(jobQueue=CPU_QUEUE, filters=[

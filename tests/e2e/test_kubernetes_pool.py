@@ -17,6 +17,7 @@ from tests.conftest import FIXTURES, LETTER_COUNT_APP, create_letter_count_job
 from tests.k8s_stand_in import running_api_server
 from tests.secrets_scan import kubernetes_objects_scanned, record_secret
 from tests.stack import (
+    APP_OUTLIVES_RESTART_SEC,
     IMAGE,
     cancel_running_job,
     final_flow_run,
@@ -231,7 +232,7 @@ def test_watch_lists_again_after_410_gone_and_misses_nothing(api_server):
 def test_restarted_worker_takes_up_a_running_job_and_it_completes_once(k8s_controller, api_server, prefect_stack):
     """(Last in the module: the module's worker does not come back.)"""
     controller = k8s_controller
-    job_id = k8s_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 25}])
+    job_id = k8s_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": APP_OUTLIVES_RESTART_SEC}])
     name = job_name_of(job_id)
     restart_worker_and_finish(controller, prefect_stack, job_id, "kubernetes")
     no_orphans(api_server, name)

@@ -10,6 +10,7 @@ import pytest
 from dendro_prefect.workers.containers import JOB_LABEL
 from tests.conftest import count_starts_app, create_count_starts_job, create_letter_count_job
 from tests.stack import (
+    APP_OUTLIVES_RESTART_SEC,
     IMAGE,
     cancel_running_job,
     final_flow_run,
@@ -96,6 +97,6 @@ def test_restarted_worker_takes_up_a_running_docker_job_and_it_completes_once(do
     without repeating a line of the log. (Last in the module: the module's worker does not come back.)"""
     controller = docker_controller
     job_id = create_letter_count_job(controller.admin, controller.resource_id,
-                                     inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 20}])
+                                     inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": APP_OUTLIVES_RESTART_SEC}])
     restart_worker_and_finish(controller, prefect_stack, job_id, "docker", output_in_job_dir=True)
     wait_for(lambda: not containers_of(docker_client, job_id), "the job's container to be removed")

@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import FIXTURES, create_letter_count_job
 from tests.stack import (
+    APP_OUTLIVES_RESTART_SEC,
     cancel_running_job,
     completed_letter_count,
     final_flow_run,
@@ -136,7 +137,7 @@ def test_restarted_worker_takes_up_a_running_job_and_it_completes_once(slurm_con
     """No second sbatch, and no line of the job's output twice in the flow-run log. (Last in the
     module: the module's worker does not come back.)"""
     controller = slurm_controller
-    job_id = slurm_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 30}])
+    job_id = slurm_job(controller, inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": APP_OUTLIVES_RESTART_SEC}])
     slurm_id_of(job_id)
     restart_worker_and_finish(controller, prefect_stack, job_id, "slurm", output_in_job_dir=True)
     sbatched = slurm("squeue", "--noheader", "--states=all", f"--name=dendro-{job_id}", "--format=%i").split()
