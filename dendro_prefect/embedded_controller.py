@@ -116,7 +116,7 @@ def running_controller(
     central: Any = None, mock_pubsub: bool = False, container_method: str = "none",
     resource_name: str = "dendro-prefect", sdk_bin: Path | None = None, worker_env: dict[str, str] | None = None,
     worker_name: str | None = None, poll_interval_sec: float | None = None, settle_sec: float | None = None,
-    startup_timeout: float = 120.0,
+    startup_timeout: float = 120.0, registered: ComputeResourceConfig | None = None,
 ) -> Iterator[RunningController]:
     """A compute resource with `apps`, registered at `central` (an admin client, see register_resource) or at a
     stand-in of its own in `workdir/central`; a worker of its pool in `workdir` (with the dendro SDK's `sdk_bin`
@@ -125,7 +125,9 @@ def running_controller(
     else as prefect.yaml does. Its pool: `pool`, deployed already (prefect.yaml's `local` by default), of
     `worker_type`; or a pool of its own, a `Deployment` deployed (`prefect deploy`) while the rest starts. The
     subscription parameters left None keep the flow's defaults. Yields once the flow has reported the apps'
-    spec (it has subscribed); at exit the flow run is cancelled and ended, then the workers stop."""
+    spec (it has subscribed); at exit the flow run is cancelled and ended, then the workers stop. A resource
+    `registered` already at `central` (its configuration in `workdir`, e.g. imported from the original daemon's)
+    keeps its registration and apps."""
     env = {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}"} if sdk_bin else {}
     env.update(worker_env or {})
     with ExitStack() as stack:
@@ -135,7 +137,7 @@ def running_controller(
         else:
             deployed, deployment = (lambda: []), f"dendro-job/{pool}"
         admin = central or stack.enter_context(running_stand_in(workdir / "central", mock_pubsub=mock_pubsub))
-        config = register_resource(admin, workdir, apps, container_method, resource_name)
+        config = registered or register_resource(admin, workdir, apps, container_method, resource_name)
         controller = prefect.controller_worker or stack.enter_context(
             controller_worker(prefect, f"controller-{workdir.name}.log"))
         job_worker = stack.enter_context(prefect.worker(pool, worker_type, workdir, f"{pool}.log", env, worker_name))

@@ -197,6 +197,8 @@ def render(report: StatusReport, console: Console) -> None:
     for job in report.jobs:
         jobs.add_row(job.job_id, job.app or "", job.pool or "", job.state, job.infrastructure_id or "",
                      _when(job.since, now))
+    for job_id in (job_id for c in report.controllers for job_id in c.jobs_outside_prefect):
+        jobs.add_row(job_id, "", "", "running outside Prefect", "launched by another controller", "")
     controllers = Table("compute resource", "central", "subscription run", "last contact", "PubSub", "apps",
                         "submitted", "last error", title="Controllers")
     for c in report.controllers:

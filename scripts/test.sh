@@ -46,7 +46,9 @@ export -f debian_packages venv
 # Everything that only downloads and unpacks runs side by side: the network, not the 2 cores, is what it waits for.
 install_first apt.log debian_packages
 install_first venv.log venv .venv -e ".[test]"
-install_first venv-sdk.log venv .venv-sdk "dendro==0.2.17"
+# .venv-sdk: the dendro SDK, and with its compute_resource extra the original daemon (`dendro start-compute-resource`),
+# which tests/e2e/test_switch_from_daemon.py runs.
+install_first venv-sdk.log venv .venv-sdk "dendro[compute_resource]==0.2.17"
 # The real Dendro 0.2.17 central's own routers (extra `api`) with an in-memory MongoDB, for
 # tests/e2e/test_real_central.py and tests/integration/test_central_contract.py (see tests/real_central/serve.py).
 install_first venv-central.log venv .venv-central "dendro[api]==0.2.17" "mongomock-motor==0.0.36" uvicorn

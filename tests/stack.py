@@ -164,11 +164,12 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
                        apps: list[dict] | None = None, poll_interval_sec: float = 2.0, mock_pubsub: bool = False,
                        pool: str | None = None, worker_type: str = "dendro-local", run_method: str = "local",
                        job_variables: dict | None = None, worker_env: dict | None = None,
-                       deployments: dict | None = None, settle_sec: float = 30.0, central=None):
+                       deployments: dict | None = None, settle_sec: float = 30.0, central=None, registered=None):
     """A controller whose jobs of `run_method` go to `pool` (by default a pool of its own; `local` is
     prefect.yaml's); `deployments` routes other runMethods elsewhere. Its central is a stand-in of its own,
     or `central`, an admin client of a central already running (a `StandInAdmin`, or the real central's
-    `tests.real_central.harness.RealCentral`). Its apps: letter_count as a plain process by default."""
+    `tests.real_central.harness.RealCentral`). Its apps: letter_count as a plain process by default. `registered`:
+    the configuration of a resource registered at `central` already (written in `workdir`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     pool = pool or f"{run_method}-{workdir.name}"
     with embedded_controller.running_controller(
@@ -176,7 +177,7 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
         pool=pool if pool == "local" else Deployment(pool, worker_type, job_variables), worker_type=worker_type,
         run_method=run_method, deployments=deployments, central=central, mock_pubsub=mock_pubsub,
         container_method=container_method, sdk_bin=sdk_bin, worker_env=worker_env, worker_name=worker_name(pool),
-        poll_interval_sec=poll_interval_sec, settle_sec=settle_sec,
+        poll_interval_sec=poll_interval_sec, settle_sec=settle_sec, registered=registered,
     ) as controller:
         record_secret(controller.config.compute_resource_private_key.get_secret_value(), "compute-resource-key")
         yield controller

@@ -26,6 +26,7 @@ VARIABLE_PREFIX = "dendro-controller-"
 VARIABLE_TAG = "dendro-controller"
 EVENT = "dendro.controller.heartbeat"
 MAX_ERROR_CHARS = 300  # a variable's value is at most 5,000 characters of JSON
+MAX_JOBS_LISTED = 100  # job ids of ~20 characters each
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,17 @@ class ControllerHeartbeat(BaseModel):
     pubsub_connected: bool = False
     apps_loaded: int = 0
     jobs_submitted: int = Field(0, description="flow runs created by this controller since it started")
+    jobs_outside_prefect: list[str] = Field(
+        default_factory=list, description="starting/running jobs of the resource that this Prefect never had a flow "
+        f"run of (launched by another controller), left to finish; the first {MAX_JOBS_LISTED}")
     last_error: str | None = Field(None, description="the last error, one line")
     last_error_at: datetime | None = None
     published: datetime | None = Field(None, description="when this heartbeat was written (UTC)")
+
+    @field_validator("jobs_outside_prefect")
+    @classmethod
+    def _within_a_variable(cls, value: list[str]) -> list[str]:
+        return value[:MAX_JOBS_LISTED]
 
     @field_validator("last_error")
     @classmethod
@@ -68,7 +77,8 @@ _last_written: dict[str, tuple[float, tuple]] = {}
 
 def _signature(heartbeat: ControllerHeartbeat) -> tuple:
     """A change of these is written at once; the rest (times, counts) at most once per interval."""
-    return (heartbeat.flow_run_id, heartbeat.pubsub_connected, heartbeat.apps_loaded, heartbeat.last_error)
+    return (heartbeat.flow_run_id, heartbeat.pubsub_connected, heartbeat.apps_loaded, heartbeat.last_error,
+            tuple(heartbeat.jobs_outside_prefect))
 
 
 def _current_flow_run_id() -> str | None:

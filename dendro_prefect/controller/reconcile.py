@@ -7,6 +7,10 @@ so a restarted controller knows everything its predecessor did. Each disagreemen
   the run is cancelled, and the worker that follows it removes the infrastructure;
 - a `starting`/`running` job whose flow run ended (cancelled in the UI, crashed, failed), or was
   deleted: the job is failed at the central with the reason;
+- a `starting`/`running` job of which this Prefect never had a flow run (Prefect's events, kept
+  `PREFECT_EVENTS_RETENTION_PERIOD`, 7 days by default, hold none: launched by another controller, such
+  as the original daemon before the switch, or before the Prefect database was replaced): not ours to
+  fail; it is left to finish, logged once and shown by `dendro-prefect status` as running outside Prefect;
 - a pending job whose flow run already ended: it is not launched again; the job is failed with why.
   Except a run that crashed before its launch (Prefect's own API failed the worker, e.g. SQLite's
   "database is locked"): a pending job was never launched, so the run goes back to the queue, a few times.
@@ -32,6 +36,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.states import Cancelled, Cancelling, Scheduled
 
 from ..protocol.models import DendroJob
@@ -101,12 +106,23 @@ async def requeue_crashed(client: PrefectClient, flow_run: FlowRun) -> bool:
     return True
 
 
+async def ever_had_a_flow_run(client: PrefectClient, job_id: str) -> bool:
+    """Whether Prefect's events name a flow run of the job (each state change of a run is an event related to
+    its tags): a deleted run leaves them, a job this Prefect never ran has none."""
+    page = await client.read_events(EventFilter(event=EventNameFilter(prefix=["prefect.flow-run."]),
+                                                related=EventRelatedFilter(id=[f"prefect.tag.{job_tag(job_id)}"])),
+                                    limit=1)
+    return page.total > 0
+
+
 @dataclass
 class Actions:
-    """What one reconciliation decided: runs to cancel and jobs to fail, each with its reason."""
+    """What one reconciliation decided: runs to cancel and jobs to fail, each with its reason, and the
+    jobs newly found running outside Prefect (to say so once)."""
 
     cancel: list[tuple[FlowRun, str]] = field(default_factory=list)
     fail: list[tuple[DendroJob, str]] = field(default_factory=list)
+    outside: list[DendroJob] = field(default_factory=list)
 
 
 @dataclass
@@ -114,7 +130,9 @@ class Reconciler:
     compute_resource_id: str
     settle_sec: float = SETTLE_SEC
     clock: Callable[[], float] = time.monotonic
+    outside: set[str] = field(default_factory=set)  # launched jobs this Prefect never had a run of
     _first_seen: dict[tuple[str, str], float] = field(default_factory=dict)
+    _had_a_run: set[str] = field(default_factory=set)
 
     def _settled(self, seen: set, job_id: str, what: str) -> bool:
         """True once this disagreement has lasted `settle_sec` (it is remembered from now on)."""
@@ -134,7 +152,17 @@ class Reconciler:
                 actions.cancel.append((run, f"job {job_id} is no longer unfinished at the central"))
         launched = [job for job in jobs if job.status in ("starting", "running") and job.jobId not in active]
         ended = await latest_runs(client, [job.jobId for job in launched]) if launched else {}
+        self.outside &= {job.jobId for job in launched}
+        self._had_a_run &= {job.jobId for job in launched}
         for job in launched:
+            if job.jobId in self.outside:
+                continue
+            if job.jobId not in ended and job.jobId not in self._had_a_run:
+                if not await ever_had_a_flow_run(client, job.jobId):
+                    self.outside.add(job.jobId)
+                    actions.outside.append(job)
+                    continue
+                self._had_a_run.add(job.jobId)
             if self._settled(seen, job.jobId, "ended"):
                 actions.fail.append((job, why_run_ended(ended.get(job.jobId))))
         self._first_seen = {key: since for key, since in self._first_seen.items() if key in seen}

@@ -107,6 +107,9 @@ class Controller:
             await self.reconciler.cancel(prefect, flow_run, reason)
         for job, reason in actions.fail:
             await self._fail(job.jobId, job.jobPrivateKey, reason)
+        for job in actions.outside:
+            self.logger.warning("Job %s is %s at the central and this Prefect never had a flow run of it (launched by "
+                                "another controller, e.g. the original daemon): left to finish", job.jobId, job.status)
         pending = [job for job in jobs if job.status == "pending" and job.jobId not in active]
         return await self._submit_all(prefect, pending) if pending else 0
 
@@ -215,7 +218,8 @@ class Controller:
             compute_resource_id=self.config.compute_resource_id, central_url=self.config.central_url,
             last_contact=self.last_contact, last_intake=self.last_intake, pubsub_connected=hints.connected,
             apps_loaded=len(self.catalog.apps), jobs_submitted=self.jobs_submitted,
-            last_error=self.last_error, last_error_at=self.last_error_at)
+            jobs_outside_prefect=sorted(self.reconciler.outside), last_error=self.last_error,
+            last_error_at=self.last_error_at)
 
     async def run(self, poll_interval_sec: float, run_for_sec: float | None = None,
                   flow_run_id: UUID | None = None) -> bool:

@@ -138,7 +138,8 @@ def flow_run(job_id: str, kind: StateType | None, resource_id: str = RESOURCE_ID
 
 class FakePrefect:
     """The Prefect client calls of the controller: flow runs filtered by tags, state types and ids, in creation
-    order (as sorted by expected start time), their state histories, deployments, idempotent bulk creation."""
+    order (as sorted by expected start time), their state histories, deployments, idempotent bulk creation, and the
+    events of their state changes, which outlive a deleted run."""
 
     SUPPORTED_FILTERS = {"tags": {"all_", "any_"}, "state": {"type"}, "id": {"any_"}}
 
@@ -151,13 +152,28 @@ class FakePrefect:
         self.deployment_reads = 0
         self.bulk_calls: list[int] = []  # the number of flow runs asked for in each bulk creation
         self.refused: dict[str, str] = {}  # idempotency key -> the error Prefect answers for its item
+        self.event_tags: list[list[str]] = []  # the tags of each flow run's state-change events, deleted runs' too
+        self.event_reads = 0
         for run in runs:
             self.add(run)
 
     def add(self, run: FlowRun, earlier: list[State] = ()) -> FlowRun:
         self.runs[run.id] = run
         self.history[run.id] = [*earlier, *([run.state] if run.state else [])]
+        self.event_tags.append(list(run.tags))
         return run
+
+    def delete(self, run: FlowRun) -> None:
+        """As `prefect flow-run delete`: the run is gone, its events stay."""
+        del self.runs[run.id], self.history[run.id]
+
+    async def read_events(self, filter=None, limit: int = 100):
+        """Prefect's `POST /events/filter` for flow-run events related to tags, as the reconciler asks."""
+        self.event_reads += 1
+        assert filter.event.prefix == ["prefect.flow-run."], f"{filter.event} not faked"
+        wanted = {resource_id.removeprefix("prefect.tag.") for resource_id in filter.related.id}
+        total = sum(bool(wanted & set(tags)) for tags in self.event_tags)
+        return SimpleNamespace(total=total, events=[], next_page=None)
 
     def _matches(self, run: FlowRun, flow_run_filter) -> bool:
         given = flow_run_filter.model_dump(exclude_none=True) if flow_run_filter else {}

@@ -142,10 +142,27 @@ async def test_a_launched_job_whose_run_ended_is_failed_with_the_runs_reason_aft
 
 async def test_a_launched_job_whose_run_was_deleted_is_failed_after_settle_sec(reconciler, clock):
     prefect = FakePrefect()
+    prefect.delete(prefect.add(flow_run(JOB, StateType.RUNNING)))
     central = [job(JOB, status="running")]
     assert failed(await decide(reconciler, prefect, central)) == []
     clock.advance(SETTLE)
-    assert failed(await decide(reconciler, prefect, central)) == [(JOB, "its flow run was deleted in Prefect")]
+    actions = await decide(reconciler, prefect, central)
+    assert failed(actions) == [(JOB, "its flow run was deleted in Prefect")] and actions.outside == []
+
+
+@pytest.mark.parametrize("status", ["starting", "running"])
+async def test_a_launched_job_this_prefect_never_ran_is_left_to_finish_and_said_once(reconciler, clock, status):
+    """Launched by the original daemon before the switch (or before the Prefect database was replaced)."""
+    prefect = FakePrefect([flow_run("p1.other", StateType.RUNNING)])
+    central = [job(JOB, status=status)]
+    first = await decide(reconciler, prefect, central)
+    assert [j.jobId for j in first.outside] == [JOB] and failed(first) == []
+    clock.advance(10 * SETTLE)
+    again = await decide(reconciler, prefect, central)
+    assert again.outside == [] and failed(again) == [] and reconciler.outside == {JOB}
+    assert prefect.event_reads == 1  # asked once per job, not every round
+    await decide(reconciler, prefect, [])  # it ended at the central
+    assert reconciler.outside == set()
 
 
 async def test_the_newest_run_of_a_job_says_how_it_ended(reconciler, clock):
@@ -291,6 +308,19 @@ async def test_a_pending_job_without_run_gets_one_flow_run_of_its_run_methods_de
     assert run.job_variables["num_cpus"] == 1 and "jobPrivateKey" not in str(run.job_variables)
     assert await controller.intake(prefect) == 0 and len(prefect.runs) == 1  # its run is active now
     assert central.status_changes == []
+
+
+async def test_a_job_running_outside_prefect_is_logged_once_and_listed_in_the_heartbeat(controller, central, prefect,
+                                                                                        caplog):
+    central.jobs[JOB] = job(JOB, status="running")
+    caplog.set_level(logging.WARNING, logger="tests.controller")
+    for _ in range(3):
+        assert await controller.intake(prefect) == 0
+    said = [r.getMessage() for r in caplog.records if JOB in r.getMessage()]
+    assert said == [f"Job {JOB} is running at the central and this Prefect never had a flow run of it (launched by "
+                    "another controller, e.g. the original daemon): left to finish"]
+    assert controller.heartbeat(SimpleNamespace(connected=False)).jobs_outside_prefect == [JOB]
+    assert central.status_changes == [] and prefect.created == []
 
 
 async def test_a_deployment_is_read_once_and_again_once_it_was_applied_anew(controller, central, prefect):
