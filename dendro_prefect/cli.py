@@ -82,6 +82,41 @@ def demo(
 
 
 @app.command()
+def up(
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="The compute resource's configuration (default: .dendro_compute_resource.json in the "
+        "dendro-prefect home). The workers run in its directory; our Prefect server keeps its database in "
+        "`prefect/` there."),
+    database: str = typer.Option("postgres", help="Our Prefect server's database: postgres (a server of its own) or "
+                                 "sqlite. Ignored where PREFECT_API_URL names a server."),
+    concurrency_limit: list[str] = typer.Option([], help="POOL=N: the pool's concurrency limit (repeatable)."),
+    set_variable: list[str] = typer.Option([], "--set", help="POOL.VARIABLE=VALUE: a job variable's default in the "
+                                           "pool's template, e.g. slurm.partition=gpu (VALUE as JSON, else text; "
+                                           "repeatable)."),
+) -> None:
+    """Run this compute resource on this host until Ctrl-C: Prefect server (unless PREFECT_API_URL names one),
+    the work pools of its run methods, their deployments and workers, and the subscription flow."""
+    import os
+
+    from rich.console import Console
+
+    from .prefect_database import DATABASES
+    from .up import UpError, UpOptions, options_for_pools, pools_of, run_up
+
+    try:
+        if database not in DATABASES:
+            raise UpError(f"no database {database!r}; choose one of {', '.join(DATABASES)}")
+        config_file = config_path(config_file).resolve()
+        config = ComputeResourceConfig.read(config_file)
+        limits, variables = options_for_pools(pools_of(config), config_file, concurrency_limit, set_variable)
+        options = UpOptions(config_file, database, limits, variables)
+        run_up(options, config, os.environ.get("PREFECT_API_URL"), Console())
+    except (UpError, ConfigError, RuntimeError) as error:
+        typer.echo(f"Error: {' '.join(str(error).split())}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
 def status(json_output: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
     """Work pools, workers, running jobs and controller heartbeats, from the Prefect API (PREFECT_API_URL)."""
     import asyncio

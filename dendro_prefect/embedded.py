@@ -297,11 +297,12 @@ class Prefect:
 
 
 @contextmanager
-def controller_worker(prefect: Prefect, log_name: str = "controller.log") -> Iterator[subprocess.Popen]:
+def controller_worker(prefect: Prefect, log_name: str = "controller.log",
+                      name: str | None = None) -> Iterator[subprocess.Popen]:
     """The process worker of pool dendro-controller, in the project (the subscription deployment's pull step
     runs the flow from there), as `prefect.controller_worker` while it runs. Stop the subscription flow runs it
     runs first: stopping a process worker leaves its flow runs' processes running."""
-    with prefect.worker("dendro-controller", "process", PROJECT_DIR, log_name) as worker:
+    with prefect.worker("dendro-controller", "process", PROJECT_DIR, log_name, name=name) as worker:
         prefect.controller_worker = worker
         try:
             yield worker

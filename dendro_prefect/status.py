@@ -21,7 +21,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.settings import PREFECT_API_URL
 from pydantic import BaseModel
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 
 from .controller.heartbeat import ControllerHeartbeat, read_heartbeats, utcnow
@@ -182,8 +182,13 @@ def _when(moment: datetime | None, now: datetime) -> str:
 
 
 def render(report: StatusReport, console: Console) -> None:
+    console.print(status_view(report))
+
+
+def status_view(report: StatusReport) -> Group:
+    """The report as one screen: the API, then a table per part (or a line saying it has none)."""
     now = report.at
-    console.print(f"Prefect API: {report.api_url or 'ephemeral server'}")
+    parts: list = [f"Prefect API: {report.api_url or 'ephemeral server'}"]
     pools = Table("pool", "type", "status", "concurrency", "paused", title="Work pools")
     for pool in report.pools:
         limit = "unlimited" if pool.concurrency_limit is None else str(pool.concurrency_limit)
@@ -210,4 +215,5 @@ def render(report: StatusReport, console: Console) -> None:
         )
     for table, empty in ((pools, "no work pools of dendro worker types"), (workers, "no workers"),
                          (jobs, "no running jobs"), (controllers, "no controller heartbeats")):
-        console.print(table if table.row_count else f"[dim]{table.title}: {empty}[/]")
+        parts.append(table if table.row_count else f"[dim]{table.title}: {empty}[/]")
+    return Group(*parts)
