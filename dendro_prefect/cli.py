@@ -116,6 +116,29 @@ def up(
         raise typer.Exit(1)
 
 
+@app.command("start-subscription")
+def start_subscription(
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="The compute resource's configuration (default: .dendro_compute_resource.json in the "
+        "dendro-prefect home)."),
+) -> None:
+    """Start the resource's subscription flow run on the dendro-controller pool (PREFECT_API_URL), cancelling one an
+    earlier controller left unfinished: what a service manager runs once the controller's worker is up."""
+    import asyncio
+
+    from .up import start_subscription as start
+
+    try:
+        config_file = config_path(config_file).resolve()
+        name, leftover = asyncio.run(start(config_file, ComputeResourceConfig.read(config_file)))
+    except (ConfigError, RuntimeError, OSError) as error:
+        typer.echo(f"Error: {' '.join(str(error).split())}", err=True)
+        raise typer.Exit(1)
+    if leftover:
+        typer.echo(f"Cancelled the subscription flow run {leftover} an earlier controller left unfinished")
+    typer.echo(f"Started the subscription flow run {name}")
+
+
 @app.command()
 def status(json_output: bool = typer.Option(False, "--json", help="Print the status as JSON.")) -> None:
     """Work pools, workers, running jobs and controller heartbeats, from the Prefect API (PREFECT_API_URL)."""

@@ -27,6 +27,7 @@ from .prefect_database import migrated_sqlite, postgres_database
 # The clone: prefect.yaml and the flows its deployments name. Prefect runs the flows from here.
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 REDIS_SERVER = "redis-server"  # Debian's package `redis-server`
+PORT_TRIES = 3
 
 
 @contextmanager
@@ -69,12 +70,7 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
         raise RuntimeError(f"a Prefect server with several API processes needs Redis: {REDIS_SERVER} is not installed "
                            "(Debian's package redis-server)")
     home.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
     env = prefect_env(home)
-    # The UI asks the API where its settings say, not where this server listens: without this it calls
-    # port 4200 ("Can't connect to Server API"), or another Prefect server that happens to listen there.
-    env["PREFECT_UI_API_URL"] = api_url
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     else:
@@ -85,13 +81,40 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
             env["PREFECT_SERVER_DOCKET_URL"] = redis_url
             if api_processes > 1:
                 env.update(_redis_messaging(redis_url))
-        # SIGINT: the way `prefect server start` is stopped in a terminal.
-        stack.enter_context(server_process(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--workers", str(api_processes)],
-            home / "server.log", lambda: _healthy(api_url), "the Prefect server", startup_timeout, signal.SIGINT, env))
+        api_url = stack.enter_context(_server_on_a_port(home, env, port, api_processes, startup_timeout))
         if api_processes > 1:
             stack.enter_context(_services_process(home, env))
         yield api_url
+
+
+@contextmanager
+def _server_on_a_port(home: Path, env: dict[str, str], port: int | None, api_processes: int,
+                      startup_timeout: float) -> Iterator[str]:
+    """`prefect server start` on `port`, or on a free one: a port found free can be taken before the server binds
+    it (by another server starting, or as the local end of a connection: free ports come from the same range), so
+    a start that finds it in use is tried again on another, up to PORT_TRIES times. Yields the API URL."""
+    for attempt in range(1, PORT_TRIES + 1):
+        chosen = port or free_port()
+        api_url = f"http://127.0.0.1:{chosen}/api"
+        # The UI asks the API where its settings say, not where this server listens: without this it calls
+        # port 4200 ("Can't connect to Server API"), or another Prefect server that happens to listen there.
+        env["PREFECT_UI_API_URL"] = api_url
+        stack = ExitStack()
+        try:
+            # SIGINT: the way `prefect server start` is stopped in a terminal.
+            stack.enter_context(server_process(
+                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(chosen), "--workers",
+                 str(api_processes)],
+                home / "server.log", lambda: _healthy(api_url), "the Prefect server", startup_timeout, signal.SIGINT,
+                env))
+        except RuntimeError as error:
+            stack.close()
+            if port or attempt == PORT_TRIES or "address already in use" not in str(error):
+                raise
+            continue
+        with stack:
+            yield api_url
+        return
 
 
 def _redis_messaging(redis_url: str) -> dict[str, str]:

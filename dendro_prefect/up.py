@@ -33,7 +33,7 @@ from .config import CONFIG_FILE_NAME, ComputeResourceConfig
 from .controller.heartbeat import read_heartbeats
 from .controller.routing import DEFAULT_DEPLOYMENTS
 from .embedded import PROJECT_DIR, WORK_POOLS, Prefect, controller_worker, prefect_cli, running_prefect
-from .embedded_controller import subscription_run
+from .embedded_controller import SUBSCRIPTION_DEPLOYMENT, subscription_run
 from .status import StatusError, collect_status, status_view
 
 CONTROLLER_POOL = "dendro-controller"
@@ -162,6 +162,19 @@ async def cancel_leftover_subscription(client: PrefectClient, compute_resource_i
     return flow_run.name
 
 
+async def start_subscription(config_file: Path, config: ComputeResourceConfig) -> tuple[str, str | None]:
+    """A subscription flow run of the resource on the dendro-controller pool (systemd's
+    dendro-prefect-subscription.service), after cancelling one an earlier controller left unfinished.
+    Returns the new run's name and the cancelled one's."""
+    from prefect.deployments import arun_deployment
+
+    async with get_client() as client:
+        leftover = await cancel_leftover_subscription(client, config.compute_resource_id)
+    flow_run = await arun_deployment(SUBSCRIPTION_DEPLOYMENT, parameters={"config_file": str(config_file)},
+                                     timeout=0, as_subflow=False)
+    return flow_run.name, leftover
+
+
 def deploy(prefect: Prefect, pools: dict[str, str]) -> None:
     """prefect.yaml's deployments of these pools only (`prefect deploy --name ...`): one for a pool that does not
     exist would fail the command."""
@@ -186,6 +199,8 @@ def worker_name(pool: str) -> str:
 
 
 def _raise_keyboard_interrupt(signum, frame) -> None:
+    """Ctrl-C and SIGTERM alike, wherever the main thread is. Being Python's own SIGINT handler no longer, it also
+    holds inside `asyncio.run`, whose own handler would only cancel the status read and let `up` run on."""
     raise KeyboardInterrupt
 
 
@@ -193,7 +208,8 @@ def run_up(options: UpOptions, config: ComputeResourceConfig, api_url: str | Non
     """Bring it all up, show the status until Ctrl-C or SIGTERM, stop all of it (at exit of the ExitStack, in
     reverse: the subscription flow run ends before the workers, the workers before the server)."""
     pools = pools_of(config)
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_keyboard_interrupt)
     with ExitStack() as stack:
         try:
             console.print(f"Starting a compute resource {config.compute_resource_id[:16]}… of {config.central_url} "

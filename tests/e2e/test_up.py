@@ -20,11 +20,13 @@ from typing import Iterator
 
 import requests
 
-from dendro_prefect.embedded_controller import register_resource
+from dendro_prefect.child_processes import prefect_env
+from dendro_prefect.embedded_controller import cancel_subscription_run, register_resource
 from dendro_prefect.stand_in.process import running_stand_in
 from tests.conftest import create_letter_count_job, process_alive, wait_for
+from tests.e2e.test_status import heartbeat_of
 from tests.secrets_scan import record_secret
-from tests.stack import finished_job, letter_count_spec_uri
+from tests.stack import finished_job, letter_count_spec_uri, prefect_api
 
 DENDRO_PREFECT = str(Path(sys.executable).with_name("dendro-prefect"))
 UI_LINE = re.compile(r"Prefect UI: (http://127\.0\.0\.1:\d+)")
@@ -152,3 +154,39 @@ def test_up_runs_a_local_only_resource_and_a_second_up_creates_nothing_new(tmp_p
             assert len(runs) == 1
             stop(up)
         wait_for(lambda: not any(process_alive(pid) for pid in apps), "the slow job's processes to end", timeout=30)
+
+
+def test_start_subscription_replaces_a_run_an_earlier_controller_left_unfinished(prefect_stack, tmp_path):
+    """systemd's dendro-prefect-subscription.service runs it each time the controller's worker (re)starts."""
+    with running_stand_in(tmp_path / "central") as admin:
+        config = register_resource(admin, tmp_path / "resource", [{"name": "letter_count",
+                                                                   "specUri": letter_count_spec_uri(tmp_path)}])
+        record_secret(config.compute_resource_private_key.get_secret_value(), "compute-resource-key")
+        env = dict(prefect_env(prefect_stack.home, prefect_stack.api_url))
+        command = [DENDRO_PREFECT, "start-subscription", "--config",
+                   str(tmp_path / "resource" / ".dendro_compute_resource.json")]
+
+        def start() -> str:
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+
+        def current_run() -> str | None:
+            heartbeat = heartbeat_of(prefect_stack, config.compute_resource_id)
+            return heartbeat and heartbeat["flow_run_id"]
+
+        assert start().startswith("Started the subscription flow run ")
+        first = wait_for(current_run, "the first subscription flow run's heartbeat", timeout=120, interval=1.0)
+        try:
+            said = start()
+            first_name = prefect_api().read_flow_run(first).name
+            assert said.splitlines()[0] == (f"Cancelled the subscription flow run {first_name} an earlier controller "
+                                            "left unfinished")
+            second = wait_for(lambda: (run_id := current_run()) != first and run_id, "the new run's heartbeat",
+                              timeout=120, interval=1.0)
+            assert prefect_api().read_flow_run(first).state.is_cancelled()
+        finally:
+            for run_id in {first, current_run()}:
+                if not prefect_api().read_flow_run(run_id).state.is_final():
+                    cancel_subscription_run(run_id)
+        assert second != first

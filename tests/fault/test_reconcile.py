@@ -140,7 +140,7 @@ def test_a_job_deleted_while_its_worker_is_down_has_its_app_killed_by_the_next_w
     assert process_alive(pid)
     with pool_worker(reconciling, prefect_stack):
         wait_for(lambda: not process_alive(pid), "the restarted worker to kill the app", 30)
-        flow_run = final_flow_run(job_id, timeout=30)
+        flow_run = final_flow_run(job_id)
     assert flow_run.state.is_cancelled()
 
 
@@ -150,7 +150,7 @@ def test_a_job_whose_app_died_with_its_worker_is_failed_not_relaunched(reconcili
     wait_for(lambda: not process_alive(pid), "the app to die")
     with pool_worker(reconciling, prefect_stack):
         job = finished_job(reconciling.admin, job_id, timeout=60)
-        flow_run = final_flow_run(job_id, timeout=30)
+        flow_run = final_flow_run(job_id)
     assert job["status"] == "failed"
     assert "the app's process ended while no worker watched it" in job["error"]
     assert flow_run.state.is_failed()
@@ -207,7 +207,7 @@ def test_a_job_launched_by_a_worker_lost_before_prefect_recorded_it(reconciling,
     try:
         with pool_worker(reconciling, prefect_stack):
             job = finished_job(reconciling.admin, job_id, timeout=150)
-            flow_run = final_flow_run(job_id, timeout=30)
+            flow_run = final_flow_run(job_id)
             wait_for(lambda: not process_alive(pid), "the app to stop", timeout=60)
     finally:
         if process_alive(pid):

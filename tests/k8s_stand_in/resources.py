@@ -30,6 +30,7 @@ class Resource:
 
 
 READ = ("get", "list", "watch")
+RBAC = "rbac.authorization.k8s.io"
 RESOURCES = {
     "namespaces": Resource("namespaces", "Namespace", "", False, ("create",) + READ, "namespace"),
     "nodes": Resource("nodes", "Node", "", False, READ, "node"),
@@ -37,6 +38,15 @@ RESOURCES = {
     "pods": Resource("pods", "Pod", "", True, ("create", "delete") + READ, "pod"),
     "events": Resource("events", "Event", "", True, ("create",) + READ, "event"),
     "jobs": Resource("jobs", "Job", "batch", True, ("create", "delete") + READ, "job"),
+    # Stored only (no controller acts on them): what deployments/kubernetes/ applies to run the worker in a cluster.
+    "serviceaccounts": Resource("serviceaccounts", "ServiceAccount", "", True, ("create", "delete") + READ,
+                                "serviceaccount"),
+    "deployments": Resource("deployments", "Deployment", "apps", True, ("create", "delete") + READ, "deployment"),
+    "roles": Resource("roles", "Role", RBAC, True, ("create", "delete") + READ, "role"),
+    "rolebindings": Resource("rolebindings", "RoleBinding", RBAC, True, ("create", "delete") + READ, "rolebinding"),
+    "clusterroles": Resource("clusterroles", "ClusterRole", RBAC, False, ("create", "delete") + READ, "clusterrole"),
+    "clusterrolebindings": Resource("clusterrolebindings", "ClusterRoleBinding", RBAC, False,
+                                    ("create", "delete") + READ, "clusterrolebinding"),
 }
 
 

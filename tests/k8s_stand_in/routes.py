@@ -73,6 +73,7 @@ async def list_namespaced(request: Request, namespace: str) -> Response:
 
 
 @router.post("/api/v1/{plural}")
+@router.post("/apis/{group}/v1/{plural}")
 async def create_cluster_scoped(request: Request) -> Response:
     res = target(request, "create", False)
     if res.namespaced:
@@ -88,6 +89,7 @@ async def create_namespaced(request: Request, namespace: str) -> Response:
 
 
 @router.get("/api/v1/{plural}/{name}")
+@router.get("/apis/{group}/v1/{plural}/{name}")
 async def get_cluster_scoped(request: Request, name: str) -> Response:
     res = target(request, "get", False)
     if res.namespaced:

@@ -114,14 +114,21 @@ def pod_spec_problems(spec: object, field: str, restart_policies: tuple[str, ...
     return problems
 
 
-def job_problems(job: dict) -> list[tuple[str, str]]:
-    spec = job.get("spec")
+def pod_template_problems(owner: dict, restart_policies: tuple[str, ...]) -> tuple[dict, list[tuple[str, str]]]:
+    """The spec of a Job or Deployment (empty when missing) and the problems of its pod template."""
+    spec = owner.get("spec")
     require_type(spec, dict, "spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("template"), dict):
-        return [("spec.template", "Required value")]
+        return {}, [("spec.template", "Required value")]
     template = spec["template"]
     problems = metadata_problems(template.get("metadata") or {}, None, "spec.template.metadata")
-    problems += pod_spec_problems(template.get("spec"), "spec.template.spec", ("OnFailure", "Never"))
+    return spec, problems + pod_spec_problems(template.get("spec"), "spec.template.spec", restart_policies)
+
+
+def job_problems(job: dict) -> list[tuple[str, str]]:
+    spec, problems = pod_template_problems(job, ("OnFailure", "Never"))
+    if not spec:
+        return problems
     for field, minimum in (("backoffLimit", 0), ("activeDeadlineSeconds", 1), ("ttlSecondsAfterFinished", 0),
                            ("completions", 0), ("parallelism", 0)):
         value = spec.get(field)
@@ -148,6 +155,21 @@ def secret_problems(secret: dict) -> list[tuple[str, str]]:
     return problems
 
 
+def deployment_problems(deployment: dict) -> list[tuple[str, str]]:
+    """A Deployment's pod template, and a selector that selects it (what the apiserver checks of one)."""
+    spec, problems = pod_template_problems(deployment, ("Always",))
+    if not spec:
+        return problems
+    wanted = ((spec.get("selector") or {}).get("matchLabels") or {})
+    labels = (spec["template"].get("metadata") or {}).get("labels") or {}
+    if not wanted:
+        problems.append(("spec.selector", "Required value"))
+    elif any(labels.get(key) != value for key, value in wanted.items()):
+        problems.append(("spec.template.metadata.labels", f"Invalid value: {labels}: `selector` does not match "
+                                                          "template `labels`"))
+    return problems
+
+
 def validate(res: Resource, obj: dict) -> None:
     """Raise the apiserver's 400/422 for a body that it would refuse on create."""
     if not isinstance(obj, dict):
@@ -160,6 +182,8 @@ def validate(res: Resource, obj: dict) -> None:
         problems += pod_spec_problems(obj.get("spec"), "spec", ("Always", "OnFailure", "Never"))
     elif res.plural == "secrets":
         problems += secret_problems(obj)
+    elif res.plural == "deployments":
+        problems += deployment_problems(obj)
     if problems:
         raise invalid(res.qualified_kind, str(meta.get("name") or meta.get("generateName") or ""), problems,
                       res.group, res.kind)
