@@ -41,10 +41,15 @@ def register_resource(admin: Any, workdir: Path, apps: list[dict], container_met
 
 async def _cancel_and_wait(flow_run_id, timeout: float) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.states import Cancelling
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Cancelling
 
     async with get_client() as client:
-        await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
+        # A run not started yet (Scheduled, or Pending while its process starts) is Cancelled at once: a flow
+        # process that then starts finds it final and exits; Cancelling would wait for a flow that never watches it.
+        state = (await client.read_flow_run(flow_run_id)).state
+        waiting = state is not None and state.type in (StateType.SCHEDULED, StateType.PENDING)
+        await client.set_flow_run_state(flow_run_id, Cancelled() if waiting else Cancelling(), force=True)
         deadline = time.monotonic() + timeout
         while not (flow_run := await client.read_flow_run(flow_run_id)).state.is_final():
             if time.monotonic() > deadline:
