@@ -81,6 +81,12 @@ def demo(
     run_demo(workdir, sdk_venv, timeout, keep_running, container_method, app, database)
 
 
+def _fail(error: Exception) -> None:
+    """The error on one line, exit code 1."""
+    typer.echo(f"Error: {' '.join(str(error).split())}", err=True)
+    raise typer.Exit(1)
+
+
 @app.command()
 def up(
     config_file: Optional[Path] = typer.Option(
@@ -112,8 +118,7 @@ def up(
         options = UpOptions(config_file, database, limits, variables)
         run_up(options, config, os.environ.get("PREFECT_API_URL"), Console())
     except (UpError, ConfigError, RuntimeError) as error:
-        typer.echo(f"Error: {' '.join(str(error).split())}", err=True)
-        raise typer.Exit(1)
+        _fail(error)
 
 
 @app.command("start-subscription")
@@ -132,8 +137,7 @@ def start_subscription(
         config_file = config_path(config_file).resolve()
         name, leftover = asyncio.run(start(config_file, ComputeResourceConfig.read(config_file)))
     except (ConfigError, RuntimeError, OSError) as error:
-        typer.echo(f"Error: {' '.join(str(error).split())}", err=True)
-        raise typer.Exit(1)
+        _fail(error)
     if leftover:
         typer.echo(f"Cancelled the subscription flow run {leftover} an earlier controller left unfinished")
     typer.echo(f"Started the subscription flow run {name}")

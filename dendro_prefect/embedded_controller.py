@@ -77,14 +77,19 @@ def cancel_subscription_run(flow_run_id, timeout: float = 60.0) -> None:
     asyncio.run(_cancel_and_wait(flow_run_id, timeout))
 
 
+async def create_subscription_run(parameters: dict, deployment: str = SUBSCRIPTION_DEPLOYMENT):
+    """A flow run of the subscription deployment with `parameters`, on the dendro-controller pool (not waited for)."""
+    from prefect.deployments import arun_deployment
+
+    return await arun_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False)
+
+
 @contextmanager
 def subscription_run(parameters: dict, deployment: str = SUBSCRIPTION_DEPLOYMENT,
                      stop_timeout: float = 60.0) -> Iterator[str]:
     """A flow run of the subscription deployment with `parameters`; yields its id. At exit it is cancelled and
     waited for: before its worker stops, which would leave it running."""
-    from prefect.deployments import arun_deployment
-
-    flow_run = asyncio.run(arun_deployment(deployment, parameters=parameters, timeout=0, as_subflow=False))
+    flow_run = asyncio.run(create_subscription_run(parameters, deployment))
     try:
         yield str(flow_run.id)
     finally:

@@ -33,7 +33,7 @@ from .config import CONFIG_FILE_NAME, ComputeResourceConfig
 from .controller.heartbeat import read_heartbeats
 from .controller.routing import DEFAULT_DEPLOYMENTS
 from .embedded import PROJECT_DIR, WORK_POOLS, Prefect, controller_worker, prefect_cli, running_prefect
-from .embedded_controller import SUBSCRIPTION_DEPLOYMENT, subscription_run
+from .embedded_controller import create_subscription_run, subscription_run
 from .status import StatusError, collect_status, status_view
 
 CONTROLLER_POOL = "dendro-controller"
@@ -73,6 +73,11 @@ def pools_of(config: ComputeResourceConfig) -> dict[str, str]:
     return pools
 
 
+def job_pools(pools: dict[str, str]) -> dict[str, str]:
+    """The pools that run jobs: all but the controller's."""
+    return {name: worker_type for name, worker_type in pools.items() if name != CONTROLLER_POOL}
+
+
 def parse_assignments(assignments: list[str], what: str) -> dict[str, str]:
     """`KEY=VALUE` options; a malformed one is an UpError naming it."""
     parsed = {}
@@ -91,7 +96,7 @@ def options_for_pools(pools: dict[str, str], config_file: Path, limits: list[str
     the job pools' `config_file` default."""
     concurrency = {}
     for pool, value in parse_assignments(limits, "--concurrency-limit").items():
-        if pool not in pools or pool == CONTROLLER_POOL:
+        if pool not in job_pools(pools):
             raise UpError(f"--concurrency-limit {pool}: not a job pool of this resource ({', '.join(pools)})")
         if not value.isdigit():
             raise UpError(f"--concurrency-limit {pool}={value}: not a whole number")
@@ -99,16 +104,15 @@ def options_for_pools(pools: dict[str, str], config_file: Path, limits: list[str
     variables: dict[str, dict[str, Any]] = {}
     for key, value in parse_assignments(settings, "--set").items():
         pool, dot, variable = key.partition(".")
-        if not dot or pool not in pools or pool == CONTROLLER_POOL:
+        if not dot or pool not in job_pools(pools):
             raise UpError(f"--set {key}: not POOL.VARIABLE of a job pool of this resource")
         try:
             variables.setdefault(pool, {})[variable] = json.loads(value)
         except ValueError:
             variables.setdefault(pool, {})[variable] = value
     if config_file.name != CONFIG_FILE_NAME:
-        for pool in pools:
-            if pool != CONTROLLER_POOL:
-                variables.setdefault(pool, {}).setdefault("config_file", str(config_file))
+        for pool in job_pools(pools):
+            variables.setdefault(pool, {}).setdefault("config_file", str(config_file))
     return concurrency, variables
 
 
@@ -166,21 +170,19 @@ async def start_subscription(config_file: Path, config: ComputeResourceConfig) -
     """A subscription flow run of the resource on the dendro-controller pool (systemd's
     dendro-prefect-subscription.service), after cancelling one an earlier controller left unfinished.
     Returns the new run's name and the cancelled one's."""
-    from prefect.deployments import arun_deployment
-
     async with get_client() as client:
         leftover = await cancel_leftover_subscription(client, config.compute_resource_id)
-    flow_run = await arun_deployment(SUBSCRIPTION_DEPLOYMENT, parameters={"config_file": str(config_file)},
-                                     timeout=0, as_subflow=False)
+    flow_run = await create_subscription_run({"config_file": str(config_file)})
     return flow_run.name, leftover
 
 
-def deploy(prefect: Prefect, pools: dict[str, str]) -> None:
+def deploy(prefect: Prefect, pools: dict[str, str]) -> list[str]:
     """prefect.yaml's deployments of these pools only (`prefect deploy --name ...`): one for a pool that does not
-    exist would fail the command."""
-    names = [SUBSCRIPTION] + [pool for pool in pools if pool != CONTROLLER_POOL]
+    exist would fail the command. Returns their names."""
+    names = [SUBSCRIPTION, *job_pools(pools)]
     prefect_cli(prefect.home, prefect.api_url, "--no-prompt", "deploy",
                 *[arg for name in names for arg in ("--name", name)], cwd=PROJECT_DIR)
+    return names
 
 
 @contextmanager
@@ -215,19 +217,16 @@ def run_up(options: UpOptions, config: ComputeResourceConfig, api_url: str | Non
             console.print(f"Starting a compute resource {config.compute_resource_id[:16]}… of {config.central_url} "
                           f"with work pools {', '.join(pools)} …")
             prefect = stack.enter_context(prefect_to_use(options, api_url))
-            created, leftover = asyncio.run(_prepare(prefect, pools, options, config))
+            created, leftover = asyncio.run(_prepare(pools, options, config))
             console.print(f"Prefect UI: {prefect.api_url.removesuffix('/api')}")
             console.print(f"Work pools created: {', '.join(created) or 'none (all there)'}")
             if leftover:
                 console.print(f"An earlier subscription flow run {leftover} was left unfinished: cancelled")
-            deploy(prefect, pools)
-            console.print("Deployments of prefect.yaml applied: "
-                          f"{', '.join([SUBSCRIPTION] + [p for p in pools if p != CONTROLLER_POOL])}")
+            console.print(f"Deployments of prefect.yaml applied: {', '.join(deploy(prefect, pools))}")
             stack.enter_context(controller_worker(prefect, "up-controller.log", name=worker_name(CONTROLLER_POOL)))
-            for pool, worker_type in pools.items():
-                if pool != CONTROLLER_POOL:
-                    stack.enter_context(prefect.worker(pool, worker_type, options.directory, f"up-{pool}.log",
-                                                       name=worker_name(pool)))
+            for pool, worker_type in job_pools(pools).items():
+                stack.enter_context(prefect.worker(pool, worker_type, options.directory, f"up-{pool}.log",
+                                                   name=worker_name(pool)))
             flow_run_id = stack.enter_context(subscription_run({"config_file": str(options.config_file)}))
             console.print(f"Subscription flow run {flow_run_id} started; logs in {prefect.home}. Ctrl-C stops it all.")
             show_status(console)
@@ -236,14 +235,12 @@ def run_up(options: UpOptions, config: ComputeResourceConfig, api_url: str | Non
     console.print("Stopped.")
 
 
-async def _prepare(prefect: Prefect, pools: dict[str, str], options: UpOptions,
+async def _prepare(pools: dict[str, str], options: UpOptions,
                    config: ComputeResourceConfig) -> tuple[list[str], str | None]:
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings({PREFECT_API_URL: prefect.api_url}):
-        async with get_client() as client:
-            created = await ensure_pools(client, pools, options)
-            leftover = await cancel_leftover_subscription(client, config.compute_resource_id)
+    """On the Prefect server of this process's PREFECT_API_URL: ours (running_prefect sets it) or the one named."""
+    async with get_client() as client:
+        created = await ensure_pools(client, pools, options)
+        leftover = await cancel_leftover_subscription(client, config.compute_resource_id)
     return created, leftover
 
 

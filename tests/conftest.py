@@ -143,6 +143,18 @@ def process_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def parent_pids() -> dict[int, int]:
+    """Each process's parent, from /proc (a process that goes while it is read is left out)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return parents
+
+
 def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.25):
     """Poll `condition` until it returns something truthy (and return that); fail at the deadline. Four
     times a second: most conditions ask a server, which on this 2-core machine takes CPU from what the

@@ -24,9 +24,9 @@ def cache_reads(client: PrefectClient, ttl_sec: float = 5.0) -> None:
 
 
 def _remembered(read: Callable[[Any], Awaitable[Any]], ttl_sec: float) -> Callable[[Any], Awaitable[Any]]:
-    """The runs a query hands out are submitted at once: the first to find an object stale reads it, in its
-    own task, while the others wait for that read instead of each making its own (a read that fails or is
-    cancelled leaves the object stale, and the next one reads it)."""
+    """The runs a query hands out are submitted at once: the first to find an object stale reads it while the
+    others wait for that read instead of each making its own (a read that fails or is cancelled leaves the
+    object stale, and the next one reads it)."""
     remembered: dict[Any, tuple[float, Any]] = {}
     reading: dict[Any, anyio.Lock] = defaultdict(anyio.Lock)
 

@@ -23,8 +23,9 @@ import requests
 from dendro_prefect.child_processes import prefect_env
 from dendro_prefect.embedded_controller import cancel_subscription_run, register_resource
 from dendro_prefect.stand_in.process import running_stand_in
-from tests.conftest import create_letter_count_job, process_alive, wait_for
+from tests.conftest import create_letter_count_job, parent_pids, process_alive, wait_for
 from tests.e2e.test_status import heartbeat_of
+from tests.original_daemon import processes_marked
 from tests.secrets_scan import record_secret
 from tests.stack import finished_job, letter_count_spec_uri, prefect_api
 
@@ -34,27 +35,13 @@ JOB_POOLS = {"local"}  # the resource's available_job_run_methods: local only
 
 
 def descendants(pid: int) -> set[int]:
-    """The processes under `pid` now (by their parent ids in /proc)."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
+    """The processes under `pid` now."""
+    parents = parent_pids()
     found, frontier = set(), {pid}
     while frontier:
         frontier = {child for child, parent in parents.items() if parent in frontier} - found
         found |= frontier
     return found
-
-
-def of_job(pid: int, job_id: str) -> bool:
-    """Whether the process belongs to the job (its app and the SDK's monitors have its JOB_ID)."""
-    try:
-        return f"JOB_ID={job_id}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
 
 
 class Up:
@@ -137,7 +124,7 @@ def test_up_runs_a_local_only_resource_and_a_second_up_creates_nothing_new(tmp_p
                                                                {"name": "delay_sec", "value": 40}])
             wait_for(lambda: admin.job(slow_id)["status"] == "running", "the slow job to run", timeout=120)
             started = stop(up)
-        apps = {pid for pid in started if of_job(pid, slow_id)}  # the job's app and its SDK's monitors run on
+        apps = started & set(processes_marked(f"JOB_ID={slow_id}"))  # the job's app and its SDK's monitors run on
         assert apps and all(process_alive(pid) for pid in apps)
         left = [pid for pid in started - apps if process_alive(pid)]
         assert not left, f"processes up started and did not stop: {left}"

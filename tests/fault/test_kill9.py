@@ -46,7 +46,7 @@ from dendro_prefect.embedded import prefect_worker
 from dendro_prefect.embedded_controller import cancel_subscription_run, register_resource, where_run_stands
 from dendro_prefect.stand_in.admin_client import StandInAdmin
 from dendro_prefect.stand_in.process import running_stand_in
-from tests.conftest import FIXTURES, REPO, process_alive
+from tests.conftest import FIXTURES, REPO, parent_pids, process_alive
 from tests.e2e.test_slurm_pool import slurm, slurm_ready
 from tests.secrets_scan import record_secret
 from tests.stack import PrefectStack, create_job_pool, prefect_api, run, set_state, wait_for, worker_name
@@ -196,16 +196,7 @@ class Chaos:
 
 
 def children_of(pid: int) -> list[int]:
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(entry.name))
-    return children
+    return [child for child, parent in parent_pids().items() if parent == pid]
 
 
 def kill(pid: int) -> None:
