@@ -142,8 +142,8 @@ def test_cancel_stops_the_batch_job_within_5_seconds(batch_controller, moto, sid
 
 
 def test_a_job_waiting_in_runnable_gets_a_log_line_saying_why(batch_controller, moto):
-    """moto's state manager holds each Batch job state for 4 s, so the job waits RUNNABLE past the pool's
-    runnable_warning_sec (1 s here)."""
+    """moto's state manager holds each Batch job state for 4 s, so the job is RUNNABLE from 8 s after it was
+    submitted, past the pool's runnable_warning_sec (1 s here); one poll in those 4 s is enough."""
     controller = batch_controller
     requests.post(f"{moto.url}/moto-api/state-manager/set-transition", timeout=10, json={
         "model_name": "batch::job", "transition": {"progression": "time", "seconds": 4}}).raise_for_status()
@@ -151,7 +151,7 @@ def test_a_job_waiting_in_runnable_gets_a_log_line_saying_why(batch_controller, 
         job_id = batch_job(controller)
         batch_id_of(job_id)
         flow_run = flow_runs_of_job(job_id)[0]
-        wait_for_log(flow_run.id, "AWS Batch: the job has been RUNNABLE for", "its queue and compute environments "
+        wait_for_log(flow_run.id, "AWS Batch: the job is RUNNABLE ", "its queue and compute environments "
                      "look healthy: it waits for capacity (instances starting, or all vCPUs in use)", timeout=90)
     finally:
         requests.post(f"{moto.url}/moto-api/state-manager/unset-transition", timeout=10,

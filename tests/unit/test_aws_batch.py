@@ -5,6 +5,7 @@ translation of Batch statuses into ours, why a job waits in RUNNABLE, logs and t
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 
 import boto3
@@ -358,10 +359,24 @@ async def test_a_job_runnable_past_the_warning_gets_one_log_line_saying_why(aws)
     aws.batch_stub.add_response("describe_compute_environments", {"computeEnvironments": [environment_of()]},
                                 {"computeEnvironments": ["ce-spot"]})
     assert await batch.read_logs(infrastructure_id) == [
-        "AWS Batch: the job has been RUNNABLE for 0 s; job queue q is DISABLED/VALID"]
+        "AWS Batch: the job is RUNNABLE 0 s after it was submitted; job queue q is DISABLED/VALID"]
     aws.batch_stub.add_response("describe_jobs", {"jobs": [job]}, {"jobs": [JOB_ID]})
     assert await batch.states([infrastructure_id]) == {infrastructure_id: InfrastructureState("running")}
     assert await batch.read_logs(infrastructure_id) == []  # no second diagnosis
+
+
+async def test_a_job_seen_runnable_once_is_timed_from_its_submission(aws):
+    """A loaded worker may poll once in the job's stay in RUNNABLE: the wait counts from Batch's createdAt."""
+    batch = launcher(aws, runnable_warning_sec=60)
+    submitted_ms = int((time.time() - 90) * 1000)
+    job = batch_job("RUNNABLE", jobQueue="q", createdAt=submitted_ms)
+    aws.batch_stub.add_response("describe_jobs", {"jobs": [job]}, {"jobs": [JOB_ID]})
+    await batch.states([f"aws-batch:{JOB_ID}"])
+    aws.batch_stub.add_response("describe_job_queues", queue(state="DISABLED"), {"jobQueues": ["q"]})
+    aws.batch_stub.add_response("describe_compute_environments", {"computeEnvironments": [environment_of()]},
+                                {"computeEnvironments": ["ce-spot"]})
+    assert await batch.read_logs(f"aws-batch:{JOB_ID}") == [
+        "AWS Batch: the job is RUNNABLE 90 s after it was submitted; job queue q is DISABLED/VALID"]
 
 
 async def test_a_job_runnable_shorter_than_the_warning_is_not_diagnosed(aws):

@@ -44,7 +44,7 @@ class _Watched:
     log_token: str | None = None
     logs_read_at: float = float("-inf")
     ended: bool = False
-    runnable_since: float | None = None
+    waiting_since: float | None = None  # epoch seconds: while RUNNABLE, since its Batch job was created
     runnable_reported: bool = False
     described: dict = field(default_factory=dict)  # what the last describe_jobs said of it
 
@@ -179,10 +179,7 @@ class AwsBatchLauncher(Launcher):
             watched.log_stream = (job.get("container") or {}).get("logStreamName") or watched.log_stream
             status = job.get("status", "")
             watched.described = job
-            if status != "RUNNABLE":
-                watched.runnable_since = None
-            elif watched.runnable_since is None:
-                watched.runnable_since = time.monotonic()
+            watched.waiting_since = _waiting_since(job, watched.waiting_since) if status == "RUNNABLE" else None
             if status in UNFINISHED_BATCH_STATUSES:
                 states[infrastructure_id] = InfrastructureState("running")
             elif status == "FAILED" and fnmatch.fnmatch(job.get("statusReason") or "", HOST_FAILURE):
@@ -198,14 +195,13 @@ class AwsBatchLauncher(Launcher):
         return watched.batch_ids[-1] if watched and watched.batch_ids else infrastructure_id.split(":", 1)[1]
 
     async def _why_runnable(self, watched: _Watched) -> list[str]:
-        """A job RUNNABLE past `runnable_warning_sec` gets one log line saying why it waits."""
-        now = time.monotonic()
-        if watched.runnable_since is None or watched.runnable_reported \
-                or now - watched.runnable_since < self.settings.runnable_warning_sec:
+        """A job RUNNABLE `runnable_warning_sec` after it was submitted gets one log line saying why it waits."""
+        waited = time.time() - watched.waiting_since if watched.waiting_since is not None else 0.0
+        if watched.waiting_since is None or watched.runnable_reported or waited < self.settings.runnable_warning_sec:
             return []
         watched.runnable_reported = True
         reason = await asyncio.to_thread(why_runnable, self._batch(), watched.queue, watched.described)
-        return [f"AWS Batch: the job has been RUNNABLE for {now - watched.runnable_since:.0f} s; {reason}"]
+        return [f"AWS Batch: the job is RUNNABLE {waited:.0f} s after it was submitted; {reason}"]
 
     # --- logs and kill -------------------------------------------------------------------------------------------
 
@@ -255,6 +251,15 @@ class AwsBatchLauncher(Launcher):
 
     async def release(self, infrastructure_id: str) -> None:
         self._watched.pop(infrastructure_id, None)
+
+
+def _waiting_since(job: dict, seen_since: float | None) -> float:
+    """Since when a RUNNABLE job waits: its Batch job's creation (`createdAt`, ms, AWS's clock) or, if earlier,
+    our first sight of it RUNNABLE. From the creation, one observation in RUNNABLE tells how long it waits,
+    where the time between two polls may be longer than its stay in RUNNABLE."""
+    since = seen_since if seen_since is not None else time.time()
+    created_ms = job.get("createdAt")
+    return min(since, created_ms / 1000) if isinstance(created_ms, (int, float)) else since
 
 
 def _ended_state(job: dict, attempts: int) -> InfrastructureState:

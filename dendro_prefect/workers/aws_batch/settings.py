@@ -25,8 +25,8 @@ class AwsBatchJobSettings(InfrastructureRetrySetting):
                                    "for the container agent, so a job fits an instance of its nominal size).")
     attempt_margin_sec: float = Field(default=600.0, description="Added to timeSec for the attempt timeout: "
                                       "the dendro SDK stops the app at timeSec, Batch is the backstop.")
-    runnable_warning_sec: float = Field(default=300.0, description="A job RUNNABLE this long gets a log line "
-                                        "saying why it waits (queue and compute environment status).")
+    runnable_warning_sec: float = Field(default=300.0, description="A job RUNNABLE this long after its submission "
+                                        "gets a log line saying why it waits (queue and compute environment status).")
 
     def infrastructure_time_limit(self, time_limit_sec: float | None) -> float | None:
         """Batch's attempt timeout of a job: its timeSec and the margin (the worker waits as long before it kills)."""
