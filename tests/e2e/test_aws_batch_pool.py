@@ -1,7 +1,10 @@
 """Dendro jobs as AWS Batch jobs, against moto's server (AWS cannot run here; see aws_stand_in.py): its
 Batch backend runs each job as a real container of the letter_count image on this machine's docker
-engine. Credentials come from a prefect-aws AwsCredentials block that points at moto."""
+engine. Credentials come from a prefect-aws AwsCredentials block that points at moto. The pool names an
+execution role, so the job keys travel as secrets of Secrets Manager (moto's)."""
 
+import dataclasses
+import json
 import secrets
 import time
 
@@ -12,7 +15,7 @@ from prefect_aws import AwsClientParameters, AwsCredentials
 from dendro_prefect.workers.aws_batch.diagnosis import why_runnable
 from tests.conftest import create_letter_count_job
 from tests.e2e.aws_stand_in import CPU_QUEUE, GPU_QUEUE, REGION, create_batch_environment, moto_server
-from tests.secrets_scan import record_secret
+from tests.secrets_scan import known_secrets, record_secret
 from tests.stack import (
     APP_OUTLIVES_RESTART_SEC,
     IMAGE,
@@ -37,8 +40,7 @@ AWS_SECRET_ACCESS_KEY = secrets.token_urlsafe(30)
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory, docker_client):
     with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
-        create_batch_environment(server)
-        yield server
+        yield dataclasses.replace(server, execution_role=create_batch_environment(server))
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,8 @@ def batch_controller(prefect_stack, tmp_path_factory, sdk_bin, moto):
     with running_controller(prefect_stack, workdir, sdk_bin, worker_type="dendro-aws-batch", run_method="aws_batch",
                             apps=[{"name": "letter_count", "specUri": letter_count_spec_uri(workdir, image=IMAGE)}],
                             job_variables={"aws_credentials_block": BLOCK, "cpu_job_queue": CPU_QUEUE,
-                                           "gpu_job_queue": GPU_QUEUE, "runnable_warning_sec": 1},
+                                           "gpu_job_queue": GPU_QUEUE, "runnable_warning_sec": 1,
+                                           "execution_role_arn": moto.execution_role},
                             worker_env={"AWS_SHARED_CREDENTIALS_FILE": no_credentials, "AWS_CONFIG_FILE": no_credentials,
                                         "PREFECT_WORKER_HEARTBEAT_SECONDS": "2"}) as controller:
         yield controller
@@ -76,30 +79,36 @@ def test_batch_job_completes_with_its_log_and_its_key_in_no_log(batch_controller
     job_id = batch_job(controller, text="hello dendro world",
                        inputParameters=[{"name": "letter", "value": "o"}, {"name": "delay_sec", "value": 2}])
     batch_id = batch_id_of(job_id)
+    batch = moto.client("batch")
     job = described(moto, batch_id)
     assert job["jobName"] == "dendro-" + job_id.replace(".", "-")
     assert job["jobQueue"].endswith(f"job-queue/{CPU_QUEUE}")
     assert job["timeout"] == {"attemptDurationSeconds": 60 + 600}
     environment = {e["name"]: e["value"] for e in job["container"]["environment"]}
-    key = environment["JOB_PRIVATE_KEY"]
     assert environment["JOB_ID"] == job_id and environment["APP_EXECUTABLE"] == "/app/main.py"
-    definitions = moto.client("batch").describe_job_definitions(jobDefinitionName="letter_count-dendro-jd",
-                                                                status="ACTIVE")["jobDefinitions"]
-    assert [d["containerProperties"]["image"] for d in definitions] == [IMAGE]
+    assert "JOB_PRIVATE_KEY" not in environment
+    # The key is the job's secret, named by its own job definition, which the execution role reads.
+    [definition] = batch.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"]
+    properties = definition["containerProperties"]
+    assert properties["image"] == IMAGE and properties["executionRoleArn"] == moto.execution_role
+    [secret] = properties["secrets"]
+    assert secret["name"] == "JOB_PRIVATE_KEY" and ":secret:dendro/job/" in secret["valueFrom"]
 
     finished = finished_job(controller.admin, job_id)
-    assert finished["status"] == "completed", finished.get("error")
+    assert finished["status"] == "completed", finished.get("error")  # the container had its key
     assert controller.admin.output(job_id, "output") == b'{"letter": "o", "count": 3}'
     flow_run = final_flow_run(job_id)
     assert flow_run.state.is_completed()
     log = wait_for_log(flow_run.id, f"launched as aws-batch:{batch_id}", "Job completed")
-    assert key not in log
-    assert key not in (prefect_stack.home / f"{controller.pool}.log").read_text(errors="replace")
-
-    # A second job of the app reuses its job definition: the image has not changed.
-    second = batch_job(controller)
-    assert finished_job(controller.admin, second)["status"] == "completed"
-    assert described(moto, batch_id_of(second))["jobDefinition"] == job["jobDefinition"]
+    assert "containerOverrides" not in log  # no word of the key travelling in the open
+    # Ended: the secret and the job's definition are gone; the key is in no answer of Batch.
+    wait_for(lambda: not moto.client("secretsmanager").list_secrets()["SecretList"], "the job's secret deleted")
+    assert batch.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]["status"] \
+        == "INACTIVE"
+    keys = [secret.value for secret in known_secrets() if secret.kind == "job-key"]  # from the central's store
+    answers = json.dumps([batch.describe_jobs(jobs=[batch_id]), batch.describe_job_definitions()], default=str)
+    worker_log = (prefect_stack.home / f"{controller.pool}.log").read_text(errors="replace")
+    assert keys and not [key for key in keys if key in answers or key in log or key in worker_log]
 
 
 def test_failing_app_fails_the_job_with_its_reason(batch_controller):
@@ -193,3 +202,5 @@ def test_restarted_worker_takes_up_a_running_batch_job_and_it_completes_once(bat
     submitted = moto.client("batch").list_jobs(jobQueue=CPU_QUEUE, filters=[
         {"name": "JOB_NAME", "values": ["dendro-" + job_id.replace(".", "-")]}])["jobSummaryList"]
     assert len(submitted) == 1
+    # The worker that took the job up removed its secret at its end.
+    wait_for(lambda: not moto.client("secretsmanager").list_secrets()["SecretList"], "the job's secret deleted")

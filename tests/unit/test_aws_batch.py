@@ -13,9 +13,10 @@ import pytest
 from botocore.stub import ANY, Stubber
 
 from dendro_prefect.workers.aws_batch import AwsBatchJobConfiguration, AwsBatchWorker
-from dendro_prefect.workers.aws_batch.credentials import AwsAccess
+from dendro_prefect.workers.aws_batch.credentials import AwsAccess, AwsClients
 from dendro_prefect.workers.aws_batch.diagnosis import why_runnable
 from dendro_prefect.workers.aws_batch.job_definitions import JobDefinitions, definition_name
+from dendro_prefect.workers.aws_batch.job_keys import store_key
 from dendro_prefect.workers.aws_batch.launcher import (
     UNFINISHED_BATCH_STATUSES,
     AwsBatchLauncher,
@@ -40,32 +41,34 @@ def aws_client(service: str):
 class Aws:
     batch: object
     logs: object
+    secrets: object
     batch_stub: Stubber
     logs_stub: Stubber
+    secrets_stub: Stubber
     submitted: list
 
-    def clients(self):
-        return self.batch, self.logs
+    def clients(self) -> AwsClients:
+        return AwsClients(self.batch, self.logs, self.secrets)
 
 
 @pytest.fixture(scope="module")
 def clients():
     """The clients, made once (botocore loads its service models for each new one); stubbed per test."""
-    batch, logs = aws_client("batch"), aws_client("logs")
+    batch, logs, secrets = aws_client("batch"), aws_client("logs"), aws_client("secretsmanager")
     submitted: list = []
     batch.meta.events.register("before-parameter-build.batch.SubmitJob",
                                lambda params, **_: submitted.append(copy.deepcopy(params)))
-    return batch, logs, submitted
+    return batch, logs, secrets, submitted
 
 
 @pytest.fixture
 def aws(clients):
-    batch, logs, submitted = clients
+    batch, logs, secrets, submitted = clients
     submitted.clear()
-    with Stubber(batch) as batch_stub, Stubber(logs) as logs_stub:
-        yield Aws(batch, logs, batch_stub, logs_stub, submitted)
-        batch_stub.assert_no_pending_responses()
-        logs_stub.assert_no_pending_responses()
+    with Stubber(batch) as batch_stub, Stubber(logs) as logs_stub, Stubber(secrets) as secrets_stub:
+        yield Aws(batch, logs, secrets, batch_stub, logs_stub, secrets_stub, submitted)
+        for stub in (batch_stub, logs_stub, secrets_stub):
+            stub.assert_no_pending_responses()
 
 
 def launcher(aws: Aws, log_interval_sec: float = 5.0, **settings) -> AwsBatchLauncher:
@@ -152,6 +155,138 @@ async def test_the_key_is_in_the_containers_environment_only(aws, tmp_path):
     without_environment["command"] = request["containerOverrides"]["command"]
     assert JOB_KEY not in str(without_environment)
     assert request["tags"] == {"dendro-job-id": "p1.abcdefgh", "team": "ephys"}
+
+
+EXECUTION_ROLE = "arn:aws:iam::123456789012:role/batch-execution"
+SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:dendro/job/p1.abcdefgh-AbCdEf"
+JOB_DEFINITION_ARN = "arn:aws:batch:us-east-1:123456789012:job-definition/dendro-job-p1-abcdefgh:1"
+
+
+def expect_secret(aws: Aws) -> None:
+    aws.secrets_stub.add_response("create_secret", {"ARN": SECRET_ARN, "Name": "dendro/job/p1.abcdefgh"}, {
+        "Name": "dendro/job/p1.abcdefgh", "SecretString": JOB_KEY, "Description": ANY,
+        "Tags": [{"Key": "dendro-job-id", "Value": "p1.abcdefgh"}]})
+    aws.batch_stub.add_response("register_job_definition", {
+        "jobDefinitionName": "dendro-job-p1-abcdefgh", "jobDefinitionArn": JOB_DEFINITION_ARN, "revision": 1}, {
+        "jobDefinitionName": "dendro-job-p1-abcdefgh", "type": "container", "containerProperties": {
+            "image": "ghcr.io/lab/app:1", "executionRoleArn": EXECUTION_ROLE,
+            "secrets": [{"name": "JOB_PRIVATE_KEY", "valueFrom": SECRET_ARN}],
+            "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}]}})
+
+
+def expect_removal(aws: Aws) -> None:
+    aws.secrets_stub.add_response("delete_secret", {"ARN": SECRET_ARN}, {
+        "SecretId": "dendro/job/p1.abcdefgh", "ForceDeleteWithoutRecovery": True})
+    aws.batch_stub.add_response("deregister_job_definition", {}, {"jobDefinition": JOB_DEFINITION_ARN})
+
+
+async def submit_with_secret(aws: Aws, tmp_path, **settings) -> AwsBatchLauncher:
+    batch = launcher(aws, execution_role_arn=EXECUTION_ROLE, **settings)
+    expect_secret(aws)
+    aws.batch_stub.add_response("submit_job", {"jobId": JOB_ID, "jobName": "dendro-p1-abcdefgh"}, {
+        "jobName": ANY, "jobQueue": ANY, "jobDefinition": JOB_DEFINITION_ARN, "containerOverrides": ANY,
+        "tags": ANY, "timeout": ANY})
+    assert await batch.submit(launch_request(tmp_path)) == f"aws-batch:{JOB_ID}"
+    return batch
+
+
+@pytest.mark.parametrize("delivery", ["auto", "secrets-manager"])
+async def test_with_an_execution_role_the_key_is_a_secret_of_the_job_removed_when_it_ends(aws, tmp_path, delivery):
+    batch = await submit_with_secret(aws, tmp_path, job_key_delivery=delivery)
+    assert "JOB_PRIVATE_KEY" not in environment(aws.submitted[-1]) and JOB_KEY not in str(aws.submitted[-1])
+    assert await batch.read_logs(f"aws-batch:{JOB_ID}") == []  # no word on where the key is: where it should be
+    expect_removal(aws)
+    await batch.release(f"aws-batch:{JOB_ID}")
+
+
+async def test_a_job_run_again_after_a_lost_host_keeps_its_secret_and_definition(aws, tmp_path):
+    batch = await submit_with_secret(aws, tmp_path)
+    aws.batch_stub.add_response("describe_jobs", {"jobs": [batch_job(
+        "FAILED", statusReason="Host EC2 (instance i-0abc) terminated.", jobDefinition=JOB_DEFINITION_ARN)]},
+        {"jobs": [JOB_ID]})
+    await batch.states([f"aws-batch:{JOB_ID}"])
+    aws.batch_stub.add_response("submit_job", {"jobId": "retry-1", "jobName": "dendro-p1-abcdefgh"}, {
+        "jobName": ANY, "jobQueue": ANY, "jobDefinition": JOB_DEFINITION_ARN, "containerOverrides": ANY,
+        "tags": ANY, "timeout": ANY})
+    await batch.run_again(f"aws-batch:{JOB_ID}")
+    assert "JOB_PRIVATE_KEY" not in environment(aws.submitted[-1])
+
+
+async def test_a_restarted_worker_removes_the_secret_of_the_job_it_took_up(aws, tmp_path):
+    batch = launcher(aws, execution_role_arn=EXECUTION_ROLE)
+    aws.batch_stub.add_response("list_jobs", {"jobSummaryList": [{"jobId": JOB_ID, "jobName": "dendro-p1-abcdefgh"}]},
+                                {"jobQueue": ANY, "filters": ANY})
+    await batch.attach(f"aws-batch:{JOB_ID}", launch_request(tmp_path))
+    aws.batch_stub.add_response("describe_jobs", {"jobs": [batch_job("SUCCEEDED", jobDefinition=JOB_DEFINITION_ARN)]},
+                                {"jobs": [JOB_ID]})
+    await batch.states([f"aws-batch:{JOB_ID}"])
+    expect_removal(aws)
+    await batch.release(f"aws-batch:{JOB_ID}")
+
+
+async def test_a_refused_submission_leaves_no_secret(aws, tmp_path):
+    expect_secret(aws)
+    aws.batch_stub.add_client_error("submit_job", "ClientException", "JobQueue not found")
+    expect_removal(aws)
+    with pytest.raises(LaunchError, match="^AWS Batch submit_job failed"):
+        await launcher(aws, execution_role_arn=EXECUTION_ROLE).submit(launch_request(tmp_path))
+
+
+async def test_a_secret_whose_definition_cannot_be_registered_is_deleted(aws, tmp_path):
+    aws.secrets_stub.add_response("create_secret", {"ARN": SECRET_ARN}, {
+        "Name": ANY, "SecretString": JOB_KEY, "Description": ANY, "Tags": ANY})
+    aws.batch_stub.add_client_error("register_job_definition", "ClientException", "not authorized to PassRole")
+    aws.secrets_stub.add_response("delete_secret", {}, {"SecretId": "dendro/job/p1.abcdefgh",
+                                                        "ForceDeleteWithoutRecovery": True})
+    with pytest.raises(LaunchError, match="PassRole"):
+        await launcher(aws, execution_role_arn=EXECUTION_ROLE, job_key_delivery="secrets-manager").submit(
+            launch_request(tmp_path))
+
+
+async def test_a_secret_left_by_an_earlier_submission_is_overwritten(aws):
+    aws.secrets_stub.add_client_error("create_secret", "ResourceExistsException", "already exists")
+    aws.secrets_stub.add_response("put_secret_value", {"ARN": SECRET_ARN}, {
+        "SecretId": "dendro/job/p1.abcdefgh", "SecretString": JOB_KEY})
+    assert store_key(aws.secrets, "p1.abcdefgh", JOB_KEY, {}) == SECRET_ARN
+
+
+async def test_without_an_execution_role_auto_sends_the_key_in_the_overrides_and_says_so_once(aws, tmp_path):
+    batch, request = await submit(aws, tmp_path)
+    assert environment(request)["JOB_PRIVATE_KEY"] == JOB_KEY
+    assert await batch.read_logs(f"aws-batch:{JOB_ID}") == [
+        "AWS Batch: the job key travels in the Batch job's containerOverrides, readable with batch:DescribeJobs; "
+        "set the pool's execution_role_arn to keep it in Secrets Manager"]
+    assert await batch.read_logs(f"aws-batch:{JOB_ID}") == []
+    await batch.release(f"aws-batch:{JOB_ID}")  # nothing to remove
+
+
+async def test_where_secrets_manager_refuses_auto_falls_back_to_the_overrides_naming_why(aws, tmp_path):
+    aws.secrets_stub.add_client_error("create_secret", "AccessDeniedException", "not authorized to CreateSecret")
+    batch, request = await submit(aws, tmp_path, {"execution_role_arn": EXECUTION_ROLE})
+    assert environment(request)["JOB_PRIVATE_KEY"] == JOB_KEY
+    [line] = await batch.read_logs(f"aws-batch:{JOB_ID}")
+    assert line.startswith("AWS Batch: the job key travels in the Batch job's containerOverrides, readable with "
+                           "batch:DescribeJobs: Secrets Manager refused it (An error occurred (AccessDeniedException)")
+
+
+async def test_secrets_manager_asked_for_and_refused_fails_the_launch(aws, tmp_path):
+    aws.secrets_stub.add_client_error("create_secret", "AccessDeniedException", "not authorized to CreateSecret")
+    with pytest.raises(LaunchError, match=r"^AWS Secrets Manager cannot keep the job key: .*AccessDenied"):
+        await launcher(aws, execution_role_arn=EXECUTION_ROLE, job_key_delivery="secrets-manager").submit(
+            launch_request(tmp_path))
+    assert aws.submitted == []
+
+
+async def test_secrets_manager_without_an_execution_role_is_a_clear_error(aws, tmp_path):
+    with pytest.raises(LaunchError, match="^job_key_delivery secrets-manager needs the pool's execution_role_arn"):
+        await launcher(aws, job_key_delivery="secrets-manager").submit(launch_request(tmp_path))
+
+
+async def test_the_key_goes_in_the_overrides_without_a_word_where_the_pool_says_so(aws, tmp_path):
+    batch, request = await submit(aws, tmp_path, {"execution_role_arn": EXECUTION_ROLE,
+                                                  "job_key_delivery": "environment"})
+    assert environment(request)["JOB_PRIVATE_KEY"] == JOB_KEY
+    assert await batch.read_logs(f"aws-batch:{JOB_ID}") == []
 
 
 async def test_gpu_jobs_see_the_drivers(aws, tmp_path):
@@ -464,9 +599,9 @@ def no_aws_configuration(monkeypatch, tmp_path):
 
 
 def test_without_a_block_the_pools_region_and_boto3s_chain_make_the_clients(no_aws_configuration):
-    batch, logs = AwsAccess(region_name="eu-west-1").clients()
-    assert batch.meta.service_model.service_name == "batch" and logs.meta.service_model.service_name == "logs"
-    assert batch.meta.region_name == logs.meta.region_name == "eu-west-1"
+    batch, logs, secrets = AwsAccess(region_name="eu-west-1").clients()
+    assert [c.meta.service_model.service_name for c in (batch, logs, secrets)] == ["batch", "logs", "secretsmanager"]
+    assert batch.meta.region_name == logs.meta.region_name == secrets.meta.region_name == "eu-west-1"
 
 
 def test_the_region_of_the_environment_serves_when_the_pool_sets_none(no_aws_configuration, monkeypatch):

@@ -5,9 +5,15 @@ block is an empty `AwsCredentials`, which is boto3's chain."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..launch import LaunchError
+
+
+class AwsClients(NamedTuple):
+    batch: Any
+    logs: Any
+    secrets: Any  # Secrets Manager, for the jobs' keys
 
 
 @dataclass(frozen=True)
@@ -15,8 +21,8 @@ class AwsAccess:
     credentials_block: str = ""
     region_name: str = ""
 
-    def clients(self) -> tuple[Any, Any]:
-        """The Batch and CloudWatch Logs clients. Blocking: call from a worker thread."""
+    def clients(self) -> AwsClients:
+        """The Batch, CloudWatch Logs and Secrets Manager clients. Blocking: call from a worker thread."""
         from prefect_aws import AwsCredentials
 
         try:
@@ -28,4 +34,4 @@ class AwsAccess:
             credentials = credentials.model_copy(update={"region_name": self.region_name})
         if not credentials.region_name and not credentials.get_boto3_session().region_name:
             raise LaunchError("no AWS region: set region_name on the work pool or in the credentials block")
-        return credentials.get_client("batch"), credentials.get_client("logs")
+        return AwsClients(*(credentials.get_client(service) for service in ("batch", "logs", "secretsmanager")))

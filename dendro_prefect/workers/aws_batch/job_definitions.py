@@ -1,5 +1,6 @@
 """One Batch job definition per app image, registered when missing and reused while its image matches
-(the original daemon checks the image the same way), named after the app."""
+(the original daemon checks the image the same way), named after the app; and one of its own for a job
+whose key comes from Secrets Manager (Batch reads `secrets` from job definitions only), removed with it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ import re
 from typing import Any
 
 DEFINITION_NAME_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+JOB_DEFINITION_PREFIX = "dendro-job-"  # the definitions of one job each
+
+
+def is_of_one_job(arn: str) -> bool:
+    """Whether a definition is one `register_for_job` made (its job's key is then a secret)."""
+    return f":job-definition/{JOB_DEFINITION_PREFIX}" in arn
 
 
 def definition_name(pattern: str, app_name: str) -> str:
@@ -38,11 +45,22 @@ class JobDefinitions:
             found += [d for d in page["jobDefinitions"] if d.get("containerProperties", {}).get("image") == image]
         return max(found, key=lambda d: d["revision"])["jobDefinitionArn"] if found else None
 
-    def _register(self, name: str, image: str) -> str:
+    def register_for_job(self, job_id: str, image: str, secrets: list[dict], execution_role_arn: str) -> str:
+        """A definition of one job, with the `secrets` Batch resolves through the execution role. Blocking."""
+        return self._register(definition_name(JOB_DEFINITION_PREFIX + "{app_name}", job_id), image,
+                              {"secrets": secrets, "executionRoleArn": execution_role_arn})
+
+    def deregister_if_of_one_job(self, arn: str) -> None:
+        """Deregister a definition made by `register_for_job`; leave an app's shared one. Blocking."""
+        if is_of_one_job(arn):
+            self._batch.deregister_job_definition(jobDefinition=arn)
+
+    def _register(self, name: str, image: str, more: dict | None = None) -> str:
         properties: dict = {
             "image": image,
             "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}],
             **self._extra,
+            **(more or {}),
         }
         if self._job_role_arn:
             properties["jobRoleArn"] = self._job_role_arn

@@ -2,15 +2,16 @@
 
 One `describe_jobs` call per 100 watched jobs per poll. The CloudWatch log stream of a job is copied
 into the flow-run log while it runs (every few seconds, where the stream exists) and at its end. A job
-that waits in RUNNABLE too long gets a log line saying why, where AWS tells. Host failures (a spot
-instance reclaimed) are retried by Batch itself (`retryStrategy`), so the Batch job id stays the one on
-the flow run. The job's request, its environment with the job private key included, is never logged.
+that waits in RUNNABLE too long gets a log line saying why, where AWS tells. A job whose host went away
+(a spot instance reclaimed) is submitted again as a new Batch job of the same name. The job's private key
+travels as `job_keys` says; the job's request is never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,10 +21,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..containers import WORKING_DIR_WRAPPER, container_environment, wrapped
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
-from .credentials import AwsAccess
+from .credentials import AwsAccess, AwsClients
 from .diagnosis import why_runnable
-from .job_definitions import JobDefinitions
+from .job_definitions import JobDefinitions, is_of_one_job
+from .job_keys import IN_OVERRIDES, KEY_VARIABLE, remove_key, secret_name, store_key
 from .settings import AwsBatchJobSettings
+
+logger = logging.getLogger(__name__)
 
 UNFINISHED_BATCH_STATUSES = frozenset({"SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"})
 DESCRIBE_PAGE = 100  # describe_jobs takes at most 100 job ids
@@ -40,6 +44,8 @@ class _Watched:
     queue: str = ""
     batch_ids: list[str] = field(default_factory=list)  # its attempts' Batch jobs, the current last
     request: LaunchRequest | None = None  # to run it again
+    definition: str = ""  # the job definition it runs: of its own where its key is a secret, else the app's
+    notices: list[str] = field(default_factory=list)  # lines for the flow-run log, said once
     log_stream: str | None = None
     log_token: str | None = None
     logs_read_at: float = float("-inf")
@@ -63,18 +69,20 @@ class AwsBatchLauncher(Launcher):
         self.settings = settings
         self._access = access or AwsAccess(settings.aws_credentials_block, settings.region_name)
         self._log_interval_sec = log_interval_sec
-        self._clients: tuple[Any, Any] | None = None
+        self._aws: AwsClients | None = None
         self._definitions: JobDefinitions | None = None
         self._watched: dict[str, _Watched] = {}
 
+    def _clients(self) -> AwsClients:
+        if self._aws is None:
+            self._aws = self._access.clients()
+        return self._aws
+
     def _batch(self) -> Any:
-        if self._clients is None:
-            self._clients = self._access.clients()
-        return self._clients[0]
+        return self._clients().batch
 
     def _logs(self) -> Any:
-        self._batch()
-        return self._clients[1]
+        return self._clients().logs
 
     async def _call(self, what: str, function, *args, **kwargs):
         """A blocking AWS call in a thread; its failure as a one-line LaunchError naming the call."""
@@ -88,13 +96,57 @@ class AwsBatchLauncher(Launcher):
     async def submit(self, request: LaunchRequest) -> str:
         if not request.app_image:
             raise LaunchError(f"app {request.app_name} has no appImage to run on AWS Batch")
-        definition = await self._call("job definition", self._definition_arn, request.app_name, request.app_image)
-        queue = self._queue(request)
-        response = await self._call("submit_job", self._batch().submit_job, **self._submit_request(request, queue,
-                                                                                                     definition, 0))
+        watched = _Watched(queue=self._queue(request), request=request)
+        await self._call("job definition", self._deliver_key, watched)
+        try:
+            response = await self._call("submit_job", self._batch().submit_job, **self._submit_request(watched, 0))
+        except LaunchError:
+            await asyncio.to_thread(self._forget_key, watched)
+            raise
+        watched.batch_ids.append(response["jobId"])
         infrastructure_id = f"aws-batch:{response['jobId']}"
-        self._watched[infrastructure_id] = _Watched(queue=queue, batch_ids=[response["jobId"]], request=request)
+        self._watched[infrastructure_id] = watched
         return infrastructure_id
+
+    def _deliver_key(self, watched: _Watched) -> None:
+        """Choose the job's definition and where its key travels (`job_key_delivery`). Blocking."""
+        settings, request = self.settings, watched.request
+        if settings.job_key_delivery == "secrets-manager" and not settings.execution_role_arn:
+            raise LaunchError("job_key_delivery secrets-manager needs the pool's execution_role_arn: the role "
+                              "Batch reads the job's secret with")
+        if settings.job_key_delivery != "environment" and settings.execution_role_arn:
+            arn = ""
+            try:
+                arn = store_key(self._clients().secrets, request.job_id, request.job_private_key.get_secret_value(),
+                                settings.tags)
+                watched.definition = self._job_definitions().register_for_job(
+                    request.job_id, request.app_image, [{"name": KEY_VARIABLE, "valueFrom": arn}],
+                    settings.execution_role_arn)
+                return
+            except (ClientError, BotoCoreError) as error:
+                if arn:
+                    self._remove_job_key(request.job_id, "")
+                if settings.job_key_delivery == "secrets-manager":
+                    raise LaunchError(f"AWS Secrets Manager cannot keep the job key: {_one_line(error)}") from None
+                watched.notices.append(f"{IN_OVERRIDES}: Secrets Manager refused it ({_one_line(error)})")
+        elif settings.job_key_delivery == "auto":
+            watched.notices.append(f"{IN_OVERRIDES}; set the pool's execution_role_arn to keep it in Secrets Manager")
+        watched.definition = self._job_definitions().arn_for(request.app_name, request.app_image)
+
+    def _forget_key(self, watched: _Watched) -> None:
+        """Where the job's key is a secret: delete it and the job's own definition. Blocking."""
+        if watched.request is not None and is_of_one_job(watched.definition):
+            self._remove_job_key(watched.request.job_id, watched.definition)
+
+    def _remove_job_key(self, job_id: str, definition: str) -> None:
+        """A failure is logged: the secret, tagged with the job id, is then left in the account."""
+        try:
+            remove_key(self._clients().secrets, job_id)
+            if definition:
+                self._job_definitions().deregister_if_of_one_job(definition)
+        except (ClientError, BotoCoreError) as error:
+            logger.warning("AWS Batch: cannot remove the secret %s of job %s or its job definition: %s",
+                           secret_name(job_id), job_id, _one_line(error))
 
     def _queue(self, request: LaunchRequest) -> str:
         return self.settings.gpu_job_queue if request.num_gpus > 0 else self.settings.cpu_job_queue
@@ -104,25 +156,24 @@ class AwsBatchLauncher(Launcher):
         watched = self._watched.get(infrastructure_id)
         if watched is None or watched.request is None:
             raise LaunchError("the worker no longer holds the job's request to submit it again")
-        request = watched.request
-        definition = await self._call("job definition", self._definition_arn, request.app_name, request.app_image)
         response = await self._call("submit_job", self._batch().submit_job, **self._submit_request(
-            request, watched.queue, definition, len(watched.batch_ids)))
+            watched, len(watched.batch_ids)))
         watched.batch_ids.append(response["jobId"])
         watched.log_stream, watched.log_token, watched.ended = None, None, False
 
-    def _definition_arn(self, app_name: str, image: str) -> str:
+    def _job_definitions(self) -> JobDefinitions:
         if self._definitions is None:
             settings = self.settings
             self._definitions = JobDefinitions(self._batch(), settings.job_definition_name, settings.job_role_arn,
                                                settings.extra_container_properties, settings.tags)
-        return self._definitions.arn_for(app_name, image)
+        return self._definitions
 
-    def _submit_request(self, request: LaunchRequest, queue: str, definition: str, attempt: int) -> dict:
+    def _submit_request(self, watched: _Watched, attempt: int) -> dict:
         """Attempt 0 is the job's first start; a later one forces its status updates (it told the central it ran)."""
-        settings = self.settings
-        env = dict(container_environment(request), JOB_PRIVATE_KEY=request.job_private_key.get_secret_value(),
-                   DENDRO_FORCE_STATUS_UPDATES="1" if attempt > 0 else "0")
+        settings, request = self.settings, watched.request
+        env = dict(container_environment(request), DENDRO_FORCE_STATUS_UPDATES="1" if attempt > 0 else "0")
+        if not is_of_one_job(watched.definition):
+            env[KEY_VARIABLE] = request.job_private_key.get_secret_value()
         if request.num_gpus > 0:
             env.update(NVIDIA_DRIVER_CAPABILITIES="all")
         resources = [
@@ -133,8 +184,8 @@ class AwsBatchLauncher(Launcher):
             resources.append({"type": "GPU", "value": str(request.num_gpus)})
         submission: dict = {
             "jobName": job_name(request.job_id),
-            "jobQueue": queue,
-            "jobDefinition": definition,
+            "jobQueue": watched.queue,
+            "jobDefinition": watched.definition,
             "containerOverrides": {
                 "command": wrapped(WORKING_DIR_WRAPPER, request.app_executable),
                 "environment": [{"name": k, "value": v} for k, v in env.items()],
@@ -176,6 +227,7 @@ class AwsBatchLauncher(Launcher):
                 states[infrastructure_id] = InfrastructureState("gone", reason="AWS Batch no longer knows the job")
                 continue
             watched.queue = job.get("jobQueue", watched.queue)
+            watched.definition = watched.definition or job.get("jobDefinition", "")
             watched.log_stream = (job.get("container") or {}).get("logStreamName") or watched.log_stream
             status = job.get("status", "")
             watched.described = job
@@ -211,7 +263,7 @@ class AwsBatchLauncher(Launcher):
         watched = self._watched.get(infrastructure_id)
         if watched is None:
             return []
-        lines = await self._why_runnable(watched)
+        lines, watched.notices = watched.notices + await self._why_runnable(watched), []
         now = time.monotonic()
         if watched.log_stream and (watched.ended or now - watched.logs_read_at >= self._log_interval_sec):
             watched.logs_read_at = now
@@ -250,7 +302,9 @@ class AwsBatchLauncher(Launcher):
                          reason="Stopped by dendro-prefect: the job was cancelled, failed or deleted")
 
     async def release(self, infrastructure_id: str) -> None:
-        self._watched.pop(infrastructure_id, None)
+        watched = self._watched.pop(infrastructure_id, None)
+        if watched is not None:
+            await asyncio.to_thread(self._forget_key, watched)
 
 
 def _waiting_since(job: dict, seen_since: float | None) -> float:

@@ -3,6 +3,8 @@ and its launchers are all made of this model."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from ..launch import InfrastructureRetrySetting
@@ -18,6 +20,14 @@ class AwsBatchJobSettings(InfrastructureRetrySetting):
     job_definition_name: str = Field(default="{app_name}-dendro-jd", description="Name of an app's job "
                                      "definition; {app_name} is filled in. One per app image, reused.")
     job_role_arn: str = Field(default="", description="IAM role of the job containers (jobRoleArn).")
+    execution_role_arn: str = Field(default="", description="IAM role Batch starts the containers with "
+                                    "(executionRoleArn); with secretsmanager:GetSecretValue on dendro/job/*, the "
+                                    "job keys are kept in Secrets Manager.")
+    job_key_delivery: Literal["auto", "secrets-manager", "environment"] = Field(
+        default="auto", description="How a job's private key reaches its container. secrets-manager: a secret "
+        "per job, deleted when it ends; environment: in the Batch job's containerOverrides, readable with "
+        "batch:DescribeJobs; auto: secrets-manager when execution_role_arn is set and the worker may create "
+        "secrets, environment otherwise (the flow-run log says which).")
     extra_container_properties: dict = Field(default_factory=dict, description="More containerProperties of "
                                              "the job definitions, e.g. logConfiguration or volumes.")
     tags: dict[str, str] = Field(default_factory=dict, description="Tags on job definitions and jobs.")
