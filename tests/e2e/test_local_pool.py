@@ -13,6 +13,7 @@ from tests.stack import (
     finished_job,
     flow_runs_of_job,
     job_cards,
+    job_directory_after_its_end,
     wait_for,
     wait_for_log,
 )
@@ -34,6 +35,7 @@ def test_job_runs_to_completed_with_its_output_in_the_flow_run_logs(controller):
                        "(Job private key: [redacted])")
     # The SDK prints the input's signed download URL: its signature, a grant until it expires, is redacted.
     assert "&signature=[redacted]" in log and not re.search(r"signature=(?!\[redacted\])", log)
+    assert "(Job private key: [redacted])" in (job_directory_after_its_end(controller, job_id) / "stdout.log").read_text()
     [card] = wait_for(lambda: job_cards(flow_run.id), f"the job card of flow run {flow_run.id}")
     assert card.startswith(f"# Dendro job {job_id}\n")
     project_page = f"{controller.admin.url}/project/{job['projectId']}"

@@ -18,6 +18,7 @@ from tests.stack import (
     final_flow_run,
     finished_job,
     infrastructure_id_of,
+    job_directory_after_its_end,
     letter_count_spec_uri,
     restart_worker_and_finish,
     running_controller,
@@ -77,7 +78,7 @@ def test_job_runs_as_a_slurm_job_and_its_key_is_nowhere_in_slurm(slurm_controlle
     log = completed_letter_count(controller, job_id)
     assert key not in log
     assert slurm_state(slurm_job_id) == "COMPLETED"
-    assert not key_file.exists()
+    job_directory_after_its_end(controller, job_id)
 
 
 def sleeper_job(controller, time_sec: float) -> str:

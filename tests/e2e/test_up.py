@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -118,6 +119,9 @@ def test_up_runs_a_local_only_resource_and_a_second_up_creates_nothing_new(tmp_p
             assert set(deployments) == {"subscription"} | JOB_POOLS
             job_id = create_letter_count_job(admin, config.compute_resource_id)
             assert finished_job(admin, job_id, timeout=120)["status"] == "completed"
+            # Prefect's database (the blocks' credentials) beside the configuration: no one else reads either.
+            assert stat.S_IMODE((directory / "prefect").stat().st_mode) & 0o066 == 0  # o+x: PostgreSQL's user, as root
+            assert stat.S_IMODE((directory / ".dendro_compute_resource.json").stat().st_mode) == 0o600
             # A job that outlives this `up`: the next one takes it up.
             slow_id = create_letter_count_job(admin, config.compute_resource_id,
                                               inputParameters=[{"name": "letter", "value": "o"},

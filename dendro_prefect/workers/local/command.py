@@ -15,6 +15,7 @@ from typing import Callable
 
 from ..commands import CommandBuilder
 from ..job_dir import JobDirectory, WatchedJobFiles
+from ..job_output import redactor
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 
 KILL_GRACE_SEC = 5.0
@@ -56,15 +57,16 @@ class CommandLauncher(Launcher):
             raise LaunchError(f"cannot start {command.argv[0]}: {error.strerror}") from None
         infrastructure_id = f"{self.kind}:{process.pid}"
         self._processes[infrastructure_id] = process
-        self._watch_files(infrastructure_id, job_dir)
+        self._watch_files(infrastructure_id, job_dir, request)
         return infrastructure_id
 
     async def attach(self, infrastructure_id: str, request: LaunchRequest) -> None:
         self._adopted[infrastructure_id] = _pid_of(infrastructure_id)
-        self._watch_files(infrastructure_id, JobDirectory(request.job_dir))
+        self._watch_files(infrastructure_id, JobDirectory(request.job_dir), request)
 
-    def _watch_files(self, infrastructure_id: str, job_dir: JobDirectory) -> None:
-        self._files.watch(infrastructure_id, job_dir, job_dir.stdout, job_dir.console_output)
+    def _watch_files(self, infrastructure_id: str, job_dir: JobDirectory, request: LaunchRequest) -> None:
+        self._files.watch(infrastructure_id, job_dir, redactor(request.job_private_key.get_secret_value()),
+                          job_dir.stdout, job_dir.console_output)
 
     async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:
         states = {}
