@@ -161,7 +161,7 @@ async def cancel_leftover_subscription(client: PrefectClient, compute_resource_i
         return None
     if flow_run.state is None or flow_run.state.is_final():
         return None
-    await client.set_flow_run_state(flow_run.id, Cancelled(message="replaced by a new `dendro-prefect up`"),
+    await client.set_flow_run_state(flow_run.id, Cancelled(message="replaced by a new subscription flow run of the resource"),
                                     force=True)
     return flow_run.name
 

@@ -28,7 +28,8 @@ installed() {
 # Debian's packages, in one apt-get: Chromium for the browser test of the Prefect UI (Playwright drives it; its
 # own browser download is not used); Redis, where each Prefect server of the tests keeps its background task queue
 # (embedded.prefect_server); Slurm and debootstrap, which scripts/start-slurm.sh and scripts/build-app-image.sh
-# would otherwise install one after the other. Nothing is started here.
+# would otherwise install one after the other; docker-compose (1.29), which tests/e2e/test_compose.py runs
+# deployments/compose/compose.yaml with. Nothing is started here.
 debian_packages() {
     local packages=()
     [ -x /usr/bin/chromium ] || packages+=(chromium chromium-driver)
@@ -36,6 +37,7 @@ debian_packages() {
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
         && command -v munged >/dev/null || packages+=(munge slurmctld slurmd slurm-client)
     command -v debootstrap >/dev/null || packages+=(debootstrap)
+    command -v docker-compose >/dev/null || packages+=(docker-compose)
     [ ${#packages[@]} -gt 0 ] || return 0
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "${packages[@]}" \
@@ -61,6 +63,8 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
     started+=(dockerd)
 fi
 prepare mountainsort5-image.log bash scripts/build-app-image.sh apps/mountainsort5 dendro-mountainsort5:local
+# The images of deployments/compose/compose.yaml, likewise (tests/e2e/test_compose.py asks for them again and waits).
+prepare server-images.log bash scripts/build-server-images.sh
 if ! timeout 10 sinfo >/dev/null 2>&1; then
     bash scripts/start-slurm.sh
     started+=(slurm)
