@@ -58,6 +58,10 @@ print("\n".join([*project["dependencies"], *project["optional-dependencies"]["sc
                  *document["build-system"]["requires"]]))
 PY
 
+# dendro-prefect from the checkout as it is (tracked or not), without caches and build leftovers.
+tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' \
+    -cf - pyproject.toml README.md prefect.yaml flows dendro_prefect | tar -C "$CTX/src" -xf -
+
 # One build at a time; a build that finds the images made from the same inputs (a label on each) is done at once.
 build_lock dendro-server-images
 # The inputs: dendro-prefect's source and requirements, the Dockerfile and its scripts, this build's own scripts
@@ -67,16 +71,16 @@ FINGERPRINT="$({
     cat "$CTX/requirements.txt" "$DOCKERFILE" "$ROOT"/deployments/compose/*.sh "${BASH_SOURCE[0]}" \
         "$ROOT/scripts/common.sh" "$ROOT/scripts/pip-for-image.py"
     docker image inspect --format '{{.Id}}' "$BASE_IMAGE" 2>/dev/null || true
-    tar -C "$ROOT" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --exclude=__pycache__ \
-        --exclude='*.pyc' --exclude='*.egg-info' -cf - pyproject.toml README.md prefect.yaml flows dendro_prefect
+    tar -C "$CTX/src" --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - .
 } | sha256sum | cut -c1-16)"
 built_from() { docker image inspect --format '{{index .Config.Labels "dendro-prefect.inputs"}}' "$1" 2>/dev/null || true; }
-if [[ -z "${DENDRO_PREFECT_REBUILD:-}" ]]; then
-    for image in "${IMAGES[@]}"; do [[ "$(built_from "${image#*:}")" == "$FINGERPRINT" ]] || break; done
-    if [[ "$(built_from "${image#*:}")" == "$FINGERPRINT" ]]; then
-        log "${IMAGES[*]#*:} are up to date (inputs $FINGERPRINT; DENDRO_PREFECT_REBUILD=1 builds anyway)"
-        exit 0
-    fi
+up_to_date() {
+    local image
+    for image in "${IMAGES[@]}"; do [[ "$(built_from "${image#*:}")" == "$FINGERPRINT" ]] || return 1; done
+}
+if [[ -z "${DENDRO_PREFECT_REBUILD:-}" ]] && up_to_date; then
+    log "${IMAGES[*]#*:} are up to date (inputs $FINGERPRINT; DENDRO_PREFECT_REBUILD=1 builds anyway)"
+    exit 0
 fi
 
 lock_image_deps
@@ -111,9 +115,6 @@ log "Debian packages: $(ls "$CTX"/debs/redis | tr '\n' ' ')and $DOCKER_DEB ($(si
 unlock_image_deps
 
 # ---------------------------------------------------------------- (d) build
-# dendro-prefect from the checkout as it is (tracked or not), without caches and build leftovers.
-tar -C "$ROOT" --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' \
-    -cf - pyproject.toml README.md prefect.yaml flows dendro_prefect | tar -C "$CTX/src" -xf -
 cp "$ROOT"/deployments/compose/*.sh "$CTX/compose/"
 chmod 0755 "$CTX"/compose/*.sh
 cp "$DOCKERFILE" "$CTX/Dockerfile"

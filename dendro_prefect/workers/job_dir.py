@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .job_output import redactor
 from .tail import FileTail
 
 LAST_LINES_BYTES = 16384  # enough for the last lines of any output
@@ -175,10 +176,10 @@ class WatchedJobFiles:
         self._unrecorded: dict[str, deque[tuple[float, dict[str, int]]]] = {}
         self._redact: dict[str, Callable[[str], str]] = {}
 
-    def watch(self, infrastructure_id: str, job_dir: JobDirectory, redact: Callable[[str], str], *files: Path) -> None:
-        """`redact` is the job's flow-run log redaction, applied to its outputs at its end."""
+    def watch(self, infrastructure_id: str, job_dir: JobDirectory, job_key: str, *files: Path) -> None:
+        """The job's outputs get its flow-run log's redaction (of `job_key`, ...) at its end."""
         self._directories[infrastructure_id] = job_dir
-        self._redact[infrastructure_id] = redact
+        self._redact[infrastructure_id] = redactor(job_key)
         recorded = job_dir.read_streamed()
         self._streamed[infrastructure_id] = dict(recorded)
         self._unrecorded[infrastructure_id] = deque()

@@ -70,6 +70,10 @@ def batch_id_of(job_id: str) -> str:
     return infrastructure_id_of(job_id, "aws-batch")
 
 
+def no_secret_left(moto) -> None:
+    wait_for(lambda: not moto.client("secretsmanager").list_secrets()["SecretList"], "the jobs' secrets deleted")
+
+
 def described(moto, batch_id: str) -> dict:
     return moto.client("batch").describe_jobs(jobs=[batch_id])["jobs"][0]
 
@@ -102,7 +106,7 @@ def test_batch_job_completes_with_its_log_and_its_key_in_no_log(batch_controller
     log = wait_for_log(flow_run.id, f"launched as aws-batch:{batch_id}", "Job completed")
     assert "containerOverrides" not in log  # no word of the key travelling in the open
     # Ended: the secret and the job's definition are gone; the key is in no answer of Batch.
-    wait_for(lambda: not moto.client("secretsmanager").list_secrets()["SecretList"], "the job's secret deleted")
+    no_secret_left(moto)
     assert batch.describe_job_definitions(jobDefinitions=[job["jobDefinition"]])["jobDefinitions"][0]["status"] \
         == "INACTIVE"
     keys = [secret.value for secret in known_secrets() if secret.kind == "job-key"]  # from the central's store
@@ -203,4 +207,4 @@ def test_restarted_worker_takes_up_a_running_batch_job_and_it_completes_once(bat
         {"name": "JOB_NAME", "values": ["dendro-" + job_id.replace(".", "-")]}])["jobSummaryList"]
     assert len(submitted) == 1
     # The worker that took the job up removed its secret at its end.
-    wait_for(lambda: not moto.client("secretsmanager").list_secrets()["SecretList"], "the job's secret deleted")
+    no_secret_left(moto)

@@ -71,19 +71,19 @@ class Compose:
         self.env = env
 
     def __call__(self, *args: str, timeout: float = 300) -> str:
-        result = subprocess.run(["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), "-f",
-                                 str(self.override), *args], env=self.env, capture_output=True, text=True,
-                                timeout=timeout)
+        result = self._run(args, timeout)
         if result.returncode != 0:
             raise AssertionError(f"docker-compose {' '.join(args)} failed ({result.returncode}):\n{result.stdout}"
                                  f"\n{result.stderr}\n{self.logs()}")
         return result.stdout
 
     def logs(self, tail: str = "40") -> str:
-        result = subprocess.run(["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), "-f",
-                                 str(self.override), "logs", "--no-color", "--tail", tail], env=self.env,
-                                capture_output=True, text=True, timeout=60)
-        return result.stdout
+        return self._run(("logs", "--no-color", "--tail", tail), 60).stdout
+
+    def _run(self, args: tuple[str, ...], timeout: float) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker-compose", "-p", self.project, "-f", str(COMPOSE_FILE), "-f",
+                               str(self.override), *args], env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
 
 
 def override(api_port: int, spec_dir: Path) -> dict:

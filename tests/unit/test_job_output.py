@@ -7,7 +7,6 @@ from dendro_prefect.workers.job_dir import JobDirectory, WatchedJobFiles
 from dendro_prefect.workers.job_output import StreamedOutput, redactor
 
 SECRET = "s3cr3t-job-key-0123456789abcdef"
-REDACT = redactor(SECRET)
 
 
 def job_with_output(tmp_path) -> JobDirectory:
@@ -21,13 +20,13 @@ def test_a_worker_taking_a_job_up_again_streams_only_what_the_log_lacks(tmp_path
     job_dir.stdout.write_text("sdk: running\n")
     job_dir.console_output.write_text("app: line 1\napp: half a li")
     first = WatchedJobFiles(record_after_sec=0)
-    first.watch("process:1", job_dir, REDACT, job_dir.stdout, job_dir.console_output)
+    first.watch("process:1", job_dir, SECRET, job_dir.stdout, job_dir.console_output)
     assert first.read_lines("process:1") == ["sdk: running", "app: line 1"]
     # The worker is lost; the app goes on writing; the next worker watches the same files.
     with open(job_dir.console_output, "a") as console:
         console.write("ne\napp: line 3\n")
     again = WatchedJobFiles(record_after_sec=0)
-    again.watch("process:1", job_dir, REDACT, job_dir.stdout, job_dir.console_output)
+    again.watch("process:1", job_dir, SECRET, job_dir.stdout, job_dir.console_output)
     assert again.read_lines("process:1") == ["app: half a line", "app: line 3"]
     assert again.read_lines("process:1") == []
 
@@ -35,10 +34,10 @@ def test_a_worker_taking_a_job_up_again_streams_only_what_the_log_lacks(tmp_path
 def test_a_stream_that_is_not_a_file_resumes_from_its_recorded_offset(tmp_path):
     job_dir = job_with_output(tmp_path)
     files = WatchedJobFiles(record_after_sec=0)
-    files.watch("docker:abc", job_dir, REDACT, job_dir.console_output)
+    files.watch("docker:abc", job_dir, SECRET, job_dir.console_output)
     files.set_streamed("docker:abc", {"container.log": 120})
     again = WatchedJobFiles()
-    again.watch("docker:abc", job_dir, REDACT, job_dir.console_output)
+    again.watch("docker:abc", job_dir, SECRET, job_dir.console_output)
     assert again.streamed("docker:abc", "container.log") == 120
     assert again.streamed("docker:other", "container.log") == 0
 
@@ -49,11 +48,11 @@ def test_what_prefect_may_not_have_yet_is_not_recorded(tmp_path):
     job_dir = job_with_output(tmp_path)
     job_dir.stdout.write_text("one\n")
     files = WatchedJobFiles(record_after_sec=3600)
-    files.watch("process:3", job_dir, REDACT, job_dir.stdout)
+    files.watch("process:3", job_dir, SECRET, job_dir.stdout)
     assert files.read_lines("process:3") == ["one"]
     assert job_dir.read_streamed() == {}
     again = WatchedJobFiles()
-    again.watch("process:3", job_dir, REDACT, job_dir.stdout)
+    again.watch("process:3", job_dir, SECRET, job_dir.stdout)
     assert again.read_lines("process:3") == ["one"]
 
 
@@ -62,7 +61,7 @@ def test_a_damaged_record_of_the_stream_starts_from_the_beginning(tmp_path):
     job_dir.stdout.write_text("one\n")
     job_dir.streamed.write_text("{not json")
     files = WatchedJobFiles()
-    files.watch("process:2", job_dir, REDACT, job_dir.stdout)
+    files.watch("process:2", job_dir, SECRET, job_dir.stdout)
     assert files.read_lines("process:2") == ["one"]
 
 
@@ -78,7 +77,7 @@ def test_at_its_release_the_jobs_key_is_in_no_output_and_its_secrets_are_gone(tm
     job_dir.sdk_log.write_text(sdk_line)
     job_dir.console_output.write_text("app: 3 letters\n")
     files = WatchedJobFiles()
-    files.watch("process:4", job_dir, REDACT, job_dir.stdout, job_dir.console_output)
+    files.watch("process:4", job_dir, SECRET, job_dir.stdout, job_dir.console_output)
     files.release("process:4")
     assert job_dir.stdout.read_text(errors="surrogateescape") == (
         "2026-01-01 00:00:00 Running /app/main.py (Job ID: j1)) (Job private key: [redacted])\n"

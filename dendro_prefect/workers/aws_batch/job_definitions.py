@@ -50,10 +50,9 @@ class JobDefinitions:
         return self._register(definition_name(JOB_DEFINITION_PREFIX + "{app_name}", job_id), image,
                               {"secrets": secrets, "executionRoleArn": execution_role_arn})
 
-    def deregister_if_of_one_job(self, arn: str) -> None:
-        """Deregister a definition made by `register_for_job`; leave an app's shared one. Blocking."""
-        if is_of_one_job(arn):
-            self._batch.deregister_job_definition(jobDefinition=arn)
+    def deregister(self, arn: str) -> None:
+        """Deregister a definition made by `register_for_job` (never an app's shared one). Blocking."""
+        self._batch.deregister_job_definition(jobDefinition=arn)
 
     def _register(self, name: str, image: str, more: dict | None = None) -> str:
         properties: dict = {

@@ -139,11 +139,12 @@ class AwsBatchLauncher(Launcher):
             self._remove_job_key(watched.request.job_id, watched.definition)
 
     def _remove_job_key(self, job_id: str, definition: str) -> None:
-        """A failure is logged: the secret, tagged with the job id, is then left in the account."""
+        """Delete the job's secret and, if named, its own definition. A failure is logged: the secret, tagged
+        with the job id, is then left in the account."""
         try:
             remove_key(self._clients().secrets, job_id)
             if definition:
-                self._job_definitions().deregister_if_of_one_job(definition)
+                self._job_definitions().deregister(definition)
         except (ClientError, BotoCoreError) as error:
             logger.warning("AWS Batch: cannot remove the secret %s of job %s or its job definition: %s",
                            secret_name(job_id), job_id, _one_line(error))

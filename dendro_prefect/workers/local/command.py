@@ -15,7 +15,6 @@ from typing import Callable
 
 from ..commands import CommandBuilder
 from ..job_dir import JobDirectory, WatchedJobFiles
-from ..job_output import redactor
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 
 KILL_GRACE_SEC = 5.0
@@ -65,7 +64,7 @@ class CommandLauncher(Launcher):
         self._watch_files(infrastructure_id, JobDirectory(request.job_dir), request)
 
     def _watch_files(self, infrastructure_id: str, job_dir: JobDirectory, request: LaunchRequest) -> None:
-        self._files.watch(infrastructure_id, job_dir, redactor(request.job_private_key.get_secret_value()),
+        self._files.watch(infrastructure_id, job_dir, request.job_private_key.get_secret_value(),
                           job_dir.stdout, job_dir.console_output)
 
     async def states(self, infrastructure_ids: list[str]) -> dict[str, InfrastructureState]:

@@ -15,7 +15,6 @@ import uuid
 
 from ..commands import CommandBuilder
 from ..job_dir import WatchedJobFiles
-from ..job_output import redactor
 from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 from .job_dir import SlurmJobDirectory
 from .packing import BatchPacker, PackedJob
@@ -97,7 +96,7 @@ class SlurmLauncher(Launcher):
 
     async def attach(self, infrastructure_id: str, request: LaunchRequest) -> None:
         job_dir = SlurmJobDirectory(request.job_dir)
-        self._files.watch(infrastructure_id, job_dir, redactor(request.job_private_key.get_secret_value()),
+        self._files.watch(infrastructure_id, job_dir, request.job_private_key.get_secret_value(),
                           job_dir.stdout, job_dir.console_output)
         try:
             self._attempts[infrastructure_id] = job_dir.slurm_job_ids.read_text().split()
