@@ -246,13 +246,18 @@ class JobRun:
         output = StreamedOutput(redactor(job.jobPrivateKey), self.logger)
         at_central = CentralEnding()
         limit = self.services.job_time_limit(self.configuration)
+        restarted = 0  # the last attempt started again: a `lost` of it or earlier is an observation made before
         try:
             while True:
                 observation = await watched.next_observation()
                 output.log(await launcher.read_logs(infrastructure_id))
                 infrastructure = observation.infrastructure
-                if infrastructure is not None and infrastructure.phase == "lost" and await self._run_again(infrastructure):
-                    continue
+                if infrastructure is not None and infrastructure.phase == "lost":
+                    if infrastructure.attempt <= restarted:
+                        continue
+                    if await self._run_again(infrastructure):
+                        restarted = infrastructure.attempt
+                        continue
                 if infrastructure is not None and infrastructure.phase != "running":
                     output.log(await launcher.read_logs(infrastructure_id))
                     return await self._ended(infrastructure, output)

@@ -60,7 +60,7 @@ class Watch:
         self._task: asyncio.Task | None = None
         self._central: dict[str, str | None] = {}
         self._central_asked: set[str] = set()
-        self._central_at = 0.0
+        self._central_at = float("-inf")  # asked at once, however short the host's uptime
 
     def add(self, job: WatchedJob) -> None:
         self._jobs[job.flow_run_id] = job

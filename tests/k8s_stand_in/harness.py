@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -26,7 +26,7 @@ OPTIONS = {"cpu": 4, "memory": "8Gi", "gpus": 0, "missing_images": ()}
 class ApiServer:
     url: str
     kubeconfig: Path
-    token: str
+    token: str = field(repr=False)  # a failure report shows the fixture: never its credential
     workdir: Path
 
     def _call(self, method: str, path: str) -> object:

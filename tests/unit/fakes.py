@@ -397,8 +397,14 @@ class StaticWatch(NamespaceWatch):
 
     def put(self, *objects: Any) -> None:
         for item in objects:
-            cache = self.pods if item.kind == "Pod" else self.jobs
-            cache.objects[item.metadata.name] = item
+            self._cache_of(item).objects[item.metadata.name] = item
+
+    def delete(self, *objects: Any) -> None:
+        for item in objects:
+            self._cache_of(item).objects.pop(item.metadata.name, None)
+
+    def _cache_of(self, item: Any) -> StaticCache:
+        return self.pods if item.kind == "Pod" else self.jobs
 
 
 @dataclass

@@ -319,6 +319,39 @@ def test_a_job_whose_infrastructure_was_lost_runs_again_and_completes():
     assert worker.states[-1].type.value == "COMPLETED" and worker.failed_at_central == []
 
 
+class LateRestartLauncher(FakeLauncher):
+    """Rounds made while the job starts again (in another thread) still see the lost attempt: `stale_rounds` of
+    them, after which the new attempt ends as `ends_after` says."""
+
+    def __init__(self, stale_rounds: int) -> None:
+        super().__init__()
+        self.stale_rounds = stale_rounds
+
+    async def run_again(self, infrastructure_id):
+        self.runs_again.append(infrastructure_id)
+
+    async def states(self, infrastructure_ids):
+        if self.runs_again and self.state.phase == "lost":
+            self.stale_rounds -= 1
+            if self.stale_rounds < 0:
+                self.state = InfrastructureState("running")
+                self.on_running()
+        return await super().states(infrastructure_ids)
+
+
+def test_a_loss_seen_again_by_rounds_made_before_the_new_attempt_starts_it_only_once():
+    launcher = LateRestartLauncher(stale_rounds=3)
+    worker = FakeWorker(FakeCentral(), launcher)
+
+    def during(launcher: LateRestartLauncher, central: FakeCentral) -> None:
+        central.status = "running"
+        launcher.state = InfrastructureState("lost", reason="Kubernetes: pod evicted", attempt=1)
+        launcher.on_running = lambda: ends(launcher, central, "completed", 0, "Job completed")
+    life(worker, during, RetryingConfiguration, max_infrastructure_retries=2)
+    assert launcher.runs_again == ["fake:1"]
+    assert worker.states[-1].type.value == "COMPLETED" and worker.failed_at_central == []
+
+
 @pytest.mark.parametrize("configuration_class, retries", [(RetryingConfiguration, 0), (DendroJobConfiguration, None)])
 def test_a_job_lost_without_retries_left_or_on_a_pool_that_has_none_fails_with_the_loss(configuration_class, retries):
     worker = FakeWorker(FakeCentral(), FakeLauncher())

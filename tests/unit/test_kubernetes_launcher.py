@@ -89,9 +89,16 @@ async def test_an_app_without_image_is_refused_before_anything_is_created(tmp_pa
     assert cluster.jobs == {}
 
 
-async def test_a_job_that_disappeared_is_gone(tmp_path, cluster):
+async def test_a_job_that_disappeared_is_gone_and_one_not_yet_in_the_watch_is_running(tmp_path, cluster, monkeypatch):
     kubernetes = await submitted(tmp_path)
+    assert await state_of(kubernetes) == InfrastructureState("running")  # created a moment ago: not seen yet
+    cluster.watch.put(k8s_job(NAME))
+    assert await state_of(kubernetes) == InfrastructureState("running")
+    cluster.watch.delete(k8s_job(NAME))
     assert await state_of(kubernetes) == InfrastructureState("gone", reason=f"Job default/{NAME} no longer exists")
+    later = await submitted(tmp_path)  # never seen, for longer than the watch takes to show a new Job
+    monkeypatch.setattr(k8s_launcher, "UNSEEN_LIMIT_SEC", 0.0)
+    assert (await state_of(later)).phase == "gone"
 
 
 async def test_a_job_this_worker_does_not_know_is_gone(tmp_path, cluster):

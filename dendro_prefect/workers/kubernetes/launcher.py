@@ -28,6 +28,8 @@ from .settings import KubernetesLauncherSettings
 
 IMAGE_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
 CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+# A Job just created reaches the namespace watch a moment later; not there after this long, it is gone.
+UNSEEN_LIMIT_SEC = 60.0
 
 
 @dataclass
@@ -42,6 +44,8 @@ class _Watched:
     following_pod: str | None = None
     pod: Any = None  # the current attempt's pod, as the last states() saw it
     ended: bool = False  # the last states() saw the job end
+    created_at: float = field(default_factory=time.monotonic)  # of the current attempt's Job
+    seen: set = field(default_factory=set)  # the attempts' Jobs the namespace watch has shown
 
 
 def _one_line(text: str) -> str:
@@ -165,7 +169,10 @@ class KubernetesLauncher(Launcher):
         pods = namespace_watch.pods_of(name)
         pod = watched.pod = pods[0] if pods else None
         if job is None:
+            if name not in watched.seen and time.monotonic() - watched.created_at < UNSEEN_LIMIT_SEC:
+                return InfrastructureState("running")  # created, not in the watch's view yet
             return InfrastructureState("gone", reason=f"Job {watched.namespace}/{name} no longer exists")
+        watched.seen.add(name)
         if pod is not None and (pod.status.reason == "Evicted"):
             return InfrastructureState("lost", None, f"Kubernetes: pod {pod.metadata.name} evicted "
                                        f"({_one_line(pod.status.message)})", attempt=len(watched.attempts))
@@ -215,15 +222,16 @@ class KubernetesLauncher(Launcher):
         await asyncio.to_thread(self._run_again, infrastructure_id)
 
     def _run_again(self, infrastructure_id: str) -> None:
-        """A new Job (`-r<attempt>`) in place of the one whose pod was evicted."""
+        """A new Job (`-r<attempt>`) in place of the one whose pod was evicted: created and made the current
+        attempt before the old one is deleted, so that a states() meanwhile (another thread) sees either."""
         watched = self._watched[infrastructure_id]
-        attempt = len(watched.attempts)
-        self._delete_job(watched.namespace, watched.attempts[-1])
+        attempt, evicted = len(watched.attempts), watched.attempts[-1]
         manifest = render_job(self.settings.job_manifest, watched.request, attempt,
                               self.settings.infrastructure_time_limit(watched.request.time_limit_sec))
         self._create(manifest, watched.request, attempt)
+        watched.created_at, watched.pending_since = time.monotonic(), None
         watched.attempts.append(manifest["metadata"]["name"])
-        watched.pending_since = None
+        self._delete_job(watched.namespace, evicted)
 
     # --- logs ----------------------------------------------------------------------------------------------------
 
