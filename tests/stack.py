@@ -51,9 +51,10 @@ def prefect_stack(tmp_path_factory) -> PrefectStack:
 
 
 @contextmanager
-def prefect_for_tests(tmp_path_factory, name: str, api_processes: int = 1):
+def prefect_for_tests(tmp_path_factory, name: str, api_processes: int = 1, scan_job_files: bool = True):
     """The embedded Prefect server (`api_processes` > 1: Prefect's scale-out server) with the process worker
-    that runs the controllers' subscription flows."""
+    that runs the controllers' subscription flows. `scan_job_files=False` for a stack that ends before the
+    session's: the session's check reads every job directory of this pytest process's tree once, at its end."""
     home = tmp_path_factory.mktemp(name)
     with running_prefect(home, controller=False, api_processes=api_processes) as prefect:
         with controller_worker(prefect):
@@ -61,7 +62,7 @@ def prefect_for_tests(tmp_path_factory, name: str, api_processes: int = 1):
         close_prefect_clients()
         # Before the server stops: no key or credential of the tests in Prefect, the job directories or the
         # workers' logs (a finding fails the session).
-        assert_no_secrets_leaked(home, tmp_path_factory.getbasetemp())
+        assert_no_secrets_leaked(home, tmp_path_factory.getbasetemp(), job_files=scan_job_files)
 
 
 def run(coroutine):

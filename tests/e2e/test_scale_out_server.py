@@ -24,7 +24,7 @@ from tests.stack import prefect_for_tests
 @pytest.fixture(scope="module")
 def prefect_stack(tmp_path_factory):
     """This module's Prefect: the scale-out server, in place of the session's single-process one."""
-    with prefect_for_tests(tmp_path_factory, "prefect-scale-out", api_processes=2) as prefect:
+    with prefect_for_tests(tmp_path_factory, "prefect-scale-out", api_processes=2, scan_job_files=False) as prefect:
         yield prefect
 
 

@@ -47,6 +47,15 @@ def test_planted_secret_in_a_worker_log_is_found_with_its_file_and_line(outside)
     assert key.value not in str(findings[0])  # the report names the kind, the place and 4 characters only
 
 
+def test_binary_files_are_not_read(outside):
+    key = job_key()
+    recording, text = outside / "recording.nwb", outside / "stdout.log"
+    recording.write_bytes(b"\x89HDF\r\n\x1a\n\0\0" + key.value.encode())
+    text.write_text(f"a line with {key.value}\n")
+    findings, read = scan_files([recording, text], [key], outside)
+    assert read == 1 and [f.location for f in findings] == ["file stdout.log:1"]
+
+
 def test_job_directory_files_are_scanned_but_the_legitimate_holders_of_the_key(outside):
     key = job_key()
     job = outside / "controller0" / "dendro-jobs" / "abcd1234.efgh5678"
