@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests need and run them; CI runs exactly this.
-# .venv holds dendro-prefect; .venv-sdk holds the real dendro 0.2.17 SDK that jobs run with; .venv-central the
-# real dendro 0.2.17 central that some tests run against.
+# .venv holds dendro-prefect; .venv-sdk holds the real dendro 0.2.17 SDK that jobs run with, .venv-sdk06 the
+# dendro 0.6.22 SDK of Dendro 0.6 jobs; .venv-central the real dendro 0.2.17 central that some tests run against.
 # A docker engine and a one-node Slurm cluster are started (and stopped again) where none answers;
 # the tests start everything else (Prefect server, central stand-in, workers).
 set -euo pipefail
@@ -51,6 +51,9 @@ install_first venv.log venv .venv -e ".[test]"
 # .venv-sdk: the dendro SDK, and with its compute_resource extra the original daemon (`dendro start-compute-resource`),
 # which tests/e2e/test_switch_from_daemon.py runs.
 install_first venv-sdk.log venv .venv-sdk "dendro[compute_resource]==0.2.17"
+# .venv-sdk06: the dendro 0.6.22 SDK that Dendro 0.6 jobs run with (tests/integration/test_sdk06_job.py). A job
+# needs no pubnub (only the 0.6 daemon, which we do not run, subscribes).
+install_first venv-sdk06.log venv .venv-sdk06 "dendro==0.6.22"
 # The real Dendro 0.2.17 central's own routers (extra `api`) with an in-memory MongoDB, for
 # tests/e2e/test_real_central.py and tests/integration/test_central_contract.py (see tests/real_central/serve.py).
 install_first venv-central.log venv .venv-central "dendro[api]==0.2.17" "mongomock-motor==0.0.36" uvicorn
@@ -62,6 +65,8 @@ if ! timeout 10 docker info >/dev/null 2>&1; then
     bash scripts/start-dockerd.sh
     started+=(dockerd)
 fi
+# The letter_count image first: the docker, Slurm-docker, apptainer and compose tests wait for it.
+prepare letter-count-image.log bash scripts/build-app-image.sh apps/letter_count dendro-letter-count:local
 prepare mountainsort5-image.log bash scripts/build-app-image.sh apps/mountainsort5 dendro-mountainsort5:local
 # The images of deployments/compose/compose.yaml, likewise (tests/e2e/test_compose.py asks for them again and waits).
 prepare server-images.log bash scripts/build-server-images.sh
@@ -69,6 +74,11 @@ if ! timeout 10 sinfo >/dev/null 2>&1; then
     bash scripts/start-slurm.sh
     started+=(slurm)
 fi
+# pytest's temporary trees under a root of this script's own: a pytest session started alongside (a developer's)
+# resets the mode of its default root, /tmp/pytest-of-<user>, to 0700, and PostgreSQL run as root by the tests'
+# Prefect servers under it then PANICs (see dendro_prefect/prefect_database.py).
+export PYTEST_DEBUG_TEMPROOT="${PYTEST_DEBUG_TEMPROOT:-/tmp/dendro-prefect-tests}"
+mkdir -p "$PYTEST_DEBUG_TEMPROOT"
 # Independent modules side by side, in three processes (tests/conftest.py keeps a module's tests, and the Slurm
 # modules, in one): the tests mostly wait on servers, apps and polls, so one process keeps a quarter of this
 # 2-core machine busy; three kept 60 % busy and took the suite from 17.3 min (two) to 12.9 min of pytest.
