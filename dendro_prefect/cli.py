@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 
-from .config import ComputeResourceConfig, ConfigError, config_from_node_yaml, config_path
+from .config import ComputeClientConfig, ComputeResourceConfig, ConfigError, config_from_node_yaml, config_path
+from .protocol.models import ProtocolError, describe_validation_error
 from .protocol.signing import generate_keypair, make_resource_code
+from .protocol.v06.client import DEFAULT_API_URL
+from .protocol.v06.registration import read_registration_code, registration_page
 from .stand_in.cli import stand_in_app
 
 app = typer.Typer(no_args_is_help=True, help="A Dendro compute resource built on Prefect.")
@@ -54,6 +59,45 @@ def register_compute_resource(
     typer.echo(f"Wrote {config_file} (mode 0600) for compute resource {config.compute_resource_id}")
     typer.echo("Open this link within 5 minutes to register it:")
     typer.echo(f"{config.central_url.rstrip('/')}/register-compute-resource/{config.compute_resource_id}/{code}")
+
+
+@app.command("register-compute-client")
+def register_compute_client(
+    service: str = typer.Option(..., "--service", help="The Dendro 0.6 service whose jobs this client runs."),
+    name: str = typer.Option(..., "--name", help="This compute client's name (unique within the service)."),
+    api_url: str = typer.Option(DEFAULT_API_URL, "--api-url", help="The service's API and web page (dendro 0.6's "
+                                "DENDRO_API_URL)."),
+    config_file: Optional[Path] = typer.Option(
+        None, "--config", help="Where to write the configuration (default: .dendro_compute_resource.json in the "
+        "dendro-prefect home, where the controller and the workers look for it)."),
+    container_method: str = typer.Option("docker", help="docker, apptainer, singularity or none."),
+    pubsub_origin: Optional[str] = typer.Option(
+        None, help="host:port of a private PubNub-compatible server the service publishes to (a local service, "
+        "e.g. `dendro-prefect stand-in serve`); default: PubNub itself."),
+) -> None:
+    """Register this host as a compute client of a Dendro 0.6 service: open the printed link, register there
+    (signed in with GitHub), and paste the code the page shows (read without echo; from standard input when it
+    is not a terminal)."""
+    config_file = config_path(config_file)
+    if config_file.exists():
+        _fail(ConfigError(f"{config_file} exists already; refusing to overwrite it"))
+    typer.echo("Open this link, register the compute client there, and paste the code it shows:")
+    typer.echo(registration_page(api_url, service, name))
+    text = typer.prompt("Code", hide_input=True) if sys.stdin.isatty() else sys.stdin.readline()
+    try:
+        code = read_registration_code(text)
+        config = ComputeClientConfig(
+            compute_client_id=code.computeClientId, compute_client_private_key=code.computeClientPrivateKey,
+            compute_client_name=code.computeClientName, service_name=service, central_url=api_url,
+            container_method=container_method, pubsub_origin=pubsub_origin)
+        config.write(config_file)
+    except ValidationError as error:
+        _fail(ConfigError(describe_validation_error(error)))
+    except (ConfigError, ProtocolError) as error:
+        _fail(error)
+    typer.echo(f"Wrote {config_file} (mode 0600) for compute client {code.computeClientName} "
+               f"({code.computeClientId}) of service {service}")
+    typer.echo(f"Configure its compute slots at {api_url.rstrip('/')}/compute_client/{code.computeClientId}")
 
 
 @app.command()

@@ -1,6 +1,7 @@
-"""`.dendro_compute_resource.json`: who this compute resource is and which central it talks to.
+"""`.dendro_compute_resource.json`: who this compute resource (Dendro 0.2) or compute client (Dendro 0.6) is,
+and which central it talks to; its `protocol` says which.
 
-The file holds the resource's private key, so it is written with mode 0600 and never overwritten.
+The file holds the private key, so it is written with mode 0600 and never overwritten.
 It lives in the dendro-prefect home (`$DENDRO_PREFECT_HOME`, `~/.dendro-prefect` by default), as
 Prefect's own settings live in `~/.prefect`: `register-compute-resource` writes it there, and the
 subscription flow and every worker of the user read it from there, whatever directory Prefect runs
@@ -13,10 +14,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .protocol.models import RunMethod, describe_validation_error
 from .protocol.signing import public_key_of
@@ -43,11 +53,11 @@ def config_path(explicit: str | Path | None = None) -> Path:
     return Path(explicit).expanduser().absolute() if explicit else dendro_prefect_home() / CONFIG_FILE_NAME
 
 
-class ComputeResourceConfig(BaseModel):
+class SiteConfig(BaseModel):
+    """What a compute resource (0.2) and a compute client (0.6) configure alike: where jobs run."""
+
     model_config = ConfigDict(extra="forbid")
 
-    compute_resource_id: str = Field(pattern=r"^[0-9a-f]{64}$")
-    compute_resource_private_key: SecretStr
     central_url: str = DEFAULT_CENTRAL_URL
     name: str = "dendro-prefect"
     container_method: ContainerMethod = "docker"
@@ -58,6 +68,39 @@ class ComputeResourceConfig(BaseModel):
         description="host:port of the PubNub-compatible server the central publishes to, in place of PubNub's "
                     "own: set it only for a central whose PubSub is a private PubNub-compatible endpoint (a "
                     "local central of tests or the demo); TLS unless the host is loopback. Unset: PubNub.")
+
+    KEY_FIELD: ClassVar[str]  # the field that holds the private key
+
+    def write(self, path: Path) -> None:
+        """Create `path` with mode 0600 (and its directory, 0700); refuse to replace an existing file."""
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        document = self.model_dump(mode="json")
+        document[self.KEY_FIELD] = getattr(self, self.KEY_FIELD).get_secret_value()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ConfigError(f"{path} exists already; refusing to overwrite it") from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump(document, handle, indent=2)
+            handle.write("\n")
+
+    @classmethod
+    def read(cls, path: str | Path | None = None) -> "SiteConfig":
+        """The configuration at `path`, or in the dendro-prefect home (`config_path`), of this class's protocol."""
+        config = read_config(path)
+        if not isinstance(config, cls):
+            raise ConfigError(f"{config_path(path)} configures a {PROTOCOL_NAMES[config.protocol]}, not a "
+                              f"{PROTOCOL_NAMES[cls.model_fields['protocol'].default]}")
+        return config
+
+
+class ComputeResourceConfig(SiteConfig):
+    """A compute resource of the Dendro 0.2 protocol (flatironinstitute/dendro)."""
+
+    KEY_FIELD: ClassVar[str] = "compute_resource_private_key"
+    protocol: Literal["dendro-0.2"] = "dendro-0.2"
+    compute_resource_id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    compute_resource_private_key: SecretStr
 
     @field_validator("compute_resource_private_key")
     @classmethod
@@ -77,33 +120,51 @@ class ComputeResourceConfig(BaseModel):
     def private_key(self) -> str:
         return self.compute_resource_private_key.get_secret_value()
 
-    def write(self, path: Path) -> None:
-        """Create `path` with mode 0600 (and its directory, 0700); refuse to replace an existing file."""
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        document = self.model_dump(mode="json")
-        document["compute_resource_private_key"] = self.private_key
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            raise ConfigError(f"{path} exists already; refusing to overwrite it") from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2)
-            handle.write("\n")
 
+class ComputeClientConfig(SiteConfig):
+    """A compute client of a Dendro 0.6 service (magland/dendro): the code of the service's registration page,
+    and the service it serves. `central_url` is the service's API (the SDK's DENDRO_API_URL)."""
+
+    KEY_FIELD: ClassVar[str] = "compute_client_private_key"
+    protocol: Literal["dendro-0.6"] = "dendro-0.6"
+    compute_client_id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-]+$")
+    compute_client_private_key: SecretStr
+    compute_client_name: str
+    service_name: str = Field(min_length=1)
+
+    @field_validator("compute_client_private_key")
     @classmethod
-    def read(cls, path: str | Path | None = None) -> "ComputeResourceConfig":
-        """The configuration at `path`, or in the dendro-prefect home (`config_path`)."""
-        path = config_path(path)
-        try:
-            document = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path} not found; run `dendro-prefect register-compute-resource` first") from None
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{path} is not JSON: {error}") from None
-        try:
-            return cls.model_validate(document)
-        except ValidationError as error:
-            raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
+    def _not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def private_key(self) -> str:
+        return self.compute_client_private_key.get_secret_value()
+
+
+PROTOCOL_NAMES = {"dendro-0.2": "Dendro 0.2 compute resource", "dendro-0.6": "Dendro 0.6 compute client"}
+AnyConfig = Annotated[Union[ComputeResourceConfig, ComputeClientConfig], Field(discriminator="protocol")]
+
+
+def read_config(path: str | Path | None = None) -> ComputeResourceConfig | ComputeClientConfig:
+    """The configuration at `path`, or in the dendro-prefect home, of whichever protocol it names (a file
+    without `protocol`, written before there were two, is a 0.2 compute resource's)."""
+    path = config_path(path)
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found; run `dendro-prefect register-compute-resource` (Dendro 0.2) or "
+                          "`dendro-prefect register-compute-client` (Dendro 0.6) first") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is not JSON: {error}") from None
+    if isinstance(document, dict):
+        document.setdefault("protocol", "dendro-0.2")
+    try:
+        return TypeAdapter(AnyConfig).validate_python(document)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {describe_validation_error(error)}") from None
 
 
 def config_from_node_yaml(path: Path, central_url: str, container_method: str | None = None) -> ComputeResourceConfig:

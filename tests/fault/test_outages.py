@@ -66,8 +66,8 @@ def flow_run_state(flow_run_id):
 def unreachable_now(client: CentralClient) -> CentralError:
     """The error of one signed request (no retries): the outage as the controller sees it."""
     try:
-        client._request("GET", f"/api/compute_resource/compute_resources/{client.compute_resource_id}/apps",
-                        {}, retry_deadline=0)
+        client.request("GET", f"/api/compute_resource/compute_resources/{client.compute_resource_id}/apps",
+                       {}, retry_deadline=0)
     except CentralError as error:
         return error
     raise AssertionError("the central answered during its outage")
