@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from ..protocol.v06.models import CreateJobRequest
+from ..protocol.v06.registration import registration_page
 from .server import CENTRAL_FILE
 
 
@@ -19,6 +22,8 @@ class AdminError(RuntimeError):
     pass
 
 
+# What a 0.6 job asks for unless told otherwise: it fits the compute slot a new compute client gets.
+DEFAULT_REQUIRED_RESOURCES = {"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 600}
 # A read is tried again after a dropped connection (a keep-alive connection the server closed as it was
 # reused; a busy machine): reads are safe to repeat, writes are not.
 READ_RETRIES = Retry(total=3, connect=3, read=3, status=0, other=0, backoff_factor=0.2, allowed_methods={"GET"})
@@ -167,3 +172,66 @@ class StandInAdmin(CentralHttp):
         if not url:
             raise AdminError(f"job {job_id} has no {output_name} yet (status {job['status']})")
         return self.download(url)
+
+    # --- the Dendro 0.6 service (stand_in/v06) ---------------------------------------------------------------
+
+    def service_user(self) -> dict:
+        """The signed-in user of the 0.6 service: `userId` and `apiKey` (what createJob and cancelJob carry)."""
+        return self._call("GET", "/api/admin/v06/user")
+
+    def create_service(self, service_name: str) -> None:
+        self._call("POST", "/api/admin/v06/services", json={"serviceName": service_name})
+
+    def add_service_app(self, service_name: str, spec: dict, spec_uri: str = "") -> dict:
+        """Add the app of a `DendroAppSpecification` (an app's spec.json) to a service; returns the service app."""
+        body = {"appSpecification": spec, "appSpecificationUri": spec_uri}
+        return self._call("POST", f"/api/admin/v06/services/{service_name}/apps", json=body)["serviceApp"]
+
+    def register_compute_client(self, service_name: str, compute_client_name: str) -> str:
+        """Register a compute client as a user does on the registration page: press its button, read its code
+        (the text to paste into the compute client)."""
+        url = registration_page(self.url, service_name, compute_client_name)
+        try:
+            response = self._session.post(url, timeout=60)
+        except requests.RequestException as error:
+            raise AdminError(f"registration page unreachable at {url} ({_cause(error)})") from None
+        found = re.search(r"<pre>([^<]+)</pre>", response.text) if response.ok else None
+        if found is None:
+            raise AdminError(f"registration page answered HTTP {response.status_code} without a code")
+        return found.group(1)
+
+    def compute_client(self, compute_client_id: str) -> dict:
+        """A 0.6 compute client's document (without its private key)."""
+        return self._call("GET", f"/api/admin/v06/compute_clients/{compute_client_id}")["computeClient"]
+
+    def set_compute_slots(self, compute_client_id: str, slots: list[dict]) -> None:
+        """What a 0.6 compute client can run (its owner sets this on its page of the web app)."""
+        self._call("PUT", f"/api/admin/v06/compute_clients/{compute_client_id}/compute_slots",
+                   json={"computeSlots": slots})
+
+    def create_service_job(self, service_name: str, job_definition: dict, *,
+                           required_resources: dict | None = None, target_compute_client_ids: list[str] | None = None,
+                           job_dependencies: tuple[str, ...] = (), tags: tuple[str, ...] = (), batch_id: str = "",
+                           secrets: tuple[dict, ...] = (), skip_cache: bool = False, rerun_failing: bool = False,
+                           delete_failing: bool = False) -> str:
+        """createJob as the signed-in user; returns the job's id (an earlier job's, when the service memoizes).
+        A job without `target_compute_client_ids` is offered to no compute client (the service's rule)."""
+        request = CreateJobRequest(
+            serviceName=service_name, batchId=batch_id, tags=list(tags), jobDefinition=job_definition,
+            requiredResources=required_resources or DEFAULT_REQUIRED_RESOURCES,
+            targetComputeClientIds=target_compute_client_ids, secrets=list(secrets),
+            jobDependencies=list(job_dependencies), skipCache=skip_cache, rerunFailing=rerun_failing,
+            deleteFailing=delete_failing,
+        )
+        return self._call("POST", "/api/admin/v06/jobs", json=request.body())["jobId"]
+
+    def service_jobs(self, service_name: str | None = None) -> list[dict]:
+        """The 0.6 service's jobs (of one service), with their private keys."""
+        params = {"serviceName": service_name} if service_name else None
+        return self._call("GET", "/api/admin/v06/jobs", params=params)["jobs"]
+
+    def service_job(self, job_id: str) -> dict:
+        return self._call("GET", f"/api/admin/v06/jobs/{job_id}")["job"]
+
+    def delete_service_job(self, job_id: str) -> None:
+        self._call("DELETE", f"/api/admin/v06/jobs/{job_id}")

@@ -1,4 +1,5 @@
 """The stand-in's HTTP routes: compute-resource, processor (job-side SDK), blobs, registration (admin: admin_routes).
+The Dendro 0.6 service API is served beside them by `v06.routes.service_router`, with a store of its own.
 
 Authentication as the real central does it: compute-resource calls carry an Ed25519 signature over
 the request path; job-side calls carry the job private key. Admin calls (our addition, standing in
@@ -32,6 +33,7 @@ from ..protocol.signing import verify_signature_str
 from .admin_routes import admin_routes
 from .service import Central, JobRefused, RegistrationRefused, dendro_uri, output_blob_key
 from .store import NotFound, TransitionError
+from .v06.routes import service_router
 
 COMPUTE_RESOURCE_PREFIX = "/api/compute_resource/compute_resources/{resource_id}"
 # What an injected outage takes down: the API of compute resources and of jobs. Blobs, registration,
@@ -52,6 +54,7 @@ def create_app(central: Central) -> FastAPI:
     app.include_router(_registration_routes(central))
     app.include_router(_web_routes(central))
     app.include_router(admin_routes(central))
+    app.include_router(service_router(central))  # the Dendro 0.6 service API (see v06)
     app.include_router(central.hub.router())
     app.add_middleware(_OutageMiddleware, central=central)
     return app

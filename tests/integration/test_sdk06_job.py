@@ -1,0 +1,163 @@
+"""The real dendro 0.6.22 SDK (in its own virtual environment, .venv-sdk06) runs a job of the stand-in's 0.6
+service API.
+
+The stand-in runs as a real process with a service, the hello_world app (tests/fixtures/apps/hello_world_v06)
+and a compute client registered through its registration page. The test plays the compute client with our
+`ServiceClient` (the job is offered to it, it claims it `starting`), then launches the app as a plain process
+with the environment dendro 0.6.22's `_start_job.py` gives a job; the SDK does the rest (running, its
+monitors, the output upload, completed or failed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from dendro_prefect.protocol.v06.client import ServiceClient
+from dendro_prefect.protocol.v06.models import ServiceJob
+from dendro_prefect.protocol.v06.registration import read_registration_code
+from dendro_prefect.stand_in.process import running_stand_in
+from tests.conftest import FIXTURES, REPO
+
+SDK06_VENV = Path(os.environ.get("DENDRO_SDK06_VENV", REPO / ".venv-sdk06"))
+APP_DIR = FIXTURES / "apps" / "hello_world_v06"
+SERVICE = "hello_world_service"
+
+
+@pytest.fixture(scope="module")
+def sdk06_bin() -> Path:
+    if not (SDK06_VENV / "bin" / "dendro").exists():
+        pytest.skip(f"no dendro 0.6.22 SDK in {SDK06_VENV}: scripts/test.sh creates it")
+    return SDK06_VENV / "bin"
+
+
+@contextmanager
+def serving_files(directory: Path) -> Iterator[str]:
+    """A directory over HTTP on a free loopback port: where the job's input file lives, as any URL would."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def service(sdk06_bin, tmp_path_factory):
+    """The stand-in with the app and one registered compute client; the input files' server."""
+    root = tmp_path_factory.mktemp("sdk06")
+    (root / "inputs").mkdir()
+    with running_stand_in(root / "central") as admin, serving_files(root / "inputs") as inputs_url:
+        admin.create_service(SERVICE)
+        admin.add_service_app(SERVICE, json.loads((APP_DIR / "spec.json").read_text()))
+        code = read_registration_code(admin.register_compute_client(SERVICE, "lab-prefect"))
+        client = ServiceClient(admin.url, code.computeClientId, code.computeClientPrivateKey, retry_deadline=5)
+        yield admin, client, root / "inputs", inputs_url
+
+
+def count_characters_job(admin, client: ServiceClient, input_url: str) -> str:
+    definition = {"appName": "hello_world", "processorName": "count_characters",
+                  "inputFiles": [{"name": "input", "fileBaseName": "input.txt", "url": input_url}],
+                  "outputFiles": [{"name": "output", "fileBaseName": "output.json"}], "parameters": []}
+    return admin.create_service_job(SERVICE, definition, target_compute_client_ids=[client.compute_client_id],
+                                    required_resources={"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 60})
+
+
+def claim_and_run(client: ServiceClient, job_id: str, sdk06_bin: Path, job_dir: Path) -> subprocess.CompletedProcess:
+    """What a compute client does with an offered job, as dendro 0.6.22's daemon does it (`_start_job`), less
+    the container: claim it, look up its processor, launch the executable with the job's environment."""
+    runnable, _ = client.runnable_jobs()
+    job = ServiceJob.model_validate(next(j for j in runnable if j["jobId"] == job_id))
+    client.set_job_status(job_id, job.jobPrivateKey, "starting")
+    app = client.service_app(job.serviceName, job.jobDefinition.appName)
+    executable = APP_DIR / app.appSpecification.processor(job.jobDefinition.processorName).executable
+    working_dir = job_dir / "working"
+    working_dir.mkdir(parents=True)  # the SDK makes only its `_dendro` in it
+    env = dict(
+        os.environ,
+        PATH=f"{sdk06_bin}{os.pathsep}{os.environ['PATH']}",  # the SDK runs `python` and `dendro` from PATH
+        PYTHONUNBUFFERED="1", JOB_ID=job_id, JOB_PRIVATE_KEY=job.jobPrivateKey, COMPUTE_CLIENT_ID=client.compute_client_id,
+        PROCESSOR_EXECUTABLE=str(executable), DENDRO_API_URL=client.base_url,
+        JOB_TIMEOUT_SEC=str(int(job.requiredResources.timeSec)),
+        DENDRO_JOB_WORKING_DIR=str(working_dir), DENDRO_JOB_CLEANUP_DIR=str(working_dir),
+    )
+    try:
+        return subprocess.run([str(sdk06_bin / "python"), str(executable)], env=env, cwd=job_dir,
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        wait_for_monitors(job_id)
+
+
+def wait_for_monitors(job_id: str, timeout: float = 20) -> None:
+    """The SDK's monitors (console output, resource log, job status) are detached processes that notice the job's
+    end within a second and upload once more; wait for them (ours: stopped by their PIDs if they linger)."""
+    deadline = time.monotonic() + timeout
+    while (pids := monitor_pids(job_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    assert not pids, f"the job's monitors were still running after {timeout} s"
+
+
+def monitor_pids(job_id: str) -> list[int]:
+    marker = f"JOB_ID={job_id}".encode()
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0"):
+                pids.append(int(environ.parent.name))
+        except OSError:  # gone meanwhile, or not ours
+            continue
+    return pids
+
+
+def redacted(finished: subprocess.CompletedProcess, key: str) -> str:
+    """The job's output for a failure message, without the job key the SDK prints."""
+    return (finished.stdout + finished.stderr).replace(key, "<job key>")
+
+
+def test_real_sdk_runs_a_claimed_job_to_completed_with_its_output(service, sdk06_bin, tmp_path):
+    admin, client, inputs, inputs_url = service
+    text = "hello dendro 0.6 world\n"
+    (inputs / "hello.txt").write_text(text)
+    job_id = count_characters_job(admin, client, f"{inputs_url}/hello.txt")
+
+    finished = claim_and_run(client, job_id, sdk06_bin, tmp_path / "job")
+
+    job = ServiceJob.model_validate(admin.service_job(job_id))
+    assert finished.returncode == 0 and job.status == "completed", (job.error, redacted(finished, job.jobPrivateKey))
+    assert job.timestampStartingSec < job.timestampStartedSec < job.timestampFinishedSec
+    output = job.outputFileResults[0]
+    assert json.loads(admin.download(output.url)) == {"num_characters": len(text)}
+    assert output.size == len(json.dumps({"num_characters": len(text)}))
+    console = admin.download(job.consoleOutputUrl).decode()
+    assert f"count_characters: {len(text)} characters" in console and f"[dendro] Job complete: {job_id}" in console
+    assert requests.get(job.resourceUtilizationLogUrl, timeout=10).ok
+    assert client.runnable_jobs() == ([], [])
+    assert sorted(p.name for p in (tmp_path / "job" / "working").iterdir()) == ["_dendro", "tmp"]  # cleaned up
+
+
+def test_real_sdk_reports_a_failing_job_failed_with_its_error(service, sdk06_bin, tmp_path):
+    admin, client, _, inputs_url = service
+    job_id = count_characters_job(admin, client, f"{inputs_url}/missing.txt")
+
+    finished = claim_and_run(client, job_id, sdk06_bin, tmp_path / "job")
+
+    job = ServiceJob.model_validate(admin.service_job(job_id))
+    assert finished.returncode == 0, redacted(finished, job.jobPrivateKey)  # the SDK's parent ends well either way
+    assert (job.status, job.error) == ("failed", "Error running job: return code 1")
+    assert "InputFileDownloadError" in admin.download(job.consoleOutputUrl).decode()
