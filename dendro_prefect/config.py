@@ -120,6 +120,10 @@ class ComputeResourceConfig(SiteConfig):
     def private_key(self) -> str:
         return self.compute_resource_private_key.get_secret_value()
 
+    @property
+    def identity(self) -> str:
+        return self.compute_resource_id
+
 
 class ComputeClientConfig(SiteConfig):
     """A compute client of a Dendro 0.6 service (magland/dendro): the code of the service's registration page,
@@ -142,6 +146,10 @@ class ComputeClientConfig(SiteConfig):
     @property
     def private_key(self) -> str:
         return self.compute_client_private_key.get_secret_value()
+
+    @property
+    def identity(self) -> str:
+        return self.compute_client_id
 
 
 PROTOCOL_NAMES = {"dendro-0.2": "Dendro 0.2 compute resource", "dendro-0.6": "Dendro 0.6 compute client"}

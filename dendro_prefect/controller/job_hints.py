@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from typing import Any
+from typing import Any, Callable
 
 import anyio
 from pubnub.callbacks import SubscribeCallback
@@ -18,7 +18,7 @@ from pubnub.enums import PNStatusCategory
 from pubnub.pnconfiguration import PNConfiguration
 from pubnub.pubnub import PubNub
 
-from ..protocol.models import ProtocolError, PubsubMessage, PubsubSubscription, parse
+from ..protocol.models import ProtocolError, PubsubSubscription
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +46,18 @@ class _Listener(SubscribeCallback):
 
 
 class JobHints:
-    def __init__(self, subscription: PubsubSubscription, compute_resource_id: str,
+    def __init__(self, subscription: PubsubSubscription, keep: Callable[[Any], Any | None],
                  log: logging.Logger | logging.LoggerAdapter = logger, origin: str | None = None) -> None:
-        """`origin`: the configuration's `pubsub_origin` (host:port of a PubNub-compatible server), or
+        """`keep(document)`: the message parsed if it is for this controller, else None (ProtocolError when
+        malformed). `origin`: the configuration's `pubsub_origin` (host:port of a PubNub-compatible server), or
         None for PubNub itself."""
         self.subscription = subscription
         self.origin = origin
         self.logger = log
-        self.compute_resource_id = compute_resource_id
+        self._keep = keep
         self.connected = False
         self.lost_at: float | None = None  # when the subscription was lost, if it was
-        self._queue: queue.Queue[PubsubMessage] = queue.Queue()
+        self._queue: queue.Queue[Any] = queue.Queue()
         self._pubnub: PubNub | None = None
 
     def start(self) -> None:
@@ -82,17 +83,16 @@ class JobHints:
             self._pubnub = None
 
     def receive(self, document: Any) -> None:
-        """Keep well-formed messages for this compute resource; log and drop the rest."""
+        """Keep well-formed messages for this controller; log and drop the rest."""
         try:
-            message = parse(PubsubMessage, document, "PubSub message")
+            message = self._keep(document)
         except ProtocolError as error:
             self.logger.warning("%s; ignored", error)
             return
-        if message.computeResourceId != self.compute_resource_id:
-            return
-        self._queue.put(message)
+        if message is not None:
+            self._queue.put(message)
 
-    async def wait(self, timeout: float) -> list[PubsubMessage]:
+    async def wait(self, timeout: float) -> list[Any]:
         """The messages that arrive within `timeout` seconds (all that are queued, once one is). A
         subscription lost for RESUBSCRIBE_AFTER_SEC is made again: the pubnub SDK stops reconnecting
         after a few tries, and a PubSub outage must not leave the controller polling for good."""

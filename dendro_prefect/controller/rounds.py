@@ -11,11 +11,12 @@ which keeps that idempotency: a job's existing run comes back as if created.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Literal
+from typing import Any, Callable, Literal
 from uuid import UUID
 
 import anyio
@@ -28,8 +29,9 @@ from prefect.states import Scheduled, to_state_create
 from pydantic import BaseModel
 
 from ..apps import AppCatalog, AppSpecError
+from ..central_jobs import CentralJobs, ComputeResourceJobs, Job
 from ..config import ComputeResourceConfig
-from ..protocol.client import CentralClient, CentralError
+from ..protocol.client import CentralError
 from ..protocol.models import (
     AppsChangedMessage,
     ComputeResourceSpec,
@@ -37,6 +39,7 @@ from ..protocol.models import (
     JobStatusChangedMessage,
     ProtocolError,
     PubsubMessage,
+    PubsubSubscription,
     parse,
 )
 from ..protocol.outbox import StatusOutbox
@@ -58,17 +61,20 @@ CANCEL_CHECK_SEC = 2.0  # how often a waiting controller looks whether its flow 
 PROGRESS_STATUSES = ("starting", "running", "completed")
 
 
-class Controller:
-    def __init__(self, config: ComputeResourceConfig, deployments: dict[str, str],
+class Controller(abc.ABC):
+    """The rounds, the same for both protocols; what differs (the apps, a job's plan, the PubSub messages) is a
+    subclass's: `ComputeResourceController` (Dendro 0.2, below) and `v06.ComputeClientController`."""
+
+    def __init__(self, jobs: CentralJobs, deployments: dict[str, str],
                  logger: logging.Logger | logging.LoggerAdapter, settle_sec: float = reconcile.SETTLE_SEC) -> None:
-        self.config = config
+        self.jobs = jobs
+        self.config = jobs.config
         self.deployments = deployments
         self.logger = logger
-        self.central = CentralClient(config.central_url, config.compute_resource_id, config.private_key)
+        self.central = jobs.client
         self.outbox = StatusOutbox()  # failures the central could not take yet (protocol/outbox.py)
-        self.catalog = AppCatalog()
         self.flow_runs: dict[str, str] = {}  # job id -> flow run id this controller created; "" if it failed the job
-        self.reconciler = reconcile.Reconciler(config.compute_resource_id, settle_sec)
+        self.reconciler = reconcile.Reconciler(self.config.identity, settle_sec)
         self.last_contact = self.last_intake = self.last_error_at = None
         self.last_error: str | None = None
         self.jobs_submitted = 0
@@ -77,29 +83,45 @@ class Controller:
         self.deployment_ids: dict[str, UUID] = {}
         self.cancel_checked_at = float("-inf")  # when the controller last asked whether its flow run is cancelled
 
+    @abc.abstractmethod
     async def load_apps(self) -> None:
-        """Load the apps' specs and report them to the central, as the original daemon does."""
-        apps = await anyio.to_thread.run_sync(self.central.get_apps)
-        self.catalog = await anyio.to_thread.run_sync(AppCatalog.load, apps)
-        for name, reason in self.catalog.errors.items():
-            self.logger.error("App %s skipped: %s", name, reason)
-        spec = ComputeResourceSpec(
-            apps=[app.spec for app in self.catalog.apps],
-            defaultJobRunMethod=self.config.default_job_run_method,
-            availableJobRunMethods=self.config.available_job_run_methods,
-        )
-        await anyio.to_thread.run_sync(self.central.put_spec, spec)
-        self.last_contact = utcnow()
-        self.logger.info("Loaded %d app(s): %s", len(self.catalog.apps), ", ".join(a.name for a in self.catalog.apps) or "none")
+        """Ready what planning jobs needs of the apps (at the start, and whenever the central says they changed)."""
+
+    @abc.abstractmethod
+    def plan(self, job: Job) -> FlowRunPlan:
+        """The job's flow run; AppSpecError or RoutingError when it has none."""
+
+    @abc.abstractmethod
+    def pubsub_subscription(self) -> Any:
+        """Where the central's PubSub hints are (blocking)."""
+
+    @abc.abstractmethod
+    def keep_message(self, document: Any) -> Any | None:
+        """A PubSub message for this controller, parsed; None for another's (ProtocolError when malformed)."""
+
+    @abc.abstractmethod
+    def needs_round(self, message: Any) -> bool:
+        """Whether the message asks for a round at once."""
+
+    def apps_changed(self, messages: list) -> bool:
+        return False
+
+    @property
+    def apps_loaded(self) -> int:
+        return 0
 
     async def intake(self, prefect: PrefectClient) -> int:
         """One reconciliation: submit every pending job that has no flow run, in bulk, and
         settle the disagreements between the central and Prefect (see reconcile.py). Returns how many
         flow runs were created."""
         # The two reads at once (gather raises the first error as it is: a CentralError stays one).
-        documents, active = await asyncio.gather(anyio.to_thread.run_sync(self.central.get_unfinished_jobs),
-                                                 reconcile.active_runs(prefect, self.config.compute_resource_id))
-        unfinished_ids = {d["jobId"] for d in documents if isinstance(d, dict) and isinstance(d.get("jobId"), str)}
+        unfinished, active = await asyncio.gather(self.jobs.unfinished(time.monotonic()),
+                                                  reconcile.active_runs(prefect, self.config.identity))
+        unfinished_ids = set(unfinished)
+        for job_id in active.keys() - unfinished_ids:  # a job the central's list leaves out may not have ended
+            if await self.jobs.unfinished_job(job_id, time.monotonic()) is not None:
+                unfinished_ids.add(job_id)
+        documents = list(unfinished.values())
         jobs = [job for job in [await self._parse(d) for d in documents if self._worth_parsing(d)] if job is not None]
         actions = await self.reconciler.decide(prefect, unfinished_ids, jobs, active)
         for flow_run, reason in actions.cancel:
@@ -119,13 +141,13 @@ class Controller:
         job_id = document.get("jobId") if isinstance(document, dict) else None
         return not (isinstance(job_id, str) and self.flow_runs.get(job_id) == "")
 
-    async def _submit_all(self, prefect: PrefectClient, jobs: list[DendroJob]) -> int:
+    async def _submit_all(self, prefect: PrefectClient, jobs: list[Job]) -> int:
         """Plan every job's run, then create them in bulk per deployment; a job that cannot be planned or whose
         run Prefect refuses is failed."""
-        planned: dict[str, list[tuple[DendroJob, FlowRunPlan]]] = defaultdict(list)
+        planned: dict[str, list[tuple[Job, FlowRunPlan]]] = defaultdict(list)
         for job in jobs:
             try:
-                plan = plan_flow_run(job, self.catalog.for_processor(job.processorName), self.deployments)
+                plan = self.plan(job)
             except (AppSpecError, RoutingError) as error:
                 await self._fail(job.jobId, job.jobPrivateKey, str(error))
                 continue
@@ -137,7 +159,7 @@ class Controller:
         return submitted
 
     async def _submit_batch(self, prefect: PrefectClient, deployment: str,
-                            batch: list[tuple[DendroJob, FlowRunPlan]]) -> int:
+                            batch: list[tuple[Job, FlowRunPlan]]) -> int:
         """One bulk creation, then one read of the runs it gave back: a run that already ended (the idempotency
         key gave back an earlier one) is not launched again."""
         try:
@@ -160,9 +182,9 @@ class Controller:
                 submitted += 1
         return submitted
 
-    async def _parse(self, document: object) -> DendroJob | None:
+    async def _parse(self, document: object) -> Job | None:
         try:
-            return parse(DendroJob, document, "job")
+            return parse(self.jobs.job_model, document, "job")
         except ProtocolError as error:
             job_id = document.get("jobId") if isinstance(document, dict) else None
             key = document.get("jobPrivateKey") if isinstance(document, dict) else None
@@ -172,7 +194,7 @@ class Controller:
                 self.logger.error("Unusable job from the central: %s", error)
             return None
 
-    async def _take(self, prefect: PrefectClient, job: DendroJob, plan: FlowRunPlan, flow_run: FlowRun | None,
+    async def _take(self, prefect: PrefectClient, job: Job, plan: FlowRunPlan, flow_run: FlowRun | None,
                     flow_run_id: UUID) -> bool:
         """Record the job's run; False when the idempotency key gave back a run that already ended: the job is
         not launched again (a run that crashed before the launch goes back to the queue, a few times)."""
@@ -188,7 +210,7 @@ class Controller:
         return True
 
     async def _create_runs(self, prefect: PrefectClient, deployment: str,
-                           batch: list[tuple[DendroJob, FlowRunPlan]]) -> list[BulkCreateResult]:
+                           batch: list[tuple[Job, FlowRunPlan]]) -> list[BulkCreateResult]:
         """The batch's runs from their deployment, whose id is read once, and again once it is gone (the
         deployment was deleted and applied again since)."""
         deployment_id = self.deployment_ids.get(deployment)
@@ -201,8 +223,7 @@ class Controller:
         try:
             deployment_id = (await prefect.read_deployment_by_name(deployment)).id
         except ObjectNotFound:
-            run_method = batch[0][0].runMethod
-            raise RoutingError(f"no deployment {deployment} for runMethod {run_method}") from None
+            raise RoutingError(f"no deployment {deployment} for run method {batch[0][1].run_method}") from None
         self.deployment_ids[deployment] = deployment_id
         return await _create_bulk(prefect, deployment_id, batch)
 
@@ -215,9 +236,9 @@ class Controller:
 
     def heartbeat(self, hints: JobHints) -> ControllerHeartbeat:
         return ControllerHeartbeat(
-            compute_resource_id=self.config.compute_resource_id, central_url=self.config.central_url,
+            compute_resource_id=self.config.identity, central_url=self.config.central_url,
             last_contact=self.last_contact, last_intake=self.last_intake, pubsub_connected=hints.connected,
-            apps_loaded=len(self.catalog.apps), jobs_submitted=self.jobs_submitted,
+            apps_loaded=self.apps_loaded, jobs_submitted=self.jobs_submitted,
             jobs_outside_prefect=sorted(self.reconciler.outside), last_error=self.last_error,
             last_error_at=self.last_error_at)
 
@@ -227,8 +248,8 @@ class Controller:
         before it reports the apps' spec, so a job created once the spec is reported is heard. With
         `flow_run_id` (its own flow run) it also stops within CANCEL_CHECK_SEC once that run is
         cancelled (see `_wait`). Returns whether it stopped for that."""
-        subscription = await anyio.to_thread.run_sync(self.central.get_pubsub_subscription)
-        hints = JobHints(subscription, self.config.compute_resource_id, self.logger, self.config.pubsub_origin)
+        subscription = await anyio.to_thread.run_sync(self.pubsub_subscription)
+        hints = JobHints(subscription, self.keep_message, self.logger, self.config.pubsub_origin)
         hints.start()
         deadline = None if run_for_sec is None else time.monotonic() + run_for_sec
         apps_changed = True  # the apps are loaded first, and again whenever the central says they changed
@@ -244,7 +265,7 @@ class Controller:
                     if messages is None:
                         self.logger.info("The subscription flow run was cancelled in Prefect: the controller stops")
                         return True
-                    apps_changed = apps_changed or any(isinstance(m, AppsChangedMessage) for m in messages)
+                    apps_changed = apps_changed or self.apps_changed(messages)
             return False
         finally:
             hints.stop()
@@ -262,7 +283,7 @@ class Controller:
                     return None
             next_check = until if flow_run_id is None else min(until, self.cancel_checked_at + CANCEL_CHECK_SEC)
             messages = await hints.wait(max(0.0, next_check - time.monotonic()))
-            if any(map(_needs_round, messages)) or time.monotonic() >= until:
+            if any(map(self.needs_round, messages)) or time.monotonic() >= until:
                 return messages
 
     async def _round(self, prefect: PrefectClient, load_apps: bool) -> bool:
@@ -284,11 +305,6 @@ class Controller:
         return load_apps
 
 
-def _needs_round(message: PubsubMessage) -> bool:
-    """New jobs, approved ones (a `pending` status change), failures and the apps' changes start a round."""
-    return not (isinstance(message, JobStatusChangedMessage) and message.status in PROGRESS_STATUSES)
-
-
 class BulkCreateResult(BaseModel):
     """One item of Prefect's answer to `POST /deployments/{id}/create_flow_run/bulk`, in the order asked."""
 
@@ -298,7 +314,7 @@ class BulkCreateResult(BaseModel):
 
 
 async def _create_bulk(prefect: PrefectClient, deployment_id: UUID,
-                       batch: list[tuple[DendroJob, FlowRunPlan]]) -> list[BulkCreateResult]:
+                       batch: list[tuple[Job, FlowRunPlan]]) -> list[BulkCreateResult]:
     """The batch's flow runs, Scheduled; the job id is each run's idempotency key."""
     return await create_flow_runs_in_bulk(prefect, deployment_id, [DeploymentFlowRunCreate(
         parameters=plan.parameters, job_variables=plan.job_variables, name=plan.name, tags=plan.tags,
@@ -326,3 +342,56 @@ async def _cancelling(prefect: PrefectClient, flow_run_id: UUID) -> bool:
     except Exception:
         return False
     return state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED)
+
+
+class ComputeResourceController(Controller):
+    """Dendro 0.2: the apps are the compute resource's own (their specs loaded here and reported to the central,
+    as the original daemon does); a job goes to the deployment of its runMethod."""
+
+    def __init__(self, config: ComputeResourceConfig, deployments: dict[str, str],
+                 logger: logging.Logger | logging.LoggerAdapter, settle_sec: float = reconcile.SETTLE_SEC) -> None:
+        super().__init__(ComputeResourceJobs(config), deployments, logger, settle_sec)
+        self.catalog = AppCatalog()
+
+    async def load_apps(self) -> None:
+        """Load the apps' specs and report them to the central, as the original daemon does."""
+        apps = await anyio.to_thread.run_sync(self.central.get_apps)
+        self.catalog = await anyio.to_thread.run_sync(AppCatalog.load, apps)
+        for name, reason in self.catalog.errors.items():
+            self.logger.error("App %s skipped: %s", name, reason)
+        spec = ComputeResourceSpec(
+            apps=[app.spec for app in self.catalog.apps],
+            defaultJobRunMethod=self.config.default_job_run_method,
+            availableJobRunMethods=self.config.available_job_run_methods,
+        )
+        await anyio.to_thread.run_sync(self.central.put_spec, spec)
+        self.last_contact = utcnow()
+        self.logger.info("Loaded %d app(s): %s", len(self.catalog.apps), ", ".join(a.name for a in self.catalog.apps) or "none")
+
+    @property
+    def apps_loaded(self) -> int:
+        return len(self.catalog.apps)
+
+    def plan(self, job: DendroJob) -> FlowRunPlan:
+        return plan_flow_run(job, self.catalog.for_processor(job.processorName), self.deployments)
+
+    def pubsub_subscription(self) -> PubsubSubscription:
+        return self.central.get_pubsub_subscription()
+
+    def keep_message(self, document: Any) -> PubsubMessage | None:
+        return resource_messages(self.config.compute_resource_id)(document)
+
+    def needs_round(self, message: PubsubMessage) -> bool:
+        """New jobs, approved ones (a `pending` status change), failures and the apps' changes start a round."""
+        return not (isinstance(message, JobStatusChangedMessage) and message.status in PROGRESS_STATUSES)
+
+    def apps_changed(self, messages: list[PubsubMessage]) -> bool:
+        return any(isinstance(m, AppsChangedMessage) for m in messages)
+
+
+def resource_messages(compute_resource_id: str) -> Callable[[Any], PubsubMessage | None]:
+    """Which 0.2 PubSub messages a compute resource keeps: its own (others' share a channel of a central)."""
+    def keep(document: Any) -> PubsubMessage | None:
+        message = parse(PubsubMessage, document, "PubSub message")
+        return message if message.computeResourceId == compute_resource_id else None
+    return keep

@@ -35,6 +35,7 @@ class FlowRunPlan(BaseModel):
     fetches the job from the central when it launches."""
 
     deployment: str
+    run_method: str
     parameters: dict
     job_variables: dict
     name: str
@@ -61,6 +62,7 @@ def plan_flow_run(job: DendroJob, app: LoadedApp, deployments: dict[str, str]) -
         )
     return FlowRunPlan(
         deployment=deployment,
+        run_method=job.runMethod,
         parameters={"job_id": job.jobId},
         job_variables=job_variables,
         name=f"{app.name}/{job.processorName} {job.jobId}",

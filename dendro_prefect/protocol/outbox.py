@@ -31,6 +31,7 @@ import anyio
 
 from .client import CentralClient, CentralError
 from .models import JobStatus
+from .transport import ClaimRefused
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +172,8 @@ async def set_status_before_launch(client: CentralClient, job_id: str, job_priva
         # The central refuses a second `starting` like any other transition it does not allow (HTTP 500,
         # "Cannot set job status to starting when status is starting"): an earlier try got through and its
         # answer was lost.
-        if not error.transient and await _already(client, job_id, job_private_key, status):
+        if not error.transient and not isinstance(error, ClaimRefused) and await _already(
+                client, job_id, job_private_key, status):
             return
         if not error.transient:
             raise

@@ -31,6 +31,11 @@ class CentralError(RuntimeError):
         self.transient = transient
 
 
+class ClaimRefused(CentralError):
+    """`starting` was refused because the job is no longer ours to claim: another compute client took it first
+    (Dendro 0.6, where several compute clients serve one service). Not a failure of the job."""
+
+
 class Transport:
     """Requests to one central, retried by the rules above."""
 

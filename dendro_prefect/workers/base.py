@@ -21,11 +21,8 @@ from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import BaseModel, Field
 
-from ..config import ComputeResourceConfig
-from ..protocol.client import CentralClient
-from ..protocol.models import DendroJob
+from ..central_jobs import CentralJobs, Client, Job, central_jobs_for
 from ..protocol.outbox import StatusOutbox
-from .central_jobs import CentralJobs
 from .commands import ContainerMethodSetting, container_method_for
 from .concurrency import SlotsTaken, TagSlots
 from .job_card import publish_job_card
@@ -250,7 +247,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
 
     def central_jobs(self, config_file: str) -> CentralJobs:
         if config_file not in self._central_jobs:
-            self._central_jobs[config_file] = CentralJobs(ComputeResourceConfig.read(config_file or None))
+            self._central_jobs[config_file] = central_jobs_for(config_file)
         return self._central_jobs[config_file]
 
     def watch(self) -> Watch:
@@ -265,7 +262,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         except Abort as error:
             self.get_flow_run_logger(flow_run).warning("Prefect refused state %s: %s", state.type.value, error)
 
-    async def fail_at_central(self, client: CentralClient, job: DendroJob, reason: str, run_logger) -> None:
+    async def fail_at_central(self, client: Client, job: Job, reason: str, run_logger) -> None:
         """Fail the job at the central with `reason`; while the central is unreachable the failure waits
         in this worker's outbox, retried in the background until the central takes it (outbox.py)."""
         await self._outbox.send(client, job.jobId, job.jobPrivateKey, "failed", reason, run_logger)

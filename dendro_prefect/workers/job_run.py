@@ -24,14 +24,14 @@ import anyio
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Cancelled, Completed, Crashed, Failed, State
 
+from ..central_jobs import CentralJobs, Client, Job, JobRefused
 from ..config import ConfigError
-from ..protocol.client import CentralClient, CentralError
-from ..protocol.models import DendroJob
+from ..protocol.client import CentralError
 from ..protocol.outbox import set_status_before_launch, until_central_answers
-from .central_jobs import CentralJobs, JobRefused
+from ..protocol.transport import ClaimRefused
 from .job_dir import JobDirectory
 from .job_output import SDK_FAILURE_PREFIX, StreamedOutput, redactor
-from .launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, job_environment
+from .launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
 from .watch import Observation, Watch, WatchedJob
 
 # The dendro SDK reports `completed` just before it exits; give a finished job this long to exit.
@@ -52,7 +52,7 @@ class WorkerServices(Protocol):
     def job_time_limit(self, configuration: Any) -> float | None: ...
     def watch(self) -> Watch: ...
     async def set_state(self, flow_run: FlowRun, state: State) -> None: ...
-    async def fail_at_central(self, client: CentralClient, job: DendroJob, reason: str, run_logger) -> None: ...
+    async def fail_at_central(self, client: Client, job: Job, reason: str, run_logger) -> None: ...
 
 
 def job_dir_of(configuration: Any, job_id: str) -> Path:
@@ -128,11 +128,12 @@ class JobRun:
         self.services = services
         self.logger = run_logger
         self.job_id = str(flow_run.parameters.get("job_id", ""))
-        self.job: DendroJob | None = None
+        self.job: Job | None = None
         self.central: CentralJobs | None = None
         self.launcher: Launcher | None = None
         self.infrastructure_id: str | None = flow_run.infrastructure_pid
         self.refusal = ""
+        self.claimed_elsewhere = False  # the launch's claim (`starting`) went to another compute client
 
     @property
     def job_dir(self) -> JobDirectory:
@@ -160,13 +161,21 @@ class JobRun:
             known = (JobRefused, ConfigError, CentralError, LaunchError)
             reason = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
             self.refusal = redactor(self.job.jobPrivateKey if self.job else "")(reason)
-            self.logger.error("Job %s not launched: %s", self.job_id, self.refusal)
+            self.claimed_elsewhere = isinstance(error, ClaimRefused)
+            if self.claimed_elsewhere:
+                self.logger.warning("Job %s not run here: %s", self.job_id, self.refusal)
+            else:
+                self.logger.error("Job %s not launched: %s", self.job_id, self.refusal)
             return None
         self.logger.info("Job %s launched as %s", self.job_id, self.infrastructure_id)
         return self.infrastructure_id
 
     async def refuse(self) -> None:
-        """Fail a job that could not be launched, at the central (if it was reached) and in Prefect."""
+        """Fail a job that could not be launched, at the central (if it was reached) and in Prefect; a job another
+        compute client claimed first is theirs to run: its run ends Cancelled, the job untouched."""
+        if self.claimed_elsewhere:
+            await self.services.set_state(self.flow_run, Cancelled(message=f"Not run here: {self.refusal}"))
+            return
         if self.job is not None:
             await self._fail_at_central(self.refusal)
         await self.services.set_state(self.flow_run, Failed(message=self.refusal))
@@ -176,8 +185,7 @@ class JobRun:
         if not configuration.app_executable:
             raise JobRefused(f"no app executable for processor {job.processorName}")
         env = {k: v for k, v in configuration.env.items() if v is not None and not k.startswith("PREFECT_")}
-        env.update(job_environment(job.jobId, configuration.app_executable, self.central.config.central_url,
-                                   configuration.time_limit_sec))
+        env.update(self.central.environment(job, configuration.app_executable, configuration.time_limit_sec))
         return LaunchRequest(
             job_id=job.jobId, job_private_key=job.jobPrivateKey, app_name=configuration.app_name,
             app_image=configuration.app_image or None, app_executable=configuration.app_executable, env=env,
@@ -193,7 +201,7 @@ class JobRun:
         when there is nothing to follow (its end is then set here)."""
         try:
             self._connect()
-            if (await self.central.unfinished(time.monotonic())).get(self.job_id) is None:
+            if await self.central.unfinished_job(self.job_id, time.monotonic()) is None:
                 ended = await self.ended_unwatched()  # before the kill, which may take the job's log with it
                 await self.launcher.kill(self.infrastructure_id)
                 await self.services.set_state(self.flow_run, ended)

@@ -34,14 +34,6 @@ class LaunchRequest(BaseModel):
     sdk_bin_dir: str = ""  # where the dendro SDK's command is, for an app run as a plain process
 
 
-def job_environment(job_id: str, app_executable: str, central_url: str, time_limit_sec: float | None) -> dict[str, str]:
-    """The environment the dendro SDK expects in a job, less the private key."""
-    env = {"PYTHONUNBUFFERED": "1", "JOB_ID": job_id, "APP_EXECUTABLE": app_executable, "DENDRO_URL": central_url}
-    if time_limit_sec is not None:
-        env["JOB_TIMEOUT_SEC"] = str(int(time_limit_sec))
-    return env
-
-
 @dataclass(frozen=True)
 class AppCommand:
     """How to start a job's app: its command line and environment. The environment never holds the

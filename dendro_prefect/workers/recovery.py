@@ -116,7 +116,7 @@ class Recovery:
                 return await self.take_up(flow_run)
             job_run = JobRun(flow_run, await worker.configuration_of(flow_run), worker, run_logger)
             central = worker.central_jobs(job_run.configuration.config_file)
-            document = (await central.unfinished(time.monotonic())).get(job_id)
+            document = await central.unfinished_job(job_id, time.monotonic())
             recorded = job_run.job_dir.recorded_launch()
             if document is not None and document.get("status") == "pending":
                 run_logger.warning("Job %s: its worker was lost before launching it; back in the queue", job_id)

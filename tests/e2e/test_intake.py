@@ -7,7 +7,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from dendro_prefect.config import ComputeResourceConfig
-from dendro_prefect.controller.rounds import Controller
+from dendro_prefect.controller.rounds import ComputeResourceController
 from dendro_prefect.controller.routing import plan_flow_run
 from dendro_prefect.protocol.models import DendroJob, parse
 from dendro_prefect.protocol.signing import generate_keypair, make_resource_code
@@ -51,7 +51,7 @@ def test_restarted_controllers_reuse_the_flow_run_of_a_job(controller, tmp_path)
     config = ComputeResourceConfig(compute_resource_id=resource_id, compute_resource_private_key=private_key,
                                    central_url=controller.admin.url)
     job_id = create_letter_count_job(controller.admin, resource_id)
-    first, second = (Controller(config, {"local": parking}, logging.getLogger("test")) for _ in range(2))
+    first, second = (ComputeResourceController(config, {"local": parking}, logging.getLogger("test")) for _ in range(2))
     for resource_controller in (first, second):
         run(resource_controller.load_apps())
     assert intake(first) == 1
@@ -74,7 +74,7 @@ BAD_JOBS = [
      "no app of this compute resource has processor no_such_processor"),
     ("no runMethod", dict(runMethod=None), "has no runMethod"),
     ("no deployment", dict(runMethod="kubernetes"),
-     "no deployment dendro-job/no-such-deployment for runMethod kubernetes"),
+     "no deployment dendro-job/no-such-deployment for run method kubernetes"),
 ]
 
 

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from dendro_prefect.apps import AppCatalog, AppSpecError
 from dendro_prefect.config import ComputeResourceConfig
 from dendro_prefect.controller.job_hints import JobHints
-from dendro_prefect.controller.rounds import Controller
+from dendro_prefect.controller.rounds import ComputeResourceController, resource_messages
 from dendro_prefect.protocol.models import (
     ComputeResourceApp,
     DendroJob,
@@ -190,7 +190,7 @@ def test_malformed_pubsub_messages_are_dropped_and_well_formed_ones_kept():
     @given(st.lists(messages(), min_size=4, max_size=12))
     def receive(documents: list) -> None:
         log = Records(f"fuzz.pubsub.{next(UNIQUE)}")
-        hints = JobHints(subscription, OWN_RESOURCE, log.logger)
+        hints = JobHints(subscription, resource_messages(OWN_RESOURCE), log.logger)
         for document in documents:
             hints.receive(document)  # never raises
         kept = loop.run_until_complete(hints.wait(0))
@@ -470,7 +470,7 @@ def flow_runs_by_job(job_ids: list[str]) -> Counter:
     return Counter(run.parameters.get("job_id") for run in runs)
 
 
-def intake_of(resource_controller: Controller) -> int:
+def intake_of(resource_controller: ComputeResourceController) -> int:
     """One intake, which must not raise; what it raised is reported without its traceback, whose frames
     show job documents with their keys (the session's secrets scan reads failure reports)."""
     try:
@@ -479,12 +479,12 @@ def intake_of(resource_controller: Controller) -> int:
         raise AssertionError(f"intake raised {type(error).__name__}: {str(error)[:500]}") from None
 
 
-def new_controller(admin, parking: str, log: Records) -> tuple[Controller, Any]:
+def new_controller(admin, parking: str, log: Records) -> tuple[ComputeResourceController, Any]:
     resource = register(admin)
     admin.set_apps(resource.id, [{"name": "letter_count", "specUri": GOOD_SPEC_URI}])
     config = ComputeResourceConfig(compute_resource_id=resource.id, compute_resource_private_key=resource.private_key,
                                    central_url=admin.url)
-    return Controller(config, {"local": parking}, log.logger), resource
+    return ComputeResourceController(config, {"local": parking}, log.logger), resource
 
 
 def test_malformed_jobs_are_failed_at_the_central_and_good_jobs_get_one_flow_run(fuzz_central, parking):
@@ -570,7 +570,7 @@ def test_malformed_jobs_are_failed_at_the_central_and_good_jobs_get_one_flow_run
 # --- the bugs this suite found ----------------------------------------------------------------------------------
 
 
-def one_bad_job_beside_a_good_one(admin, parking: str, copies: int = 1, **change) -> tuple[Controller, str, str]:
+def one_bad_job_beside_a_good_one(admin, parking: str, copies: int = 1, **change) -> tuple[ComputeResourceController, str, str]:
     log = Records(f"fuzz.controller.{next(UNIQUE)}")
     resource_controller, resource = new_controller(admin, parking, log)
     bad = [good_job_document(resource.id, next(UNIQUE)) | change for _ in range(copies)]

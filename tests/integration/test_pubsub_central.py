@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from dendro_prefect.config import ComputeResourceConfig
 from dendro_prefect.controller.job_hints import JobHints
+from dendro_prefect.controller.rounds import resource_messages
 from dendro_prefect.protocol.signing import compute_resource_headers
 from tests.conftest import create_letter_count_job
 from tests.pubnub_listener import subscribed, wait_until
@@ -51,7 +52,8 @@ def test_the_controller_subscribes_where_its_configuration_says(central, resourc
     ComputeResourceConfig(compute_resource_id=resource.id, compute_resource_private_key=resource.private_key,
                           central_url=central.url, pubsub_origin=central.pubsub_origin).write(path)
     config = ComputeResourceConfig.read(path)
-    hints = JobHints(resource.client.get_pubsub_subscription(), resource.id, origin=config.pubsub_origin)
+    hints = JobHints(resource.client.get_pubsub_subscription(), resource_messages(resource.id),
+                     origin=config.pubsub_origin)
     hints.start()
     try:
         wait_until(lambda: hints.connected, "the subscription")

@@ -13,10 +13,11 @@ from uuid import uuid4
 import pytest
 from prefect.client.schemas.objects import FlowRun
 
+from dendro_prefect.central_jobs import JobRefused
 from dendro_prefect.protocol.client import CentralError
 from dendro_prefect.protocol.models import DendroJob
+from dendro_prefect.protocol.transport import ClaimRefused
 from dendro_prefect.workers.base import DendroJobConfiguration
-from dendro_prefect.workers.central_jobs import JobRefused
 from dendro_prefect.workers.job_output import StreamedOutput, redactor
 from dendro_prefect.workers.job_run import (
     CANCELLED_IN_PREFECT,
@@ -26,7 +27,12 @@ from dendro_prefect.workers.job_run import (
     JobRun,
     end_of_job,
 )
-from dendro_prefect.workers.launch import InfrastructureRetrySetting, InfrastructureState, Launcher, LaunchError
+from dendro_prefect.workers.launch import (
+    InfrastructureRetrySetting,
+    InfrastructureState,
+    Launcher,
+    LaunchError,
+)
 from dendro_prefect.workers.watch import Watch
 
 JOB_ID = "proj1.abcdefgh"
@@ -175,8 +181,14 @@ class FakeCentral:
     async def unfinished(self, newer_than):
         return {JOB_ID: self.document()} if self.status in ("pending", "starting", "running") else {}
 
+    async def unfinished_job(self, job_id, newer_than):
+        return (await self.unfinished(newer_than)).get(job_id)
+
     async def statuses(self, job_ids):
         return {j: (await self.unfinished(0)).get(j, {}).get("status") for j in job_ids}
+
+    def environment(self, job, app_executable, time_limit_sec):
+        return {"JOB_ID": job.jobId, "APP_EXECUTABLE": app_executable}
 
     async def job(self, job_id, statuses=("pending",)):
         document = (await self.unfinished(0)).get(job_id)
@@ -393,6 +405,26 @@ def test_a_refusal_by_the_central_of_starting_launches_nothing():
     worker = FakeWorker(central, FakeLauncher())
     job_run = life(worker)
     assert worker.fake_launcher.submitted == [] and "Cannot set job status to starting" in job_run.refusal
+
+
+def test_a_job_another_compute_client_claimed_first_is_not_run_and_not_failed():
+    """Dendro 0.6: the service gives `starting` to one compute client; the others' runs end Cancelled with the
+    reason, the job untouched (its key is not even asked whether it is already starting: it is, but not ours)."""
+    central = FakeCentral()
+
+    def claimed(*args, **kwargs):
+        raise ClaimRefused(f"job {JOB_ID} was claimed by compute client lab-2 first (HTTP 400: Job is not in "
+                           "pending status)", 400)
+
+    central.client.set_job_status = claimed
+    central.client.get_job_status = lambda *args: "starting"
+    worker = FakeWorker(central, FakeLauncher())
+    job_run = life(worker)
+    assert worker.fake_launcher.submitted == [] and worker.failed_at_central == []
+    assert [s.type.value for s in worker.states] == ["CANCELLED"]
+    assert worker.states[-1].message == f"Not run here: job {JOB_ID} was claimed by compute client lab-2 first " \
+                                        "(HTTP 400: Job is not in pending status)"
+    assert job_run.claimed_elsewhere
 
 
 @pytest.mark.parametrize("kept, state, message", [

@@ -234,6 +234,19 @@ async def test_an_evicted_pod_is_read_as_lost_and_run_again_as_a_new_job_that_ma
         "lost", None, EVICTED.replace(NAME, f"{NAME}-r1"), attempt=2)
 
 
+async def test_a_failed_job_whose_pod_still_looks_alive_waits_for_the_pods_watch(tmp_path, cluster, monkeypatch):
+    """The Job's Failed (its backoff limit, after an eviction) can arrive before its pod's end: the pod's reason
+    decides, once its watch shows it; a pod that never catches up leaves the Job's reason."""
+    kubernetes = await submitted(tmp_path)
+    cluster.watch.put(k8s_job(NAME, "Failed", "BackoffLimitExceeded"), k8s_pod(NAME, "Running"))
+    assert await state_of(kubernetes) == InfrastructureState("running")
+    cluster.watch.put(evicted(NAME))
+    assert await state_of(kubernetes) == InfrastructureState("lost", None, EVICTED)
+    monkeypatch.setattr(k8s_launcher, "POD_CATCH_UP_SEC", 0.0)
+    cluster.watch.put(k8s_pod(NAME, "Running"))
+    assert (await state_of(kubernetes)).phase == "exited"
+
+
 async def test_a_new_attempt_refused_by_the_cluster_is_a_launch_error(tmp_path, cluster):
     kubernetes = await submitted(tmp_path)
     cluster.watch.put(k8s_job(NAME), evicted(NAME))

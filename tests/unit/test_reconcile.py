@@ -17,7 +17,7 @@ from dendro_prefect.apps import AppCatalog
 from dendro_prefect.config import ComputeResourceConfig
 from dendro_prefect.controller import reconcile
 from dendro_prefect.controller.reconcile import Reconciler, active_runs, latest_runs, requeue_crashed, why_run_ended
-from dendro_prefect.controller.rounds import Controller
+from dendro_prefect.controller.rounds import ComputeResourceController
 from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.protocol.client import CentralError
 from dendro_prefect.protocol.models import ComputeResourceApp, DendroJob, PubsubMessage, parse
@@ -286,12 +286,12 @@ def prefect() -> FakePrefect:
 
 
 @pytest.fixture
-def controller(central, clock) -> Controller:
+def controller(central, clock) -> ComputeResourceController:
     config = ComputeResourceConfig(compute_resource_id=RESOURCE_ID, compute_resource_private_key=RESOURCE_KEY,
                                    central_url="http://central.invalid")
-    controller = Controller(config, dict(DEFAULT_DEPLOYMENTS), logging.getLogger("tests.controller"),
-                            settle_sec=SETTLE)
-    controller.central = central
+    controller = ComputeResourceController(config, dict(DEFAULT_DEPLOYMENTS), logging.getLogger("tests.controller"),
+                                           settle_sec=SETTLE)
+    controller.central = controller.jobs.client = central
     controller.reconciler.clock = clock
     controller.catalog = AppCatalog.load([ComputeResourceApp(name="letter_count",
                                                              specUri=(LETTER_COUNT_APP / "spec.json").as_uri())])
@@ -346,8 +346,9 @@ async def test_a_rounds_new_runs_are_created_in_bulk_per_deployment_at_most_100_
     assert await controller.intake(prefect) == 151
     assert sorted(prefect.bulk_calls) == [1, 50, 100]
     assert {run.idempotency_key for run in prefect.created} == {*slurm, "p9.localjob"}
-    restarted = Controller(controller.config, dict(DEFAULT_DEPLOYMENTS), controller.logger, settle_sec=SETTLE)
-    restarted.central, restarted.catalog = central, controller.catalog
+    restarted = ComputeResourceController(controller.config, dict(DEFAULT_DEPLOYMENTS), controller.logger,
+                                          settle_sec=SETTLE)
+    restarted.central, restarted.jobs.client, restarted.catalog = central, central, controller.catalog
     assert await restarted.intake(prefect) == 0  # the jobs are still pending at the central: their runs are waiting
     assert len(prefect.runs) == 151 and len(prefect.bulk_calls) == 3 and central.status_changes == []
 
@@ -471,7 +472,7 @@ async def test_a_pending_job_whose_run_crashed_too_often_is_failed(controller, c
 @pytest.mark.parametrize("changes, reason", [
     (dict(processorName="ms5"), "no app of this compute resource has processor ms5"),
     (dict(runMethod=None), f"job {JOB} has no runMethod"),
-    (dict(runMethod="kubernetes"), "no deployment dendro-job/kubernetes for runMethod kubernetes"),
+    (dict(runMethod="kubernetes"), "no deployment dendro-job/kubernetes for run method kubernetes"),
     (dict(requiredResources={"numCpus": -1, "numGpus": 0, "memoryGb": 1, "timeSec": 60}),
      "malformed job: requiredResources.numCpus"),
 ])

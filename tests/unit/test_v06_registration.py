@@ -13,9 +13,9 @@ from dendro_prefect.cli import app
 from dendro_prefect.config import ComputeClientConfig, ComputeResourceConfig, ConfigError, read_config
 from dendro_prefect.protocol.models import ProtocolError
 from dendro_prefect.protocol.signing import generate_keypair
-from dendro_prefect.protocol.transport import CentralError
+from dendro_prefect.protocol.transport import CentralError, ClaimRefused
 from dendro_prefect.protocol.v06 import client as v06_client
-from dendro_prefect.protocol.v06.client import ClaimRefused, ServiceClient
+from dendro_prefect.protocol.v06.client import ServiceClient
 from dendro_prefect.protocol.v06.models import GetJobRequest, SetJobStatusRequest
 from dendro_prefect.protocol.v06.registration import read_registration_code, registration_page
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from ..models import parse
-from ..transport import CentralError, Transport
+from ..transport import CentralError, ClaimRefused, Transport
 from .models import (
     GetJobRequest,
     GetJobResponse,
@@ -33,10 +33,6 @@ from .models import (
 
 DEFAULT_API_URL = "https://dendro.vercel.app"
 A = TypeVar("A", bound=BaseModel)
-
-
-class ClaimRefused(CentralError):
-    """`starting` was refused because the job is no longer pending for us: another compute client took it."""
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -169,6 +169,11 @@ class ServiceJob(Answer):
     computeClientId: str | None = None
     computeClientName: str | None = None
 
+    @property
+    def processorName(self) -> str:
+        """Where a 0.2 job has it: what runs a job reads either kind alike."""
+        return self.jobDefinition.processorName
+
 
 class ComputeSlot(Answer):
     """What a compute client can run, as the service matches jobs to it (`fitsSlot`)."""
@@ -238,6 +243,11 @@ class PubsubSubscription(Answer):
     pubnubSubscribeKey: str
     pubnubChannel: str
     pubnubUser: str
+
+    @property
+    def is_mock(self) -> bool:
+        """A service without PubSub (as 0.2's mock key): polling only."""
+        return self.pubnubSubscribeKey == "mock-subscribe-key"
 
 
 class GetPubsubSubscriptionResponse(Answer):

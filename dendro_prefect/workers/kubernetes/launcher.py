@@ -30,6 +30,9 @@ IMAGE_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"
 CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
 # A Job just created reaches the namespace watch a moment later; not there after this long, it is gone.
 UNSEEN_LIMIT_SEC = 60.0
+# The Jobs and the Pods come from two watches: a Job's Failed may arrive before its pod's end (evicted, say);
+# while its pod still looks alive, the end waits this long for the pod's side.
+POD_CATCH_UP_SEC = 10.0
 
 
 @dataclass
@@ -45,6 +48,7 @@ class _Watched:
     pod: Any = None  # the current attempt's pod, as the last states() saw it
     ended: bool = False  # the last states() saw the job end
     created_at: float = field(default_factory=time.monotonic)  # of the current attempt's Job
+    failed_seen_at: float | None = None  # when the current attempt's Job was first seen Failed
     seen: set = field(default_factory=set)  # the attempts' Jobs the namespace watch has shown
 
 
@@ -180,6 +184,10 @@ class KubernetesLauncher(Launcher):
         if "Complete" in conditions:
             return InfrastructureState("exited", _exit_code(pod) or 0)
         if "Failed" in conditions:
+            watched.failed_seen_at = watched.failed_seen_at or time.monotonic()
+            if (pod is not None and pod.status.phase in ("Pending", "Running")
+                    and time.monotonic() - watched.failed_seen_at < POD_CATCH_UP_SEC):
+                return InfrastructureState("running")  # the pod's end (its reason) has not reached its watch yet
             return InfrastructureState("exited", _exit_code(pod), _failure_reason(conditions["Failed"], pod))
         if pod is not None and pod.status.phase == "Pending":
             return self._pending(watched, pod)
@@ -229,7 +237,7 @@ class KubernetesLauncher(Launcher):
         manifest = render_job(self.settings.job_manifest, watched.request, attempt,
                               self.settings.infrastructure_time_limit(watched.request.time_limit_sec))
         self._create(manifest, watched.request, attempt)
-        watched.created_at, watched.pending_since = time.monotonic(), None
+        watched.created_at, watched.pending_since, watched.failed_seen_at = time.monotonic(), None, None
         watched.attempts.append(manifest["metadata"]["name"])
         self._delete_job(watched.namespace, evicted)
 

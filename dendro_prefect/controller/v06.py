@@ -1,0 +1,88 @@
+"""The controller of a Dendro 0.6 compute client: the rounds are the 0.2 controller's (rounds.py); what differs is
+here. The service offers this client the pending jobs that are runnable (their dependencies completed), targeted
+at it and fitting a free compute slot; a job's processor, with its image and executable, is the service app's,
+read from the service once per app for APP_CACHE_SEC; every job goes to the deployment of the configuration's
+`default_job_run_method`, its resources as job variables. Which compute client runs a job is settled by the
+service when a worker claims it (`starting`), not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..apps import AppSpecError
+from ..central_jobs import ComputeClientJobs
+from ..config import ComputeClientConfig
+from ..protocol.models import parse
+from ..protocol.transport import CentralError
+from ..protocol.v06.models import JobStatusChangedHint, PubsubHint, PubsubSubscription, ServiceApp, ServiceJob
+from . import reconcile
+from .rounds import PROGRESS_STATUSES, Controller
+from .routing import FlowRunPlan, RoutingError, job_tag, resource_tag
+
+APP_CACHE_SEC = 60.0  # how long a service app's specification is used before it is read again
+
+
+class ComputeClientController(Controller):
+    def __init__(self, config: ComputeClientConfig, deployments: dict[str, str],
+                 logger: logging.Logger | logging.LoggerAdapter, settle_sec: float = reconcile.SETTLE_SEC) -> None:
+        super().__init__(ComputeClientJobs(config), deployments, logger, settle_sec)
+        self._apps: dict[tuple[str, str], tuple[float, ServiceApp]] = {}
+
+    async def load_apps(self) -> None:
+        """Nothing to load ahead: a service's apps are read as its jobs name them."""
+
+    @property
+    def apps_loaded(self) -> int:
+        return len(self._apps)
+
+    def service_app(self, service_name: str, app_name: str) -> ServiceApp:
+        key = (service_name, app_name)
+        read_at, app = self._apps.get(key, (float("-inf"), None))
+        if app is None or time.monotonic() - read_at > APP_CACHE_SEC:
+            try:
+                app = self.central.service_app(service_name, app_name)
+            except CentralError as error:
+                if error.transient:
+                    raise
+                raise AppSpecError(f"app {app_name} of service {service_name} cannot be read: {error}") from None
+            self._apps[key] = (time.monotonic(), app)
+        return app
+
+    def plan(self, job: ServiceJob) -> FlowRunPlan:
+        definition = job.jobDefinition
+        processor = self.service_app(job.serviceName, definition.appName).appSpecification.processor(
+            definition.processorName)
+        if processor is None:
+            raise AppSpecError(f"app {definition.appName} of service {job.serviceName} has no processor "
+                               f"{definition.processorName}")
+        run_method = self.config.default_job_run_method
+        deployment = self.deployments.get(run_method)
+        if not deployment:
+            raise RoutingError(f"no deployment for run method {run_method}")
+        resources = job.requiredResources
+        return FlowRunPlan(
+            deployment=deployment, run_method=run_method, parameters={"job_id": job.jobId},
+            job_variables={"app_name": definition.appName, "app_image": processor.image or None,
+                           "app_executable": processor.executable, "num_cpus": resources.numCpus,
+                           "num_gpus": resources.numGpus, "memory_gb": resources.memoryGb,
+                           "time_limit_sec": resources.timeSec},
+            name=f"{definition.appName}/{definition.processorName} {job.jobId}",
+            tags=[f"app:{definition.appName}", f"processor:{definition.processorName}", f"service:{job.serviceName}",
+                  f"run-method:{run_method}", job_tag(job.jobId), resource_tag(self.config.identity)],
+        )
+
+    def pubsub_subscription(self) -> PubsubSubscription:
+        return self.central.pubsub_subscription()
+
+    def keep_message(self, document: Any) -> PubsubHint | None:
+        """The service publishes every service's hints on one channel: this client's service's are kept."""
+        hint = parse(PubsubHint, document, "PubSub message")
+        return hint if hint.serviceName == self.config.service_name else None
+
+    def needs_round(self, message: PubsubHint) -> bool:
+        """A new job, a job that became runnable or failed, and the service's ping (answered by asking for jobs,
+        which tells the service this client is alive) start a round."""
+        return not (isinstance(message, JobStatusChangedHint) and message.status in PROGRESS_STATUSES)

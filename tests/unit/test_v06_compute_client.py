@@ -1,0 +1,76 @@
+"""A Dendro 0.6 compute client's reading and planning against the stand-in's service (in process): the jobs it
+is offered and has claimed (central_jobs.ComputeClientJobs) and their flow runs (controller/v06.py)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from dendro_prefect.apps import AppSpecError
+from dendro_prefect.central_jobs import ComputeClientJobs, JobRefused
+from dendro_prefect.config import ComputeClientConfig
+from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS
+from dendro_prefect.controller.v06 import ComputeClientController
+from dendro_prefect.protocol.v06.models import ServiceJob
+from tests.unit import test_stand_in_v06 as stand_in
+from tests.unit.test_stand_in_v06 import SERVICE, Service, run_to
+
+service = stand_in.service  # the fixture: a service of the stand-in with the hello_world app, served in process
+
+pytestmark = pytest.mark.anyio
+
+
+def compute_client(service: Service, name: str = "lab") -> ComputeClientConfig:
+    client = service.client(name)
+    return ComputeClientConfig(compute_client_id=client.compute_client_id,
+                               compute_client_private_key=service.client_keys[client.compute_client_id],
+                               compute_client_name=name, service_name=SERVICE, central_url=service.url,
+                               default_job_run_method="slurm")
+
+
+async def test_the_jobs_offered_and_claimed_and_one_the_slots_leave_out(service):
+    config = compute_client(service)
+    jobs = ComputeClientJobs(config)
+    older, newer = service.job("a"), service.job("bb")
+    offered = await jobs.unfinished(float("inf"))
+    assert list(offered) == [newer]  # one default slot, which the newest job fills (the service's order)
+    first, second = newer, older
+    run_to(jobs.client, service, first, "starting")
+    assert list(await jobs.unfinished(float("inf"))) == [first]  # claimed; the slot is taken: no offer
+    # The second job is not offered while the slot is taken, but it has not ended: asked for by its id.
+    assert (await jobs.unfinished_job(second, float("inf")))["jobId"] == second
+    assert await jobs.statuses([first, second]) == {first: "starting", second: "pending"}
+    job = await jobs.job(second)
+    assert isinstance(job, ServiceJob) and job.jobPrivateKey == service.key(second)
+    run_to(jobs.client, service, first, "running", "failed", error="boom")
+    assert await jobs.unfinished_job(first, float("inf")) is None
+    with pytest.raises(JobRefused, match="not unfinished at the central"):
+        await jobs.job(first)
+    env = jobs.environment(job, "/apps/hello/main.py", 600)
+    assert env == {"PYTHONUNBUFFERED": "1", "JOB_ID": second, "COMPUTE_CLIENT_ID": config.compute_client_id,
+                   "PROCESSOR_EXECUTABLE": "/apps/hello/main.py", "DENDRO_API_URL": service.url,
+                   "JOB_TIMEOUT_SEC": "600"}
+    assert config.private_key not in str(env)
+
+
+async def test_a_jobs_flow_run_takes_its_processor_from_the_service_app(service):
+    controller = ComputeClientController(compute_client(service), dict(DEFAULT_DEPLOYMENTS), logging.getLogger("t"))
+    job_id = service.job("abc")
+    job = await controller.jobs.job(job_id)
+    plan = controller.plan(job)
+    assert plan.deployment == DEFAULT_DEPLOYMENTS["slurm"] and plan.parameters == {"job_id": job_id}
+    assert plan.job_variables == {"app_name": "hello_world", "app_image": None, "app_executable": "main.py",
+                                  "num_cpus": job.requiredResources.numCpus, "num_gpus": 0,
+                                  "memory_gb": job.requiredResources.memoryGb,
+                                  "time_limit_sec": job.requiredResources.timeSec}
+    assert f"resource:{controller.config.compute_client_id}" in plan.tags and f"service:{SERVICE}" in plan.tags
+    assert job.jobPrivateKey not in plan.model_dump_json()
+    unknown = job.model_copy(update={"jobDefinition": job.jobDefinition.model_copy(update={"appName": "nope"})})
+    with pytest.raises(AppSpecError, match="app nope of service hello_world_service cannot be read"):
+        controller.plan(unknown)
+    assert controller.keep_message({"type": "newPendingJob", "serviceName": SERVICE, "jobId": job_id}) is not None
+    assert controller.keep_message({"type": "newPendingJob", "serviceName": "other", "jobId": job_id}) is None
+    assert not controller.needs_round(controller.keep_message(
+        {"type": "jobStatusChanged", "serviceName": SERVICE, "jobId": job_id, "status": "running"}))
+    assert controller.needs_round(controller.keep_message({"type": "pingComputeClients", "serviceName": SERVICE}))
