@@ -20,6 +20,7 @@ import anyio
 from .config import ComputeClientConfig, ComputeResourceConfig, SiteConfig, read_config
 from .protocol.client import CentralClient
 from .protocol.models import DendroJob, ProtocolError, parse
+from .protocol.transport import ClaimRefused
 from .protocol.v06.client import ServiceClient
 from .protocol.v06.models import ServiceJob
 
@@ -39,6 +40,7 @@ class CentralJobs(abc.ABC):
         self.client = client
         self.max_age_sec = max_age_sec
         self._documents: dict[str, dict] = {}
+        self._read_documents: list[Any] = []
         self._read_at = float("-inf")
         self._lock = asyncio.Lock()
 
@@ -50,9 +52,17 @@ class CentralJobs(abc.ABC):
         """The document of an unfinished job the shared read did not have, or None."""
         return None
 
+    def held_by_another(self, document: dict) -> str | None:
+        """Who else holds the job (a 0.6 service's other compute client), or None."""
+        return None
+
     @abc.abstractmethod
     def sdk_variables(self, app_executable: str) -> dict[str, str]:
         """What the protocol's SDK reads in a job beside its id and time limit (the executable, the central)."""
+
+    def app_argv(self, app_executable: str) -> list[str]:
+        """The app's command line: its executable, as dendro 0.2's compute resource runs it."""
+        return [app_executable]
 
     def environment(self, job: Job, app_executable: str, time_limit_sec: float | None) -> dict[str, str]:
         """The environment the protocol's SDK expects in a job, less the job's private key."""
@@ -66,10 +76,19 @@ class CentralJobs(abc.ABC):
         async with self._lock:
             if self._read_at < newer_than:
                 started = time.monotonic()
-                documents = await anyio.to_thread.run_sync(self._read)
-                self._documents = {d["jobId"]: d for d in documents if isinstance(d, dict) and "jobId" in d}
+                self._read_documents = await anyio.to_thread.run_sync(self._read)
+                self._documents = {d["jobId"]: d for d in self._read_documents
+                                   if isinstance(d, dict) and isinstance(d.get("jobId"), str)}
                 self._read_at = started
             return self._documents
+
+    def documents(self) -> dict[str, dict]:
+        """The last shared read, by job id (no call)."""
+        return self._documents
+
+    def read_documents(self) -> list[Any]:
+        """The last shared read as the central answered it, documents without a usable id too (no call)."""
+        return self._read_documents
 
     async def unfinished_job(self, job_id: str, newer_than: float) -> dict | None:
         """The job's document if it has not ended (read at `newer_than` or later), else None."""
@@ -92,6 +111,8 @@ class CentralJobs(abc.ABC):
             job = parse(self.job_model, document, f"job {job_id}")
         except ProtocolError as error:
             raise JobRefused(str(error)) from None
+        if (holder := self.held_by_another(document)) is not None:
+            raise ClaimRefused(f"job {job_id} was claimed by {holder} first")
         if job.status not in statuses:
             raise JobRefused(f"job {job_id} is {job.status}, not {' or '.join(statuses)}")
         if not job.jobPrivateKey:
@@ -141,6 +162,16 @@ class ComputeClientJobs(CentralJobs):
             return offered
         document = self.client.job(job_id)
         return document if document is not None and document.get("status") not in ("completed", "failed") else None
+
+    def held_by_another(self, document: dict) -> str | None:
+        holder = document.get("computeClientId")
+        if holder and holder != self.config.compute_client_id:
+            return f"compute client {document.get('computeClientName') or holder}"
+        return None
+
+    def app_argv(self, app_executable: str) -> list[str]:
+        """A Python executable runs with the `python` of the job's PATH, as 0.6.22's compute client runs it."""
+        return ["python", app_executable] if app_executable.endswith(".py") else [app_executable]
 
     def sdk_variables(self, app_executable: str) -> dict[str, str]:
         """As dendro 0.6.22's compute client gives them (`compute_client/_start_job.py`); the SDK's status calls

@@ -111,6 +111,9 @@ def demo(
                             "recording, its units compared with the recording's ground truth."),
     database: str = typer.Option("postgres", help="The Prefect server's database: postgres (a server of its own) "
                                  "or sqlite (one writer at a time: slower with many jobs)."),
+    dendro: str = typer.Option("0.2", help="The Dendro protocol: 0.2 (a compute resource of a central) or 0.6 (a "
+                               "compute client of a service; the app hello_world, a plain process under the dendro "
+                               "0.6.22 SDK of --sdk-venv)."),
 ) -> None:
     """Run one real Dendro job from submitted to completed through Prefect on this machine."""
     from .demo import DEMO_APPS, run_demo
@@ -122,7 +125,10 @@ def demo(
     if database not in DATABASES:
         typer.echo(f"Error: no database {database!r}; choose one of {', '.join(DATABASES)}", err=True)
         raise typer.Exit(2)
-    run_demo(workdir, sdk_venv, timeout, keep_running, container_method, app, database)
+    if dendro not in ("0.2", "0.6"):
+        typer.echo(f"Error: no Dendro protocol {dendro!r}; choose 0.2 or 0.6", err=True)
+        raise typer.Exit(2)
+    run_demo(workdir, sdk_venv, timeout, keep_running, container_method, app, database, dendro)
 
 
 def _fail(error: Exception) -> None:

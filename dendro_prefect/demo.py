@@ -1,6 +1,7 @@
 """`dendro-prefect demo`: one real Dendro job from submitted to completed through Prefect.
 
-On this machine alone: a Prefect server (SQLite), the central stand-in, a registered compute resource,
+On this machine alone: a Prefect server (PostgreSQL, or SQLite), the central stand-in, a registered compute
+resource (Dendro 0.2) or compute client of a service (`--dendro 0.6`),
 the work pools and deployments of prefect.yaml, a process worker running the subscription flow and a
 `dendro-local` worker; then a job of an app written with the real dendro SDK (letter_count, or with
 `--app mountainsort5` a spike sort of a synthetic recording) is submitted at the central and followed
@@ -20,7 +21,8 @@ import typer
 from . import spike_sorting
 from .apps import build_app_image, local_spec_uri
 from .embedded import PROJECT_DIR, WORK_POOLS, running_prefect
-from .embedded_controller import running_controller
+from .embedded_controller import register_compute_client, running_controller
+from .file_server import serving_files
 from .stand_in.admin_client import StandInAdmin
 from .stand_in.process import running_stand_in
 
@@ -28,11 +30,12 @@ REPO = PROJECT_DIR
 DEMO_TEXT = "Dendro runs neurophysiology analyses; dendro-prefect runs Dendro jobs on Prefect.\n"
 
 
-def follow_job(admin: StandInAdmin, job_id: str, timeout: float) -> dict:
-    """Print each status the job passes through, with the time since submission, until it ends."""
+def follow_job(read_job, job_id: str, timeout: float) -> dict:
+    """Print each status the job passes through (`read_job(job_id)`, the central's document), with the time since
+    submission, until it ends."""
     started, seen = time.monotonic(), None
     while True:
-        job = admin.job(job_id)
+        job = read_job(job_id)
         if job["status"] != seen:
             seen = job["status"]
             typer.echo(f"  {time.monotonic() - started:6.2f} s  {seen}")
@@ -142,19 +145,21 @@ def final_flow_run(api_url: str, job_id: str, timeout: float) -> str:
 
 
 def run_demo(workdir: Path, sdk_venv: Path, timeout: float, keep_running: bool, container_method: str,
-             app: str = "letter_count", database: str = "postgres") -> None:
-    demo = DEMO_APPS[app]
+             app: str = "letter_count", database: str = "postgres", dendro: str = "0.2") -> None:
     workdir = workdir.resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     if container_method == "auto":
-        container_method = "docker" if docker_available() else "none"
+        container_method = "docker" if docker_available() and dendro == "0.2" else "none"
     typer.echo(f"Starting a Prefect server ({'PostgreSQL' if database == 'postgres' else 'SQLite'}) with the work "
-               "pools and deployments of prefect.yaml, and the Dendro central stand-in …")
+               f"pools and deployments of prefect.yaml, and the Dendro {dendro} central stand-in …")
     with running_prefect(workdir / "prefect", database=database) as prefect, \
             running_stand_in(workdir / "central") as admin:
         typer.echo(f"Prefect UI: {prefect.api_url.removesuffix('/api')}   central: {admin.url}")
         typer.echo(f"Work pools {', '.join(WORK_POOLS)} created; deployments of prefect.yaml applied")
+        if dendro == "0.6":
+            return run_service_demo(prefect, admin, workdir, sdk_venv, timeout, keep_running)
+        demo = DEMO_APPS[app]
         demo.prepare(workdir)
         apps = [{"name": demo.name, "specUri": app_spec_uri(demo, workdir, container_method)}]
         with running_controller(prefect, workdir, apps, central=admin, container_method=container_method,
@@ -169,15 +174,57 @@ def follow_demo_job(demo, api_url: str, admin: StandInAdmin, resource_id: str, w
                     keep_running: bool) -> None:
     job_id = demo.submit(admin, resource_id)
     typer.echo(f"Submitted job {job_id}; its statuses at the central:")
-    job = follow_job(admin, job_id, timeout)
+    job = follow_job(admin.job, job_id, timeout)
     typer.echo(f"Flow run {final_flow_run(api_url, job_id, 30)}")
     if job["status"] != "completed":
         raise typer.Exit(f"job failed: {job.get('error')}")
     demo.show_output(admin, job_id, workdir)
     if keep_running:
-        typer.echo("Keeping everything running; press Ctrl-C to stop.")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        keep_running_until_ctrl_c()
+
+
+def keep_running_until_ctrl_c() -> None:
+    typer.echo("Keeping everything running; press Ctrl-C to stop.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+HELLO_WORLD = REPO / "apps" / "hello_world"
+DEMO_SERVICE = "demo_service"
+
+
+def run_service_demo(prefect, admin: StandInAdmin, workdir: Path, sdk_venv: Path, timeout: float,
+                     keep_running: bool) -> None:
+    """Dendro 0.6: a service with the hello_world app (magland/dendro's, written with dendro 0.6.22), a compute
+    client registered through the service's registration page, and a count_characters job of a text file."""
+    spec = json.loads((HELLO_WORLD / "spec.json").read_text())
+    for processor in spec["processors"]:  # a plain process: its executable where this checkout has it
+        processor["executable"] = str(HELLO_WORLD / processor["executable"])
+    admin.create_service(DEMO_SERVICE)
+    admin.add_service_app(DEMO_SERVICE, spec)
+    config = register_compute_client(admin, workdir, DEMO_SERVICE, "demo")
+    (workdir / "inputs").mkdir()
+    (workdir / "inputs" / "text.txt").write_text(DEMO_TEXT)
+    with serving_files(workdir / "inputs") as inputs_url, \
+            running_controller(prefect, workdir, [], central=admin, registered=config, sdk_bin=sdk_venv.resolve() / "bin",
+                               poll_interval_sec=10.0, startup_timeout=timeout):
+        typer.echo(f"Compute client {config.compute_client_id} of service {DEMO_SERVICE} registered (app hello_world, "
+                   "a plain process); its subscription flow and the local worker running")
+        job_id = admin.create_service_job(DEMO_SERVICE, {
+            "appName": "hello_world", "processorName": "count_characters",
+            "inputFiles": [{"name": "input", "fileBaseName": "text.txt", "url": f"{inputs_url}/text.txt"}],
+            "outputFiles": [{"name": "output", "fileBaseName": "output.json"}], "parameters": [],
+        }, required_resources={"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 120},
+            target_compute_client_ids=[config.compute_client_id])
+        typer.echo(f"Submitted job {job_id}; its statuses at the service:")
+        job = follow_job(admin.service_job, job_id, timeout)
+        typer.echo(f"Flow run {final_flow_run(prefect.api_url, job_id, 30)}")
+        if job["status"] != "completed":
+            raise typer.Exit(f"job failed: {job.get('error')}")
+        [output] = job["outputFileResults"]
+        typer.echo(f"Output output.json: {admin.download(output['url']).decode()}")
+        if keep_running:
+            keep_running_until_ctrl_c()

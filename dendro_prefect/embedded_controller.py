@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import CONFIG_FILE_NAME, ComputeResourceConfig
+from .config import CONFIG_FILE_NAME, ComputeClientConfig, ComputeResourceConfig
 from .controller.routing import DEFAULT_DEPLOYMENTS
 from .embedded import Deployment, Prefect, controller_worker
 from .protocol.signing import generate_keypair, make_resource_code
+from .protocol.v06.registration import read_registration_code
 from .stand_in.process import running_stand_in
 
 SUBSCRIPTION_DEPLOYMENT = "dendro-subscription/subscription"
@@ -37,6 +38,29 @@ def register_resource(admin: Any, workdir: Path, apps: list[dict], container_met
     admin.approve(resource_id, make_resource_code(private_key), name)
     admin.set_apps(resource_id, apps)
     return config
+
+
+def register_compute_client(admin: Any, workdir: Path, service_name: str, name: str = "dendro-prefect",
+                            container_method: str = "none") -> ComputeClientConfig:
+    """A new compute client of a Dendro 0.6 service at the stand-in of `admin`, registered through its registration
+    page as a user does, its configuration written into `workdir` with the stand-in's PubSub hub as
+    `pubsub_origin`."""
+    code = read_registration_code(admin.register_compute_client(service_name, name))
+    config = ComputeClientConfig(compute_client_id=code.computeClientId,
+                                 compute_client_private_key=code.computeClientPrivateKey, compute_client_name=name,
+                                 service_name=service_name, central_url=admin.url, container_method=container_method,
+                                 pubsub_origin=admin.pubsub_origin)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config.write(workdir / CONFIG_FILE_NAME)
+    return config
+
+
+def _listening(admin: Any, config: ComputeResourceConfig | ComputeClientConfig) -> bool:
+    """Whether the controller has come up: a compute resource reported its apps' spec; a compute client asked the
+    service for its PubSub subscription or its jobs (either marks it active there). Both subscribe first."""
+    if isinstance(config, ComputeClientConfig):
+        return bool(admin.compute_client(config.compute_client_id).get("timestampLastActiveSec"))
+    return admin.resource(config.compute_resource_id)["spec"] is not None
 
 
 async def _cancel_and_wait(flow_run_id, timeout: float) -> None:
@@ -101,7 +125,7 @@ class RunningController:
     """A compute resource registered at a central, whose subscription flow and pool's worker run."""
 
     admin: Any  # the central's admin client (see register_resource)
-    config: ComputeResourceConfig
+    config: ComputeResourceConfig | ComputeClientConfig
     workdir: Path  # its configuration file, the pool worker's directory (job directories), the stand-in's data
     subscription_run_id: str
     pool: str
@@ -112,7 +136,7 @@ class RunningController:
 
     @property
     def resource_id(self) -> str:
-        return self.config.compute_resource_id
+        return self.config.identity
 
     @property
     def config_file(self) -> Path:
@@ -126,7 +150,7 @@ def running_controller(
     central: Any = None, mock_pubsub: bool = False, container_method: str = "none",
     resource_name: str = "dendro-prefect", sdk_bin: Path | None = None, worker_env: dict[str, str] | None = None,
     worker_name: str | None = None, poll_interval_sec: float | None = None, settle_sec: float | None = None,
-    startup_timeout: float = 120.0, registered: ComputeResourceConfig | None = None,
+    startup_timeout: float = 120.0, registered: ComputeResourceConfig | ComputeClientConfig | None = None,
 ) -> Iterator[RunningController]:
     """A compute resource with `apps`, registered at `central` (an admin client, see register_resource) or at a
     stand-in of its own in `workdir/central`; a worker of its pool in `workdir` (with the dendro SDK's `sdk_bin`
@@ -137,7 +161,8 @@ def running_controller(
     subscription parameters left None keep the flow's defaults. Yields once the flow has reported the apps'
     spec (it has subscribed); at exit the flow run is cancelled and ended, then the workers stop. A resource
     `registered` already at `central` (its configuration in `workdir`, e.g. imported from the original daemon's)
-    keeps its registration and apps."""
+    keeps its registration and apps; so does a Dendro 0.6 compute client `registered` at a service of `central`
+    (`register_compute_client`)."""
     env = {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}"} if sdk_bin else {}
     env.update(worker_env or {})
     with ExitStack() as stack:
@@ -159,9 +184,9 @@ def running_controller(
         # At exit, first of all: the pool's worker (if still there) stops while the flow run ends.
         stack.callback(lambda: [p.send_signal(signal.SIGINT) for p in processes if p.poll() is None])
         deadline = time.monotonic() + startup_timeout
-        while admin.resource(config.compute_resource_id)["spec"] is None:
+        while not _listening(admin, config):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the subscription flow run {flow_run_id} did not report the apps' spec within "
+                raise RuntimeError(f"the subscription flow run {flow_run_id} did not come up within "
                                    f"{startup_timeout:.0f} s; see the controller worker's log in {prefect.home}")
             time.sleep(0.1)
         deployed()

@@ -51,11 +51,19 @@ OBFUSCATED_PREFIX = "****"  # how Prefect returns a secret field when asked with
 
 JOB_ROOT_NAME = "dendro-jobs"  # the workers' default job_root, relative to their working directory
 CENTRAL_STORE_NAME = "central.sqlite"
+# The stand-in's stores (0.2's and 0.6's): table -> secret field of its documents -> kind.
+STORE_SECRETS = {
+    CENTRAL_STORE_NAME: {"jobs": {"jobPrivateKey": "job-key", "dandiApiKey": "dandi-api-key"}},
+    "service-v06.sqlite": {"jobs": {"jobPrivateKey": "job-key"},
+                           "compute_clients": {"computeClientPrivateKey": "compute-client-key"}},
+}
+# A configuration file's private key, whichever protocol it is of.
+CONFIG_KEYS = {"compute_resource_private_key": "compute-resource-key", "compute_client_private_key": "compute-client-key"}
 CONFIG_FILE_NAME = ".dendro_compute_resource.json"
 KUBECONFIG_NAME = "kubeconfig"
 # The dendro SDK (0.2.17) logs "Running <app> (Job ID: ...)) (Job private key: <key>)" to its stdout and to its
 # debug log: the job's own files, which are a source of job keys here (and excluded from the scan below).
-SDK_KEY_LINE = re.compile(r"\(Job private key: ([0-9a-f]{16,})\)")
+SDK_KEY_LINE = re.compile(r"\(Job private key: ([0-9A-Za-z]{16,})\)")  # 0.2's are hex, 0.6's letters and digits
 SDK_OUTPUT_NAMES = ("stdout.log", "dendro-job.log")
 
 
@@ -141,7 +149,7 @@ def record_secret(value: str, kind: str) -> None:
 
 def record_central_jobs(data_dir: Path) -> None:
     """Remember the job keys of a stand-in's store now (before a job is deleted from it, say)."""
-    found = _central_store_secrets(data_dir / CENTRAL_STORE_NAME)
+    found = _store_secrets(data_dir / CENTRAL_STORE_NAME)
     with _lock:
         STATE.discovered.update(found)
 
@@ -160,28 +168,30 @@ def _walk_files(root: Path) -> Iterator[Path]:
             yield Path(directory) / name
 
 
-def _central_store_secrets(path: Path) -> dict[str, str]:
+def _store_secrets(path: Path) -> dict[str, str]:
+    """The secrets in a stand-in's store: its documents' secret fields (STORE_SECRETS)."""
     found: dict[str, str] = {}
     if not path.exists():
         return found
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
-            rows = connection.execute("SELECT document FROM jobs").fetchall()
+            rows = [(fields, document) for table, fields in STORE_SECRETS[path.name].items()
+                    for (document,) in connection.execute(f"SELECT document FROM {table}").fetchall()]
         finally:
             connection.close()
     except sqlite3.Error:
         return found  # a store being created; the next discovery reads it
-    for (document,) in rows:
+    for fields, document in rows:
         try:
-            job = json.loads(document)
+            item = json.loads(document)
         except ValueError:
             continue
-        if not isinstance(job, dict):
+        if not isinstance(item, dict):
             continue
-        for key, kind in (("jobPrivateKey", "job-key"), ("dandiApiKey", "dandi-api-key")):
-            if isinstance(job.get(key), str) and len(job[key]) >= MIN_SECRET_LENGTH:
-                found[job[key]] = kind
+        for key, kind in fields.items():
+            if isinstance(item.get(key), str) and len(item[key]) >= MIN_SECRET_LENGTH:
+                found[item[key]] = kind
     return found
 
 
@@ -190,12 +200,13 @@ def discover_secrets(root: Path) -> dict[str, str]:
     found: dict[str, str] = {}
     for path in _walk_files(root):
         try:
-            if path.name == CENTRAL_STORE_NAME:
-                found.update(_central_store_secrets(path))
+            if path.name in STORE_SECRETS:
+                found.update(_store_secrets(path))
             elif path.name == CONFIG_FILE_NAME:
-                key = json.loads(path.read_text()).get("compute_resource_private_key")
-                if isinstance(key, str) and len(key) >= MIN_SECRET_LENGTH:
-                    found[key] = "compute-resource-key"
+                document = json.loads(path.read_text())
+                for field, kind in CONFIG_KEYS.items():
+                    if isinstance(document.get(field), str) and len(document[field]) >= MIN_SECRET_LENGTH:
+                        found[document[field]] = kind
             elif path.name == KUBECONFIG_NAME:
                 for user in (yaml.safe_load(path.read_text()) or {}).get("users") or []:
                     credentials = (user or {}).get("user") or {}

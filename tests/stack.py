@@ -180,7 +180,7 @@ def running_controller(prefect: PrefectStack, workdir: Path, sdk_bin: Path, cont
         container_method=container_method, sdk_bin=sdk_bin, worker_env=worker_env, worker_name=worker_name(pool),
         poll_interval_sec=poll_interval_sec, settle_sec=settle_sec, registered=registered,
     ) as controller:
-        record_secret(controller.config.compute_resource_private_key.get_secret_value(), "compute-resource-key")
+        record_secret(controller.config.private_key, "compute-resource-key")
         yield controller
 
 

@@ -106,6 +106,15 @@ class Controller(abc.ABC):
     def apps_changed(self, messages: list) -> bool:
         return False
 
+    def wanted(self, job: Job) -> bool:
+        """Whether a pending job is to be run (one its owner cancelled is not)."""
+        return True
+
+    def cancelled_at_central(self, jobs: list[Job], active: dict[str, FlowRun]) -> list[tuple[FlowRun, str]]:
+        """The active runs of jobs their owner cancelled at the central (where cancelling is a mark on the job,
+        not an end): their cancellation in Prefect kills the job and fails it at the central, as for any other."""
+        return []
+
     @property
     def apps_loaded(self) -> int:
         return 0
@@ -121,10 +130,10 @@ class Controller(abc.ABC):
         for job_id in active.keys() - unfinished_ids:  # a job the central's list leaves out may not have ended
             if await self.jobs.unfinished_job(job_id, time.monotonic()) is not None:
                 unfinished_ids.add(job_id)
-        documents = list(unfinished.values())
+        documents = self.jobs.read_documents()
         jobs = [job for job in [await self._parse(d) for d in documents if self._worth_parsing(d)] if job is not None]
         actions = await self.reconciler.decide(prefect, unfinished_ids, jobs, active)
-        for flow_run, reason in actions.cancel:
+        for flow_run, reason in [*actions.cancel, *self.cancelled_at_central(jobs, active)]:
             self.logger.warning("Flow run %s cancelled: %s", flow_run.name, reason)
             await self.reconciler.cancel(prefect, flow_run, reason)
         for job, reason in actions.fail:
@@ -132,7 +141,7 @@ class Controller(abc.ABC):
         for job in actions.outside:
             self.logger.warning("Job %s is %s at the central and this Prefect never had a flow run of it (launched by "
                                 "another controller, e.g. the original daemon): left to finish", job.jobId, job.status)
-        pending = [job for job in jobs if job.status == "pending" and job.jobId not in active]
+        pending = [job for job in jobs if job.status == "pending" and job.jobId not in active and self.wanted(job)]
         return await self._submit_all(prefect, pending) if pending else 0
 
     def _worth_parsing(self, document: object) -> bool:

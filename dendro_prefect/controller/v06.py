@@ -12,11 +12,14 @@ import logging
 import time
 from typing import Any
 
+import anyio
+from prefect.client.schemas.objects import FlowRun, StateType
+
 from ..apps import AppSpecError
 from ..central_jobs import ComputeClientJobs
 from ..config import ComputeClientConfig
 from ..protocol.models import parse
-from ..protocol.transport import CentralError
+from ..protocol.transport import CentralError, ClaimRefused
 from ..protocol.v06.models import JobStatusChangedHint, PubsubHint, PubsubSubscription, ServiceApp, ServiceJob
 from . import reconcile
 from .rounds import PROGRESS_STATUSES, Controller
@@ -73,6 +76,30 @@ class ComputeClientController(Controller):
             tags=[f"app:{definition.appName}", f"processor:{definition.processorName}", f"service:{job.serviceName}",
                   f"run-method:{run_method}", job_tag(job.jobId), resource_tag(self.config.identity)],
         )
+
+    def wanted(self, job: ServiceJob) -> bool:
+        """The service keeps offering a job its user cancelled (`canceled`, a mark the SDK does not read)."""
+        return not job.canceled
+
+    def cancelled_at_central(self, jobs: list[ServiceJob], active: dict[str, FlowRun]) -> list[tuple[FlowRun, str]]:
+        return [(active[job.jobId], f"job {job.jobId} was canceled at the service") for job in jobs
+                if job.canceled and job.jobId in active and active[job.jobId].state is not None
+                and active[job.jobId].state.type != StateType.CANCELLING]
+
+    async def _fail(self, job_id: str, job_private_key: str, reason: str) -> None:
+        """The service takes a job's failure only from the compute client that claimed it: a pending job (one that
+        cannot run) is claimed first. One another client claimed meanwhile is theirs, and left alone."""
+        if (self.jobs.documents().get(job_id) or {}).get("status") == "pending":
+            try:
+                await anyio.to_thread.run_sync(self.central.set_job_status, job_id, job_private_key, "starting")
+            except ClaimRefused as refusal:
+                self.logger.warning("Job %s cannot run here and is not failed: %s", job_id, refusal)
+                self.flow_runs[job_id] = ""
+                return
+            except CentralError as error:
+                self.logger.error("Job %s cannot run here and could not be claimed to fail it: %s", job_id, error)
+                return
+        await super()._fail(job_id, job_private_key, reason)
 
     def pubsub_subscription(self) -> PubsubSubscription:
         return self.central.pubsub_subscription()

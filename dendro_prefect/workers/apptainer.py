@@ -29,7 +29,7 @@ def apptainer_command_builder(executable: str):
         image = request.app_image
         if "://" not in image and not image.endswith(".sif"):
             image = f"docker://{image}"
-        return AppCommand([*command, image, request.app_executable], {}, key_in_env=False)
+        return AppCommand([*command, image, *request.app_argv], {}, key_in_env=False)
 
     return build
 

@@ -42,7 +42,7 @@ def plain_command(request: LaunchRequest, job_dir: JobDirectory) -> AppCommand:
         raise LaunchError(f"the `{SDK_COMMAND}` command of the dendro SDK is not on the PATH of app "
                           f"{request.app_name}, which runs as a plain process under that SDK: install dendro==0.2.17 "
                           f"where the worker runs, or set the pool's sdk_bin_dir to the directory that holds it")
-    return AppCommand([request.app_executable], env, key_in_env=True)
+    return AppCommand(list(request.app_argv), env, key_in_env=True)
 
 
 CONTAINER_METHODS = ("docker", "apptainer", "singularity", "none")

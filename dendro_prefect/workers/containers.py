@@ -12,14 +12,14 @@ JOB_LABEL = "org.dendro.job-id"
 SECRET_MOUNT = "/run/dendro"
 # The job private key is read from the mounted secrets directory as the container starts, so it is
 # in neither the container's configuration nor the command line.
-KEY_WRAPPER = 'JOB_PRIVATE_KEY="$(cat /run/dendro/job_private_key)" exec "$0"'
+KEY_WRAPPER = 'JOB_PRIVATE_KEY="$(cat /run/dendro/job_private_key)" exec "$0" "$@"'
 # Where no job directory is mounted (a cloud container), the working directory is made at start.
-WORKING_DIR_WRAPPER = 'mkdir -p /tmp/working && cd /tmp/working && exec "$0"'
+WORKING_DIR_WRAPPER = 'mkdir -p /tmp/working && cd /tmp/working && exec "$0" "$@"'
 
 
-def wrapped(wrapper: str, app_executable: str) -> list[str]:
+def wrapped(wrapper: str, app_argv: list[str]) -> list[str]:
     """The app's command line behind one of the wrappers above."""
-    return ["/bin/sh", "-c", wrapper, app_executable]
+    return ["/bin/sh", "-c", wrapper, *app_argv]
 
 
 def container_environment(request: LaunchRequest) -> dict[str, str]:

@@ -44,7 +44,7 @@ def docker_command(request: LaunchRequest, job_dir: JobDirectory) -> AppCommand:
         argv += ["--network", "host"]
     if request.num_gpus > 0:
         argv += ["--gpus", "all"]
-    argv += [request.app_image, *wrapped(KEY_WRAPPER, request.app_executable)]
+    argv += [request.app_image, *wrapped(KEY_WRAPPER, request.app_argv)]
     return AppCommand(argv, {}, key_in_env=False, stop_argv=["docker", "stop", "--time", "5", name])
 
 

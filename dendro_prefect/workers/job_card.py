@@ -1,5 +1,5 @@
 """The job card: a markdown artifact on each flow run that says which Dendro job it is and links back
-to the job's project at the central, so an admin in the Prefect UI can find the job in Dendro.
+to the job's project at the central (0.2) or its page at the service (0.6), so an admin in the Prefect UI can find the job in Dendro.
 
 It carries no secret: no keys, and no value of a parameter marked secret (in the job or its
 processor's spec).
@@ -12,7 +12,8 @@ from urllib.parse import quote
 
 from prefect.client.schemas.actions import ArtifactCreate
 
-from ..protocol.models import DendroJob
+from ..central_jobs import Job
+from ..protocol.v06.models import ServiceJob
 
 SECRET_VALUE = "(secret)"
 
@@ -28,10 +29,11 @@ def project_url(central_url: str, project_id: str) -> str:
     return f"{central_url.rstrip('/')}/project/{quote(project_id, safe='')}"
 
 
-def job_card(job: DendroJob, central_url: str, infrastructure_id: str) -> str:
+def job_card(job: Job, central_url: str, infrastructure_id: str) -> str:
+    if isinstance(job, ServiceJob):
+        return _service_job_card(job, central_url, infrastructure_id)
     secret = {p.name for p in job.processorSpec.parameters if p.secret}
     secret |= {p.name for p in job.inputParameters if p.secret}
-    resources = job.requiredResources
     lines = [
         f"# Dendro job {job.jobId}",
         "",
@@ -42,12 +44,8 @@ def job_card(job: DendroJob, central_url: str, infrastructure_id: str) -> str:
         f"| Processor | `{job.processorName}` |",
         f"| Run method | {job.runMethod or '—'} |",
         f"| Infrastructure | `{infrastructure_id}` |",
+        *_resources_and_batch(job),
     ]
-    if resources is not None:
-        lines.append(f"| Resources | {resources.numCpus} CPU, {resources.numGpus} GPU, {resources.memoryGb:g} GB, "
-                     f"{resources.timeSec:g} s |")
-    if job.batchId:
-        lines.append(f"| Batch | `{job.batchId}` |")
     for item in job.inputFiles:
         lines.append(f"| Input `{item.name}` | {item.fileName} |")
     for parameter in job.inputParameters:
@@ -56,6 +54,41 @@ def job_card(job: DendroJob, central_url: str, infrastructure_id: str) -> str:
     for output in job.outputFiles:
         lines.append(f"| Output `{output.name}` | {output.fileName} |")
     return "\n".join(lines) + "\n"
+
+
+def _service_job_card(job: ServiceJob, api_url: str, infrastructure_id: str) -> str:
+    """A Dendro 0.6 job: its page in the service's web app. Its secrets never reach a compute client."""
+    definition = job.jobDefinition
+    lines = [
+        f"# Dendro job {job.jobId}",
+        "",
+        f"[Job {job.jobId} in Dendro]({api_url.rstrip('/')}/job/{quote(job.jobId, safe='')})",
+        "",
+        "| Field | Value |",
+        "|---|---|",
+        f"| Service | `{job.serviceName}` |",
+        f"| App | `{definition.appName}` |",
+        f"| Processor | `{definition.processorName}` |",
+        f"| Infrastructure | `{infrastructure_id}` |",
+        *_resources_and_batch(job),
+    ]
+    for item in definition.inputFiles:
+        lines.append(f"| Input `{item.name}` | {_cell(item.fileBaseName)} |")
+    for parameter in definition.parameters:
+        lines.append(f"| Parameter `{parameter.name}` | `{_cell(repr(parameter.value))}` |")
+    for output in definition.outputFiles:
+        lines.append(f"| Output `{output.name}` | {_cell(output.fileBaseName)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _resources_and_batch(job: Job) -> list[str]:
+    lines = []
+    if (resources := job.requiredResources) is not None:
+        lines.append(f"| Resources | {resources.numCpus} CPU, {resources.numGpus} GPU, {resources.memoryGb:g} GB, "
+                     f"{resources.timeSec:g} s |")
+    if job.batchId:
+        lines.append(f"| Batch | `{job.batchId}` |")
+    return lines
 
 
 def _cell(text: str) -> str:

@@ -188,7 +188,8 @@ class JobRun:
         env.update(self.central.environment(job, configuration.app_executable, configuration.time_limit_sec))
         return LaunchRequest(
             job_id=job.jobId, job_private_key=job.jobPrivateKey, app_name=configuration.app_name,
-            app_image=configuration.app_image or None, app_executable=configuration.app_executable, env=env,
+            app_image=configuration.app_image or None, app_executable=configuration.app_executable,
+            app_argv=self.central.app_argv(configuration.app_executable), env=env,
             num_cpus=configuration.num_cpus, num_gpus=configuration.num_gpus, memory_gb=configuration.memory_gb,
             time_limit_sec=configuration.time_limit_sec, job_dir=job_dir_of(configuration, job.jobId),
             batch_id=job.batchId, flow_run_id=str(self.flow_run.id), sdk_bin_dir=configuration.sdk_bin_dir,

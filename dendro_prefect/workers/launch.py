@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 
 class LaunchError(RuntimeError):
@@ -23,6 +23,7 @@ class LaunchRequest(BaseModel):
     app_name: str
     app_image: str | None
     app_executable: str
+    app_argv: list[str] = []  # the app's command line (its protocol's way to run the executable); [] is [executable]
     env: dict[str, str]
     num_cpus: int
     num_gpus: int
@@ -32,6 +33,12 @@ class LaunchRequest(BaseModel):
     batch_id: str | None = None
     flow_run_id: str = ""
     sdk_bin_dir: str = ""  # where the dendro SDK's command is, for an app run as a plain process
+
+    @model_validator(mode="after")
+    def _argv_of_the_executable(self) -> "LaunchRequest":
+        if not self.app_argv:
+            self.app_argv = [self.app_executable]
+        return self
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The real dendro 0.6.22 SDK (in its own virtual environment, .venv-sdk06) runs a job of the stand-in's 0.6
 service API.
 
-The stand-in runs as a real process with a service, the hello_world app (tests/fixtures/apps/hello_world_v06)
+The stand-in runs as a real process with a service, the hello_world app (apps/hello_world)
 and a compute client registered through its registration page. The test plays the compute client with our
 `ServiceClient` (the job is offered to it, it claims it `starting`), then launches the app as a plain process
 with the environment dendro 0.6.22's `_start_job.py` gives a job; the SDK does the rest (running, its
@@ -14,25 +14,21 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
-from contextlib import contextmanager
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
 
+from dendro_prefect.file_server import serving_files
 from dendro_prefect.protocol.v06.client import ServiceClient
 from dendro_prefect.protocol.v06.models import ServiceJob
 from dendro_prefect.protocol.v06.registration import read_registration_code
 from dendro_prefect.stand_in.process import running_stand_in
-from tests.conftest import FIXTURES, REPO
+from tests.conftest import REPO
 
 SDK06_VENV = Path(os.environ.get("DENDRO_SDK06_VENV", REPO / ".venv-sdk06"))
-APP_DIR = FIXTURES / "apps" / "hello_world_v06"
+APP_DIR = REPO / "apps" / "hello_world"
 SERVICE = "hello_world_service"
 
 
@@ -41,19 +37,6 @@ def sdk06_bin() -> Path:
     if not (SDK06_VENV / "bin" / "dendro").exists():
         pytest.skip(f"no dendro 0.6.22 SDK in {SDK06_VENV}: scripts/test.sh creates it")
     return SDK06_VENV / "bin"
-
-
-@contextmanager
-def serving_files(directory: Path) -> Iterator[str]:
-    """A directory over HTTP on a free loopback port: where the job's input file lives, as any URL would."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(directory)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import pytest
 from dendro_prefect.apps import AppCatalog, AppSpecError, LoadedApp, load_spec, raw_spec_url
 from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS, RoutingError, plan_flow_run
 from dendro_prefect.protocol.models import AppSpec, ComputeResourceApp, DendroJob, parse
+from dendro_prefect.protocol.v06.models import ServiceJob
 from dendro_prefect.workers.job_card import job_card, job_card_key
 from dendro_prefect.workers.tail import FileTail
 from tests.conftest import FIXTURES, LETTER_COUNT_APP
@@ -85,3 +86,21 @@ def test_job_card_links_to_the_project_and_hides_secret_parameters():
     assert "| Parameter `token` | (secret) |" in card
     assert "s3cr3t-value" not in card and document["jobPrivateKey"] not in card
     assert job_card_key("p1.abcdefgh") == "dendro-job-p1-abcdefgh"  # Prefect's keys: a-z, 0-9 and dashes
+
+
+def test_a_dendro_06_job_card_links_to_its_page_at_the_service():
+    job = ServiceJob.model_validate({
+        "jobId": "Abc123", "jobPrivateKey": "k3yk3yk3yk3yk3yk3yk3yk3yk3yk3yk3", "serviceName": "hello_world_service",
+        "userId": "github|1", "batchId": "b1", "tags": [], "jobDefinitionHash": "h", "jobDependencies": [],
+        "jobDefinition": {"appName": "hello_world", "processorName": "count_characters",
+                          "inputFiles": [{"name": "input", "fileBaseName": "in|put.txt", "url": "https://x/in?sig=1"}],
+                          "outputFiles": [{"name": "output", "fileBaseName": "output.json"}],
+                          "parameters": [{"name": "include_whitespace", "value": False}]},
+        "requiredResources": {"numCpus": 1, "numGpus": 0, "memoryGb": 2, "timeSec": 60},
+        "timestampCreatedSec": 1.0, "canceled": False, "status": "pending", "isRunnable": True})
+    card = job_card(job, "http://service/", "process:7")
+    assert card.startswith("# Dendro job Abc123\n") and "[Job Abc123 in Dendro](http://service/job/Abc123)" in card
+    assert "| Service | `hello_world_service` |" in card and "| Processor | `count_characters` |" in card
+    assert "| Input `input` | in\\|put.txt |" in card and "| Parameter `include_whitespace` | `False` |" in card
+    assert "| Resources | 1 CPU, 0 GPU, 2 GB, 60 s |" in card and "| Batch | `b1` |" in card
+    assert job.jobPrivateKey not in card and "sig=1" not in card

@@ -141,7 +141,7 @@ async def test_the_job_runs_its_executable_with_the_sdks_environment(aws, tmp_pa
     _, request = await submit(aws, tmp_path)
     assert request["jobName"] == "dendro-p1-abcdefgh"
     assert request["containerOverrides"]["command"] == [
-        "/bin/sh", "-c", 'mkdir -p /tmp/working && cd /tmp/working && exec "$0"', "/app/main.py"]
+        "/bin/sh", "-c", 'mkdir -p /tmp/working && cd /tmp/working && exec "$0" "$@"', "/app/main.py"]
     env = environment(request)
     assert env["JOB_ID"] == "p1.abcdefgh" and env["DENDRO_URL"] == "https://central.example"
     assert env["DENDRO_JOB_CLEANUP_DIR"] == "/tmp" and env["DENDRO_FORCE_STATUS_UPDATES"] == "0"

@@ -45,7 +45,7 @@ def test_docker_runs_the_app_removed_at_its_end_named_and_labelled_for_its_job(t
     assert option(argv, "--volume") == [f"{job_dir.cleanup}:/tmp", f"{job_dir.secrets}:/run/dendro:ro"]
     assert option(argv, "--workdir") == ["/tmp/working"]
     assert argv[-5:] == ["ghcr.io/lab/app:1", "/bin/sh", "-c",
-                         'JOB_PRIVATE_KEY="$(cat /run/dendro/job_private_key)" exec "$0"', "/app/main.py"]
+                         'JOB_PRIVATE_KEY="$(cat /run/dendro/job_private_key)" exec "$0" "$@"', "/app/main.py"]
 
 
 @pytest.mark.parametrize("num_cpus, memory_gb, cpus, memory", [(2, 4.0, "2", "4096m"), (0, 0.001, "1", "6m"),
@@ -146,9 +146,10 @@ def test_container_names_come_from_the_job_id_without_dots(job_id, name):
     assert container_name(job_id) == name
 
 
-def test_a_wrapper_passes_the_apps_executable_as_its_first_argument():
-    assert wrapped('exec "$0"', "/app/main.py") == ["/bin/sh", "-c", 'exec "$0"', "/app/main.py"]
-    assert subprocess.run(wrapped('exec "$0" done', "echo"), capture_output=True, text=True).stdout == "done\n"
+def test_a_wrapper_passes_the_apps_command_line_as_its_arguments():
+    assert wrapped('exec "$0" "$@"', ["/app/main.py"]) == ["/bin/sh", "-c", 'exec "$0" "$@"', "/app/main.py"]
+    assert subprocess.run(wrapped('exec "$0" "$@"', ["echo", "one word", "two"]), capture_output=True,
+                          text=True).stdout == "one word two\n"
 
 
 @pytest.mark.parametrize("method", ["apptainer", "singularity", "docker"])

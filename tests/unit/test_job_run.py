@@ -190,6 +190,9 @@ class FakeCentral:
     def environment(self, job, app_executable, time_limit_sec):
         return {"JOB_ID": job.jobId, "APP_EXECUTABLE": app_executable}
 
+    def app_argv(self, app_executable):
+        return [app_executable]
+
     async def job(self, job_id, statuses=("pending",)):
         document = (await self.unfinished(0)).get(job_id)
         if document is None or document["status"] not in statuses:

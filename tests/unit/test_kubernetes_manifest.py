@@ -134,7 +134,7 @@ def test_requests_and_limits_are_the_jobs_resources(tmp_path, num_cpus, memory_g
 def test_the_app_runs_its_executable_in_a_working_directory_under_tmp_with_the_jobs_environment(tmp_path):
     container = app_container(render(tmp_path))
     assert container["image"] == "ghcr.io/lab/app:1" and container["name"] == "app"
-    assert container["command"] == ["/bin/sh", "-c", 'mkdir -p /tmp/working && cd /tmp/working && exec "$0"',
+    assert container["command"] == ["/bin/sh", "-c", 'mkdir -p /tmp/working && cd /tmp/working && exec "$0" "$@"',
                                     "/app/main.py"]
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["JOB_ID"] == "p1.abcdefgh" and env["DENDRO_URL"] == "https://central.example"

@@ -10,7 +10,6 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -35,7 +34,9 @@ from dendro_prefect.stand_in.v06 import files
 from dendro_prefect.stand_in.v06.job_hash import deterministic_json, javascript_number, job_definition_hash
 
 SERVICE = "hello_world_service"
-APP_SPEC = json.loads((Path(__file__).parent.parent / "fixtures" / "apps" / "hello_world_v06" / "spec.json").read_text())
+from tests.conftest import REPO
+
+APP_SPEC = json.loads((REPO / "apps" / "hello_world" / "spec.json").read_text())
 INPUT_URL = "https://example.org/input.txt"
 
 

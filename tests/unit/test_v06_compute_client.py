@@ -4,14 +4,18 @@ is offered and has claimed (central_jobs.ComputeClientJobs) and their flow runs 
 from __future__ import annotations
 
 import logging
+from uuid import uuid4
 
 import pytest
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import Cancelling, Running
 
 from dendro_prefect.apps import AppSpecError
 from dendro_prefect.central_jobs import ComputeClientJobs, JobRefused
 from dendro_prefect.config import ComputeClientConfig
 from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.controller.v06 import ComputeClientController
+from dendro_prefect.protocol.transport import ClaimRefused
 from dendro_prefect.protocol.v06.models import ServiceJob
 from tests.unit import test_stand_in_v06 as stand_in
 from tests.unit.test_stand_in_v06 import SERVICE, Service, run_to
@@ -74,3 +78,26 @@ async def test_a_jobs_flow_run_takes_its_processor_from_the_service_app(service)
     assert not controller.needs_round(controller.keep_message(
         {"type": "jobStatusChanged", "serviceName": SERVICE, "jobId": job_id, "status": "running"}))
     assert controller.needs_round(controller.keep_message({"type": "pingComputeClients", "serviceName": SERVICE}))
+
+
+async def test_a_job_canceled_at_the_service_is_not_run_and_its_running_flow_run_is_cancelled(service):
+    controller = ComputeClientController(compute_client(service), dict(DEFAULT_DEPLOYMENTS), logging.getLogger("t"))
+    waiting, started = service.job("w"), service.job("s")
+    user_key = service.admin.service_user()["apiKey"]
+    for job_id in (waiting, started):
+        assert service.call("cancelJob", {"jobId": job_id}, user_key).status_code == 200
+    jobs = [await controller.jobs.job(waiting), await controller.jobs.job(started)]
+    assert [controller.wanted(job) for job in jobs] == [False, False]
+    running = FlowRun(flow_id=uuid4(), name="its-run", state=Running())
+    cancelling = FlowRun(flow_id=uuid4(), name="being-cancelled", state=Cancelling())
+    assert controller.cancelled_at_central(jobs, {started: running}) == [
+        (running, f"job {started} was canceled at the service")]
+    assert controller.cancelled_at_central(jobs, {started: cancelling}) == []
+
+
+async def test_a_job_another_compute_client_holds_is_theirs(service):
+    ours, theirs = ComputeClientJobs(compute_client(service, "ours")), service.client("theirs")
+    job_id = service.job("x")
+    run_to(theirs, service, job_id, "starting")
+    with pytest.raises(ClaimRefused, match=f"job {job_id} was claimed by compute client theirs first"):
+        await ours.job(job_id)

@@ -188,7 +188,7 @@ class AwsBatchLauncher(Launcher):
             "jobQueue": watched.queue,
             "jobDefinition": watched.definition,
             "containerOverrides": {
-                "command": wrapped(WORKING_DIR_WRAPPER, request.app_executable),
+                "command": wrapped(WORKING_DIR_WRAPPER, request.app_argv),
                 "environment": [{"name": k, "value": v} for k, v in env.items()],
                 "resourceRequirements": resources,
             },

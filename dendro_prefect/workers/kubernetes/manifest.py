@@ -102,7 +102,7 @@ def render_job(template: dict, request: LaunchRequest, attempt: int, active_dead
         quantities["nvidia.com/gpu"] = str(request.num_gpus)
     container.update(
         image=request.app_image,
-        command=wrapped(WORKING_DIR_WRAPPER, request.app_executable),
+        command=wrapped(WORKING_DIR_WRAPPER, request.app_argv),
         env=[*({"name": k, "value": v} for k, v in env.items()),
              {"name": KEY_NAME, "valueFrom": {"secretKeyRef": {"name": f"{name}-key", "key": KEY_NAME}}}],
         resources={"requests": dict(quantities), "limits": dict(quantities)},
