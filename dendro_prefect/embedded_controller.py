@@ -41,14 +41,15 @@ def register_resource(admin: Any, workdir: Path, apps: list[dict], container_met
 
 
 def register_compute_client(admin: Any, workdir: Path, service_name: str, name: str = "dendro-prefect",
-                            container_method: str = "none") -> ComputeClientConfig:
+                            container_method: str = "none", run_method: str = "local") -> ComputeClientConfig:
     """A new compute client of a Dendro 0.6 service at the stand-in of `admin`, registered through its registration
-    page as a user does, its configuration written into `workdir` with the stand-in's PubSub hub as
-    `pubsub_origin`."""
+    page as a user does, its jobs going to `run_method`'s pool, its configuration written into `workdir` with the
+    stand-in's PubSub hub as `pubsub_origin`."""
     code = read_registration_code(admin.register_compute_client(service_name, name))
     config = ComputeClientConfig(compute_client_id=code.computeClientId,
                                  compute_client_private_key=code.computeClientPrivateKey, compute_client_name=name,
                                  service_name=service_name, central_url=admin.url, container_method=container_method,
+                                 default_job_run_method=run_method, available_job_run_methods=[run_method],
                                  pubsub_origin=admin.pubsub_origin)
     workdir.mkdir(parents=True, exist_ok=True)
     config.write(workdir / CONFIG_FILE_NAME)

@@ -120,7 +120,8 @@ def create_count_starts_job(admin: StandInAdmin, resource_id: str, **overrides) 
 # With PYTEST_PROCESSES=N (scripts/test.sh; 3 by default) the suite runs in N processes (pytest-xdist): a
 # module's tests stay together (its module-scoped controller starts once), and the modules that run jobs on the
 # one-node Slurm cluster (2 CPUs) share one process, so that their jobs do not queue behind each other's.
-SLURM_MODULES = {"test_slurm_pool", "test_slurm_docker", "test_slurm_packing", "test_spike_sorting", "test_kill9"}
+SLURM_MODULES = {"test_slurm_pool", "test_slurm_docker", "test_slurm_packing", "test_spike_sorting", "test_kill9",
+                 "test_v06_slurm"}
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -40,7 +40,7 @@ def docker_command(request: LaunchRequest, job_dir: JobDirectory) -> AppCommand:
         "--workdir", "/tmp/working", "--env-file", str(env_file),
         "--cpus", str(max(request.num_cpus, 1)), "--memory", f"{max(int(request.memory_gb * 1024), 6)}m",
     ]
-    if uses_loopback(env.get("DENDRO_URL", "")):
+    if uses_loopback(request.central_url):
         argv += ["--network", "host"]
     if request.num_gpus > 0:
         argv += ["--gpus", "all"]

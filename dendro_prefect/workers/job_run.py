@@ -193,6 +193,7 @@ class JobRun:
             num_cpus=configuration.num_cpus, num_gpus=configuration.num_gpus, memory_gb=configuration.memory_gb,
             time_limit_sec=configuration.time_limit_sec, job_dir=job_dir_of(configuration, job.jobId),
             batch_id=job.batchId, flow_run_id=str(self.flow_run.id), sdk_bin_dir=configuration.sdk_bin_dir,
+            central_url=self.central.config.central_url,
         )
 
     # --- taking a job up again -----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ class LaunchRequest(BaseModel):
     batch_id: str | None = None
     flow_run_id: str = ""
     sdk_bin_dir: str = ""  # where the dendro SDK's command is, for an app run as a plain process
+    central_url: str = ""  # what the app's SDK talks to (a container reaches a loopback one on the host network)
 
     @model_validator(mode="after")
     def _argv_of_the_executable(self) -> "LaunchRequest":

@@ -65,7 +65,7 @@ def test_docker_gives_a_gpu_job_all_gpus(tmp_path, num_gpus, expected):
     ("http://127.1.2.3", True), ("https://dendro.vercel.app", False), ("http://10.0.0.5:8000", False),
 ])
 def test_docker_uses_the_host_network_only_for_a_central_on_loopback(tmp_path, url, host_network):
-    command, _ = docker(tmp_path, env={"JOB_ID": "p1.abcdefgh", "DENDRO_URL": url})
+    command, _ = docker(tmp_path, central_url=url)
     assert option(command.argv, "--network") == (["host"] if host_network else [])
     assert uses_loopback(url) == host_network
 
