@@ -34,61 +34,40 @@ def job_card(job: Job, central_url: str, infrastructure_id: str) -> str:
         return _service_job_card(job, central_url, infrastructure_id)
     secret = {p.name for p in job.processorSpec.parameters if p.secret}
     secret |= {p.name for p in job.inputParameters if p.secret}
-    lines = [
-        f"# Dendro job {job.jobId}",
-        "",
-        f"[Project {job.projectId} in Dendro]({project_url(central_url, job.projectId)})",
-        "",
-        "| Field | Value |",
-        "|---|---|",
-        f"| Processor | `{job.processorName}` |",
-        f"| Run method | {job.runMethod or '—'} |",
-        f"| Infrastructure | `{infrastructure_id}` |",
-        *_resources_and_batch(job),
-    ]
-    for item in job.inputFiles:
-        lines.append(f"| Input `{item.name}` | {item.fileName} |")
-    for parameter in job.inputParameters:
-        value = SECRET_VALUE if parameter.name in secret else f"`{_cell(repr(parameter.value))}`"
-        lines.append(f"| Parameter `{parameter.name}` | {value} |")
-    for output in job.outputFiles:
-        lines.append(f"| Output `{output.name}` | {output.fileName} |")
-    return "\n".join(lines) + "\n"
+    return _card(
+        job, f"[Project {job.projectId} in Dendro]({project_url(central_url, job.projectId)})",
+        [("Processor", f"`{job.processorName}`"), ("Run method", job.runMethod or "—"),
+         ("Infrastructure", f"`{infrastructure_id}`")],
+        [(f"Input `{item.name}`", item.fileName) for item in job.inputFiles]
+        + [(f"Parameter `{p.name}`", SECRET_VALUE if p.name in secret else f"`{_cell(repr(p.value))}`")
+           for p in job.inputParameters]
+        + [(f"Output `{output.name}`", output.fileName) for output in job.outputFiles])
 
 
 def _service_job_card(job: ServiceJob, api_url: str, infrastructure_id: str) -> str:
     """A Dendro 0.6 job: its page in the service's web app. Its secrets never reach a compute client."""
     definition = job.jobDefinition
-    lines = [
-        f"# Dendro job {job.jobId}",
-        "",
-        f"[Job {job.jobId} in Dendro]({api_url.rstrip('/')}/job/{quote(job.jobId, safe='')})",
-        "",
-        "| Field | Value |",
-        "|---|---|",
-        f"| Service | `{job.serviceName}` |",
-        f"| App | `{definition.appName}` |",
-        f"| Processor | `{definition.processorName}` |",
-        f"| Infrastructure | `{infrastructure_id}` |",
-        *_resources_and_batch(job),
-    ]
-    for item in definition.inputFiles:
-        lines.append(f"| Input `{item.name}` | {_cell(item.fileBaseName)} |")
-    for parameter in definition.parameters:
-        lines.append(f"| Parameter `{parameter.name}` | `{_cell(repr(parameter.value))}` |")
-    for output in definition.outputFiles:
-        lines.append(f"| Output `{output.name}` | {_cell(output.fileBaseName)} |")
-    return "\n".join(lines) + "\n"
+    return _card(
+        job, f"[Job {job.jobId} in Dendro]({api_url.rstrip('/')}/job/{quote(job.jobId, safe='')})",
+        [("Service", f"`{job.serviceName}`"), ("App", f"`{definition.appName}`"),
+         ("Processor", f"`{definition.processorName}`"), ("Infrastructure", f"`{infrastructure_id}`")],
+        [(f"Input `{item.name}`", _cell(item.fileBaseName)) for item in definition.inputFiles]
+        + [(f"Parameter `{p.name}`", f"`{_cell(repr(p.value))}`") for p in definition.parameters]
+        + [(f"Output `{output.name}`", _cell(output.fileBaseName)) for output in definition.outputFiles])
 
 
-def _resources_and_batch(job: Job) -> list[str]:
-    lines = []
+def _card(job: Job, link: str, fields: list[tuple[str, str]], files_and_parameters: list[tuple[str, str]]) -> str:
+    """The card of either protocol's job: its link, its fields, its resources and batch, then its inputs,
+    parameters and outputs."""
+    rows = list(fields)
     if (resources := job.requiredResources) is not None:
-        lines.append(f"| Resources | {resources.numCpus} CPU, {resources.numGpus} GPU, {resources.memoryGb:g} GB, "
-                     f"{resources.timeSec:g} s |")
+        rows.append(("Resources", f"{resources.numCpus} CPU, {resources.numGpus} GPU, {resources.memoryGb:g} GB, "
+                                  f"{resources.timeSec:g} s"))
     if job.batchId:
-        lines.append(f"| Batch | `{job.batchId}` |")
-    return lines
+        rows.append(("Batch", f"`{job.batchId}`"))
+    lines = [f"# Dendro job {job.jobId}", "", link, "", "| Field | Value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in rows + files_and_parameters]
+    return "\n".join(lines) + "\n"
 
 
 def _cell(text: str) -> str:

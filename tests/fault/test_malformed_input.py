@@ -21,6 +21,7 @@ import string
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,26 +138,42 @@ MESSAGE_FIELDS = {
 OWN_RESOURCE = "cr-own"
 
 
-def well_formed_message(document: Any) -> bool:
-    """The wire format of the three messages, written out independently of the pydantic models."""
-    if not isinstance(document, dict):
-        return False
-    kind = document.get("type")
-    if not isinstance(kind, str) or kind not in MESSAGE_FIELDS:
-        return False
-    if not all(isinstance(document.get(name), str) for name in MESSAGE_FIELDS[kind]):
-        return False
-    status = document.get("status")
-    return kind != "jobStatusChanged" or status is None or (isinstance(status, str) and status in STATUSES)
+@dataclass(frozen=True)
+class PubsubWire:
+    """A protocol's PubSub messages, written out independently of the pydantic models: each type's string fields,
+    the field that names whose message it is (with this test's own value), the statuses of `jobStatusChanged`,
+    and look-alike types."""
+
+    fields: dict[str, tuple[str, ...]]
+    owner_field: str
+    own: str
+    statuses: tuple[str, ...]
+    look_alikes: tuple[str, ...]
+
+    def well_formed(self, document: Any) -> bool:
+        if not isinstance(document, dict):
+            return False
+        kind = document.get("type")
+        if not isinstance(kind, str) or kind not in self.fields:
+            return False
+        if not all(isinstance(document.get(name), str) for name in self.fields[kind]):
+            return False
+        status = document.get("status")
+        return kind != "jobStatusChanged" or status is None or (isinstance(status, str) and status in self.statuses)
+
+
+WIRE_02 = PubsubWire(MESSAGE_FIELDS, "computeResourceId", OWN_RESOURCE, STATUSES,
+                     ("", "newpendingjob", "computeResourceAppsChanged", "jobStatusChanged ", "NewPendingJob"))
 
 
 @st.composite
-def messages(draw) -> Any:
-    kind = draw(st.sampled_from(sorted(MESSAGE_FIELDS)))
-    document = {"type": kind, **{name: draw(TEXT) for name in MESSAGE_FIELDS[kind]}}
-    document["computeResourceId"] = draw(st.sampled_from([OWN_RESOURCE, OWN_RESOURCE, "cr-other"]) | TEXT)
+def messages(draw, wire: PubsubWire = WIRE_02) -> Any:
+    """A message of `wire`, mostly well-formed, for this test's owner or another, or broken one way or another."""
+    kind = draw(st.sampled_from(sorted(wire.fields)))
+    document = {"type": kind, **{name: draw(TEXT) for name in wire.fields[kind]}}
+    document[wire.owner_field] = draw(st.sampled_from([wire.own, wire.own, "someone-else"]) | TEXT)
     if kind == "jobStatusChanged" and draw(st.booleans()):
-        document["status"] = draw(st.sampled_from(STATUSES) | st.none())
+        document["status"] = draw(st.sampled_from(wire.statuses) | st.none())
     extra = draw(st.dictionaries(st.text(max_size=8), JSON, max_size=1))
     document.update({k: v for k, v in extra.items() if k not in document})
     breakage = draw(st.sampled_from(["none", "none", "drop", "wrong type", "bad type", "bad status", "any json",
@@ -164,16 +181,15 @@ def messages(draw) -> Any:
     if breakage == "bad status" and kind != "jobStatusChanged":
         breakage = "wrong type"  # another message's status is an extra field, which the protocol allows
     if breakage == "drop":
-        document.pop(draw(st.sampled_from(["type", *MESSAGE_FIELDS[kind]])))
+        document.pop(draw(st.sampled_from(["type", *wire.fields[kind]])))
     elif breakage == "wrong type":
-        document[draw(st.sampled_from(["type", *MESSAGE_FIELDS[kind]]))] = draw(NOT_STR)
+        document[draw(st.sampled_from(["type", *wire.fields[kind]]))] = draw(NOT_STR)
     elif breakage == "bad type":
-        document["type"] = draw(NOT_STR | st.sampled_from(["", "newpendingjob", "computeResourceAppsChanged",
-                                                            "jobStatusChanged ", "NewPendingJob"]) | TEXT)
+        document["type"] = draw(NOT_STR | st.sampled_from(wire.look_alikes) | TEXT)
     elif breakage == "bad status":
         document["status"] = draw(NOT_STR_OR_NULL | st.sampled_from(["", "Pending", "cancelled", "done"]) | TEXT)
     elif breakage == "any json":
-        return draw(st.dictionaries(st.sampled_from(["type", "jobId", "projectId", "computeResourceId", "status"])
+        return draw(st.dictionaries(st.sampled_from(["type", "jobId", wire.owner_field, "status"])
                                     | st.text(max_size=8), JSON, max_size=5))
     elif breakage == "not an object":
         return draw(NOT_OBJECT)
@@ -194,10 +210,10 @@ def test_malformed_pubsub_messages_are_dropped_and_well_formed_ones_kept():
         for document in documents:
             hints.receive(document)  # never raises
         kept = loop.run_until_complete(hints.wait(0))
-        expected = [d for d in documents if well_formed_message(d) and d["computeResourceId"] == OWN_RESOURCE]
+        expected = [d for d in documents if WIRE_02.well_formed(d) and d["computeResourceId"] == OWN_RESOURCE]
         assert [(m.type, m.computeResourceId, getattr(m, "jobId", None)) for m in kept] == \
             [(d["type"], d["computeResourceId"], d.get("jobId")) for d in expected]
-        malformed = [d for d in documents if not well_formed_message(d)]
+        malformed = [d for d in documents if not WIRE_02.well_formed(d)]
         warnings = log.messages()
         assert len(warnings) == len(malformed)
         assert all(w.startswith("malformed PubSub message") for w in warnings)

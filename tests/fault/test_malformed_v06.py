@@ -22,52 +22,14 @@ from dendro_prefect.controller.v06 import ComputeClientController
 from dendro_prefect.protocol.transport import CentralError
 from dendro_prefect.protocol.v06.models import PubsubSubscription, ServiceApp
 from tests.conftest import REPO
-from tests.fault.test_malformed_input import FUZZ, JSON, NOT_OBJECT, NOT_STR, NOT_STR_OR_NULL, TEXT, UNIQUE, Records
+from tests.fault.test_malformed_input import FUZZ, JSON, NOT_OBJECT, NOT_STR, UNIQUE, PubsubWire, Records, messages
 from tests.unit.fakes import FakePrefect
 
 OWN_SERVICE = "hello_world_service"
-STATUSES = ("pending", "starting", "running", "completed", "failed")
-HINT_FIELDS = {"newPendingJob": ("serviceName", "jobId"), "jobStatusChanged": ("serviceName", "jobId"),
-               "pingComputeClients": ("serviceName",)}
-
-
-def well_formed_hint(document: Any) -> bool:
-    if not isinstance(document, dict) or not isinstance(document.get("type"), str) or document["type"] not in HINT_FIELDS:
-        return False
-    if not all(isinstance(document.get(name), str) for name in HINT_FIELDS[document["type"]]):
-        return False
-    status = document.get("status")
-    return document["type"] != "jobStatusChanged" or status is None or (isinstance(status, str) and status in STATUSES)
-
-
-@st.composite
-def hints(draw) -> Any:
-    kind = draw(st.sampled_from(sorted(HINT_FIELDS)))
-    document = {"type": kind, **{name: draw(TEXT) for name in HINT_FIELDS[kind]}}
-    document["serviceName"] = draw(st.sampled_from([OWN_SERVICE, OWN_SERVICE, "another_service"]) | TEXT)
-    if kind == "jobStatusChanged" and draw(st.booleans()):
-        document["status"] = draw(st.sampled_from(STATUSES) | st.none())
-    extra = draw(st.dictionaries(st.text(max_size=8), JSON, max_size=1))
-    document.update({k: v for k, v in extra.items() if k not in document})
-    breakage = draw(st.sampled_from(["none", "none", "drop", "wrong type", "bad type", "bad status", "any json",
-                                     "not an object"]))
-    if breakage == "bad status" and kind != "jobStatusChanged":
-        breakage = "wrong type"
-    if breakage == "drop":
-        document.pop(draw(st.sampled_from(["type", *HINT_FIELDS[kind]])))
-    elif breakage == "wrong type":
-        document[draw(st.sampled_from(["type", *HINT_FIELDS[kind]]))] = draw(NOT_STR)
-    elif breakage == "bad type":
-        document["type"] = draw(NOT_STR | st.sampled_from(["", "newpendingjob", "pingComputeClient",
-                                                            "computeResourceAppsChanaged", "jobStatusChanged "]) | TEXT)
-    elif breakage == "bad status":
-        document["status"] = draw(NOT_STR_OR_NULL | st.sampled_from(["", "queued", "Pending", "canceled"]) | TEXT)
-    elif breakage == "any json":
-        return draw(st.dictionaries(st.sampled_from(["type", "jobId", "serviceName", "status"]) | st.text(max_size=8),
-                                    JSON, max_size=4))
-    elif breakage == "not an object":
-        return draw(NOT_OBJECT)
-    return document
+WIRE_06 = PubsubWire({"newPendingJob": ("serviceName", "jobId"), "jobStatusChanged": ("serviceName", "jobId"),
+                      "pingComputeClients": ("serviceName",)}, "serviceName", OWN_SERVICE,
+                     ("pending", "starting", "running", "completed", "failed"),
+                     ("", "newpendingjob", "pingComputeClient", "computeResourceAppsChanaged", "jobStatusChanged "))
 
 
 def test_malformed_hints_are_dropped_and_well_formed_ones_of_the_service_kept():
@@ -80,17 +42,17 @@ def test_malformed_hints_are_dropped_and_well_formed_ones_of_the_service_kept():
     loop = asyncio.new_event_loop()
 
     @settings(FUZZ, max_examples=200)
-    @given(st.lists(hints(), min_size=4, max_size=12))
+    @given(st.lists(messages(WIRE_06), min_size=4, max_size=12))
     def receive(documents: list) -> None:
         log = Records(f"fuzz.hints.{next(UNIQUE)}")
         job_hints = JobHints(subscription, controller.keep_message, log.logger)
         for document in documents:
             job_hints.receive(document)  # never raises
         kept = loop.run_until_complete(job_hints.wait(0))
-        expected = [d for d in documents if well_formed_hint(d) and d["serviceName"] == OWN_SERVICE]
+        expected = [d for d in documents if WIRE_06.well_formed(d) and d["serviceName"] == OWN_SERVICE]
         assert [(h.type, h.serviceName, getattr(h, "jobId", None)) for h in kept] == \
             [(d["type"], d["serviceName"], d.get("jobId")) for d in expected]
-        malformed = [d for d in documents if not well_formed_hint(d)]
+        malformed = [d for d in documents if not WIRE_06.well_formed(d)]
         warnings = log.messages()
         assert len(warnings) == len(malformed) and all(w.startswith("malformed PubSub message") for w in warnings)
         counts.update(generated=len(documents), malformed=len(malformed), kept=len(expected))

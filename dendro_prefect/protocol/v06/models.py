@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..models import PubsubSubscription as PubsubSubscription  # PubNub's coordinates: the same in both
+
 JobStatus = Literal["pending", "starting", "running", "completed", "failed"]
 ParameterValue = Union[str, int, float, bool, list[str], list[int], list[float], list[bool], None]
 
@@ -237,20 +239,9 @@ class GetPubsubSubscriptionRequest(Request):
     protocolVersion: str | None = None
 
 
-class PubsubSubscription(Answer):
-    """PubNub's coordinates, the only ones dendro 0.6.22's daemon uses (it sends no `protocolVersion`)."""
-
-    pubnubSubscribeKey: str
-    pubnubChannel: str
-    pubnubUser: str
-
-    @property
-    def is_mock(self) -> bool:
-        """A service without PubSub (as 0.2's mock key): polling only."""
-        return self.pubnubSubscribeKey == "mock-subscribe-key"
-
-
 class GetPubsubSubscriptionResponse(Answer):
+    """PubNub's coordinates, as 0.2's: the only ones dendro 0.6.22's daemon uses (it sends no `protocolVersion`)."""
+
     type: Literal["getPubsubSubscriptionResponse"]
     subscription: PubsubSubscription
 
