@@ -9,7 +9,14 @@ from typing import Optional
 import typer
 from pydantic import ValidationError
 
-from .config import ComputeClientConfig, ComputeResourceConfig, ConfigError, config_from_node_yaml, config_path
+from .config import (
+    ComputeClientConfig,
+    ComputeResourceConfig,
+    ConfigError,
+    config_from_node_yaml,
+    config_path,
+    read_config,
+)
 from .protocol.models import ProtocolError, describe_validation_error
 from .protocol.signing import generate_keypair, make_resource_code
 from .protocol.v06.client import DEFAULT_API_URL
@@ -163,7 +170,7 @@ def up(
         if database not in DATABASES:
             raise UpError(f"no database {database!r}; choose one of {', '.join(DATABASES)}")
         config_file = config_path(config_file).resolve()
-        config = ComputeResourceConfig.read(config_file)
+        config = read_config(config_file)
         limits, variables = options_for_pools(pools_of(config), config_file, concurrency_limit, set_variable)
         options = UpOptions(config_file, database, limits, variables)
         run_up(options, config, os.environ.get("PREFECT_API_URL"), Console())
@@ -185,7 +192,7 @@ def start_subscription(
 
     try:
         config_file = config_path(config_file).resolve()
-        name, leftover = asyncio.run(start(config_file, ComputeResourceConfig.read(config_file)))
+        name, leftover = asyncio.run(start(config_file, read_config(config_file)))
     except (ConfigError, RuntimeError, OSError) as error:
         _fail(error)
     if leftover:

@@ -29,7 +29,7 @@ from prefect.workers.utilities import get_default_base_job_template_for_infrastr
 from rich.console import Console
 from rich.live import Live
 
-from .config import CONFIG_FILE_NAME, ComputeResourceConfig
+from .config import CONFIG_FILE_NAME, PROTOCOL_NAMES, SiteConfig
 from .controller.heartbeat import read_heartbeats
 from .controller.routing import DEFAULT_DEPLOYMENTS
 from .embedded import PROJECT_DIR, WORK_POOLS, Prefect, controller_worker, prefect_cli, running_prefect
@@ -64,7 +64,7 @@ class UpOptions:
         return self.directory / "prefect"
 
 
-def pools_of(config: ComputeResourceConfig) -> dict[str, str]:
+def pools_of(config: SiteConfig) -> dict[str, str]:
     """The work pools (name → worker type) the resource's run methods need, and the controller's."""
     pools = {CONTROLLER_POOL: WORK_POOLS[CONTROLLER_POOL]}
     for method in config.available_job_run_methods:
@@ -166,12 +166,12 @@ async def cancel_leftover_subscription(client: PrefectClient, compute_resource_i
     return flow_run.name
 
 
-async def start_subscription(config_file: Path, config: ComputeResourceConfig) -> tuple[str, str | None]:
+async def start_subscription(config_file: Path, config: SiteConfig) -> tuple[str, str | None]:
     """A subscription flow run of the resource on the dendro-controller pool (systemd's
     dendro-prefect-subscription.service), after cancelling one an earlier controller left unfinished.
     Returns the new run's name and the cancelled one's."""
     async with get_client() as client:
-        leftover = await cancel_leftover_subscription(client, config.compute_resource_id)
+        leftover = await cancel_leftover_subscription(client, config.identity)
     flow_run = await create_subscription_run({"config_file": str(config_file)})
     return flow_run.name, leftover
 
@@ -206,7 +206,7 @@ def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def run_up(options: UpOptions, config: ComputeResourceConfig, api_url: str | None, console: Console) -> None:
+def run_up(options: UpOptions, config: SiteConfig, api_url: str | None, console: Console) -> None:
     """Bring it all up, show the status until Ctrl-C or SIGTERM, stop all of it (at exit of the ExitStack, in
     reverse: the subscription flow run ends before the workers, the workers before the server)."""
     pools = pools_of(config)
@@ -214,8 +214,8 @@ def run_up(options: UpOptions, config: ComputeResourceConfig, api_url: str | Non
         signal.signal(signum, _raise_keyboard_interrupt)
     with ExitStack() as stack:
         try:
-            console.print(f"Starting a compute resource {config.compute_resource_id[:16]}… of {config.central_url} "
-                          f"with work pools {', '.join(pools)} …")
+            console.print(f"Starting a {PROTOCOL_NAMES[config.protocol]} {config.identity[:16]}… of "
+                          f"{config.central_url} with work pools {', '.join(pools)} …")
             prefect = stack.enter_context(prefect_to_use(options, api_url))
             created, leftover = asyncio.run(_prepare(pools, options, config))
             console.print(f"Prefect UI: {prefect.api_url.removesuffix('/api')}")
@@ -236,11 +236,11 @@ def run_up(options: UpOptions, config: ComputeResourceConfig, api_url: str | Non
 
 
 async def _prepare(pools: dict[str, str], options: UpOptions,
-                   config: ComputeResourceConfig) -> tuple[list[str], str | None]:
+                   config: SiteConfig) -> tuple[list[str], str | None]:
     """On the Prefect server of this process's PREFECT_API_URL: ours (running_prefect sets it) or the one named."""
     async with get_client() as client:
         created = await ensure_pools(client, pools, options)
-        leftover = await cancel_leftover_subscription(client, config.compute_resource_id)
+        leftover = await cancel_leftover_subscription(client, config.identity)
     return created, leftover
 
 
