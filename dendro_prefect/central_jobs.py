@@ -48,8 +48,9 @@ class CentralJobs(abc.ABC):
     def _read(self) -> list[Any]:
         """The documents of the jobs that have not ended, from one call to the central (blocking)."""
 
-    async def _missing(self, job_id: str) -> dict | None:
-        """The document of an unfinished job the shared read did not have, or None."""
+    async def missing(self, job_id: str) -> dict | None:
+        """The document of an unfinished job the shared read did not have, asked for alone, or None (0.2's read
+        has every unfinished job: nothing to ask)."""
         return None
 
     def held_by_another(self, document: dict) -> str | None:
@@ -93,11 +94,11 @@ class CentralJobs(abc.ABC):
     async def unfinished_job(self, job_id: str, newer_than: float) -> dict | None:
         """The job's document if it has not ended (read at `newer_than` or later), else None."""
         document = (await self.unfinished(newer_than)).get(job_id)
-        return document if document is not None else await self._missing(job_id)
+        return document if document is not None else await self.missing(job_id)
 
     async def statuses(self, job_ids: list[str]) -> dict[str, str | None]:
         unfinished = await self.unfinished(time.monotonic())
-        return {job_id: (unfinished.get(job_id) or await self._missing(job_id) or {}).get("status")
+        return {job_id: (unfinished.get(job_id) or await self.missing(job_id) or {}).get("status")
                 for job_id in job_ids}
 
     async def job(self, job_id: str, statuses: tuple[str, ...] = ("pending",)) -> Job:
@@ -150,18 +151,20 @@ class ComputeClientJobs(CentralJobs):
         runnable, running = self.client.runnable_jobs()
         return [*runnable, *running]
 
-    async def _missing(self, job_id: str) -> dict | None:
+    async def missing(self, job_id: str) -> dict | None:
         return await anyio.to_thread.run_sync(self._ask_for, job_id)
 
     def _ask_for(self, job_id: str) -> dict | None:
-        """A pending job the slots left out (the service offers it when asked by id), or the public document of one
-        that is neither offered nor claimed by this client and has not ended."""
-        runnable, _ = self.client.runnable_jobs(job_id)
-        offered = next((d for d in runnable if isinstance(d, dict) and d.get("jobId") == job_id), None)
-        if offered is not None:
-            return offered
+        """The job's public document if it has not ended; for a pending one the slots left out, the document with
+        its key, which the service offers when asked by the job's id. One call for a job that ended (what the
+        watch asks about), two for a pending one."""
         document = self.client.job(job_id)
-        return document if document is not None and document.get("status") not in ("completed", "failed") else None
+        if document is None or document.get("status") in ("completed", "failed"):
+            return None
+        if document.get("status") == "pending":
+            runnable, _ = self.client.runnable_jobs(job_id)
+            return next((d for d in runnable if isinstance(d, dict) and d.get("jobId") == job_id), document)
+        return document
 
     def held_by_another(self, document: dict) -> str | None:
         holder = document.get("computeClientId")

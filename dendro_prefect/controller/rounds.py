@@ -128,7 +128,7 @@ class Controller(abc.ABC):
                                                   reconcile.active_runs(prefect, self.config.identity))
         unfinished_ids = set(unfinished)
         for job_id in active.keys() - unfinished_ids:  # a job the central's list leaves out may not have ended
-            if await self.jobs.unfinished_job(job_id, time.monotonic()) is not None:
+            if await self.jobs.missing(job_id) is not None:
                 unfinished_ids.add(job_id)
         documents = self.jobs.read_documents()
         jobs = [job for job in [await self._parse(d) for d in documents if self._worth_parsing(d)] if job is not None]

@@ -91,8 +91,10 @@ class FakeCentral:
         self.specs: list = []  # ComputeResourceSpec, as reported
         self.fail_with: Exception | None = None
         self.status_outage = 0  # how many status changes fail as an outage would
+        self.reads = 0  # calls of unfinished_jobs
 
     def get_unfinished_jobs(self) -> list[dict]:
+        self.reads += 1
         if self.fail_with is not None:
             raise self.fail_with
         return list(self.jobs.values())

@@ -520,10 +520,13 @@ async def test_the_controller_cancels_the_waiting_run_of_a_deleted_job_at_once(c
 
 
 async def test_the_controller_cancels_a_deleted_jobs_running_run_no_worker_stopped_after_settle_sec(controller, prefect,
-                                                                                                  clock):
+                                                                                                  clock, central):
     run = prefect.add(flow_run(JOB, StateType.RUNNING))
+    others = [prefect.add(flow_run(f"p1.gone{n}", StateType.RUNNING)) for n in range(3)]
     await controller.intake(prefect)
     assert prefect.state_of(run).type == StateType.RUNNING
+    assert central.reads == 1  # one read a round, however many runs' jobs it leaves out
+    assert all(prefect.state_of(other).type == StateType.RUNNING for other in others)
     clock.advance(SETTLE)
     await controller.intake(prefect)
     assert prefect.state_of(run).type == StateType.CANCELLING

@@ -49,7 +49,9 @@ class _Watched:
     ended: bool = False  # the last states() saw the job end
     created_at: float = field(default_factory=time.monotonic)  # of the current attempt's Job
     failed_seen_at: float | None = None  # when the current attempt's Job was first seen Failed
-    seen: set = field(default_factory=set)  # the attempts' Jobs the namespace watch has shown
+    # The attempts' Jobs the namespace watch has shown, by name: states() may run (another thread) while run_again
+    # makes a new attempt current, so whether the current one was seen is kept with its name.
+    seen: set = field(default_factory=set)
 
 
 def _one_line(text: str) -> str:
