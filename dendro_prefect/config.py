@@ -125,6 +125,25 @@ class ComputeResourceConfig(SiteConfig):
         return self.compute_resource_id
 
 
+class ResourceRoute(BaseModel):
+    """Where a Dendro 0.6 job goes by its required resources (its only mark of where it should run; a 0.2 job names
+    its `runMethod`): to `run_method`'s pool when it needs at least `min_gpus` GPUs and no more than each bound set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_method: RunMethod
+    min_gpus: int = Field(default=0, ge=0)
+    max_gpus: int | None = Field(default=None, ge=0)
+    max_cpus: int | None = Field(default=None, ge=0)
+    max_memory_gb: float | None = Field(default=None, ge=0)
+    max_time_sec: float | None = Field(default=None, gt=0)
+
+    def takes(self, num_cpus: int, num_gpus: int, memory_gb: float, time_sec: float) -> bool:
+        bounds = ((num_gpus, self.max_gpus), (num_cpus, self.max_cpus), (memory_gb, self.max_memory_gb),
+                  (time_sec, self.max_time_sec))
+        return num_gpus >= self.min_gpus and all(bound is None or value <= bound for value, bound in bounds)
+
+
 class ComputeClientConfig(SiteConfig):
     """A compute client of a Dendro 0.6 service (magland/dendro): the code of the service's registration page,
     and the service it serves. `central_url` is the service's API (the SDK's DENDRO_API_URL)."""
@@ -135,6 +154,24 @@ class ComputeClientConfig(SiteConfig):
     compute_client_private_key: SecretStr
     compute_client_name: str
     service_name: str = Field(min_length=1)
+    resource_routes: list[ResourceRoute] = Field(
+        default=[], description="The pools of jobs by their required resources: the first route that takes a job "
+                                "decides its run method; a job no route takes goes to default_job_run_method.")
+
+    @model_validator(mode="after")
+    def _routes_to_available_methods(self) -> "ComputeClientConfig":
+        for index, route in enumerate(self.resource_routes):
+            if route.run_method not in self.available_job_run_methods:
+                raise ValueError(f"resource_routes[{index}] routes to {route.run_method}, which is not in "
+                                 f"available_job_run_methods {self.available_job_run_methods}")
+        return self
+
+    def run_method_of(self, num_cpus: int, num_gpus: int, memory_gb: float, time_sec: float) -> RunMethod:
+        """The run method of a job that requires these resources."""
+        for route in self.resource_routes:
+            if route.takes(num_cpus, num_gpus, memory_gb, time_sec):
+                return route.run_method
+        return self.default_job_run_method
 
     @field_validator("compute_client_private_key")
     @classmethod

@@ -36,6 +36,16 @@ def sdk_bin() -> Path:
 
 
 @pytest.fixture(scope="session")
+def sdk06_bin() -> Path:
+    """The bin directory of the virtual environment with the real dendro 0.6.22 SDK, which Dendro 0.6 jobs run with
+    (made by scripts/test.sh)."""
+    venv = Path(os.environ.get("DENDRO_SDK06_VENV", REPO / ".venv-sdk06"))
+    if not (venv / "bin" / "dendro").exists():
+        pytest.fail(f"no dendro 0.6.22 SDK in {venv}: run `bash scripts/test.sh`, which creates it")
+    return venv / "bin"
+
+
+@pytest.fixture(scope="session")
 def test_output_dir() -> Path:
     """Where tests leave files for people to look at (screenshots): $DENDRO_TEST_OUTPUT if set, else the
     repository's test-output/ (ignored by git)."""
@@ -172,4 +182,4 @@ def wait_for(condition, what: str, timeout: float = 60.0, interval: float = 0.25
 
 # The real-parts stack (Prefect server, controllers, docker) serves the e2e and the fault suites alike:
 # imported here, its session fixtures exist once per test session.
-from tests.stack import controller, docker_client, prefect_stack  # noqa: E402,F401
+from tests.stack import controller, docker_client, hello_world_image, prefect_stack  # noqa: E402,F401

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import time
@@ -37,6 +38,7 @@ from tests.conftest import LETTER_COUNT_APP, REPO, wait_for  # noqa: F401 (the t
 from tests.secrets_scan import assert_no_secrets_leaked, known_secrets, record_central_jobs, record_secret
 
 IMAGE = "dendro-letter-count:local"
+HELLO_WORLD_IMAGE = "dendro-hello-world:local"
 
 
 # The tests' Prefect: its home, API URL and the process worker of pool dendro-controller that runs the
@@ -198,19 +200,37 @@ def controller(prefect_stack, tmp_path_factory, sdk_bin) -> RunningController:
         yield running
 
 
-@pytest.fixture(scope="session")
-def docker_client():
-    """A real docker engine (scripts/test.sh starts one) with an image of the letter_count app built
-    here: no registry is reachable, so scripts/build-app-image.sh builds it from a debootstrapped base
-    and the dendro SDK's wheels."""
+def docker_engine() -> docker.DockerClient:
+    """A real docker engine (scripts/test.sh starts one), or the test is skipped."""
     try:
         client = docker.from_env()
         client.ping()
     except docker.errors.DockerException as error:
         pytest.skip(f"no docker engine on this machine ({error}); scripts/test.sh starts one")
-    subprocess.run(["bash", str(REPO / "scripts" / "build-app-image.sh"), str(REPO / "apps" / "letter_count"), IMAGE],
-                   check=True, capture_output=True, timeout=900)
     return client
+
+
+def built_app_image(app: str, image: str, **env: str) -> str:
+    """The image of `apps/<app>`, built here (scripts/build-app-image.sh: from a debootstrapped base and the dendro
+    SDK's wheels, since no registry is reachable); at once when scripts/test.sh has built it already."""
+    subprocess.run(["bash", str(REPO / "scripts" / "build-app-image.sh"), str(REPO / "apps" / app), image],
+                   check=True, capture_output=True, timeout=900, env={**os.environ, **env})
+    return image
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A real docker engine with an image of the letter_count app (IMAGE)."""
+    client = docker_engine()
+    built_app_image("letter_count", IMAGE)
+    return client
+
+
+@pytest.fixture(scope="session")
+def hello_world_image() -> str:
+    """The image of the Dendro 0.6 app apps/hello_world, with the dendro 0.6.22 SDK."""
+    docker_engine()
+    return built_app_image("hello_world", HELLO_WORLD_IMAGE, DENDRO_PREFECT_DENDRO_REQUIREMENT="dendro==0.6.22")
 
 
 # How long an app of restart_worker_and_finish runs (its `delay_sec`): it must outlive the kill and the new worker's

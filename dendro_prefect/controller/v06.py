@@ -1,8 +1,9 @@
 """The controller of a Dendro 0.6 compute client: the rounds are the 0.2 controller's (rounds.py); what differs is
 here. The service offers this client the pending jobs that are runnable (their dependencies completed), targeted
 at it and fitting a free compute slot; a job's processor, with its image and executable, is the service app's,
-read from the service once per app for APP_CACHE_SEC; every job goes to the deployment of the configuration's
-`default_job_run_method`, its resources as job variables. Which compute client runs a job is settled by the
+read from the service once per app for APP_CACHE_SEC; a job goes to the deployment of the run method its required
+resources are routed to (the configuration's `resource_routes`, else `default_job_run_method`), its resources as job
+variables. Which compute client runs a job is settled by the
 service when a worker claims it (`starting`), not here.
 """
 
@@ -61,11 +62,12 @@ class ComputeClientController(Controller):
         if processor is None:
             raise AppSpecError(f"app {definition.appName} of service {job.serviceName} has no processor "
                                f"{definition.processorName}")
-        run_method = self.config.default_job_run_method
+        resources = job.requiredResources
+        run_method = self.config.run_method_of(resources.numCpus, resources.numGpus, resources.memoryGb,
+                                               resources.timeSec)
         deployment = self.deployments.get(run_method)
         if not deployment:
             raise RoutingError(f"no deployment for run method {run_method}")
-        resources = job.requiredResources
         return FlowRunPlan(
             deployment=deployment, run_method=run_method, parameters={"job_id": job.jobId},
             job_variables={"app_name": definition.appName, "app_image": processor.image or None,

@@ -33,12 +33,13 @@ from ..protocol.signing import verify_signature_str
 from .admin_routes import admin_routes
 from .service import Central, JobRefused, RegistrationRefused, dendro_uri, output_blob_key
 from .store import NotFound, TransitionError
-from .v06.routes import service_router
+from .v06.routes import CALLS, service_router
 
 COMPUTE_RESOURCE_PREFIX = "/api/compute_resource/compute_resources/{resource_id}"
-# What an injected outage takes down: the API of compute resources and of jobs. Blobs, registration,
-# admin and PubSub stay up (PubSub has its own fault switch).
+# What an injected outage takes down: the API of compute resources and of jobs, 0.2's (by prefix) and the 0.6
+# service's calls. Blobs, registration, admin and PubSub stay up (PubSub has its own fault switch).
 OUTAGE_PREFIXES = ("/api/compute_resource/", "/api/processor/")
+OUTAGE_V06_PATHS = frozenset(f"/api/{call}" for call in CALLS)
 
 
 def create_app(central: Central) -> FastAPI:
@@ -69,7 +70,8 @@ class _OutageMiddleware:
         self.central = central
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(OUTAGE_PREFIXES):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path.startswith(OUTAGE_PREFIXES) or path in OUTAGE_V06_PATHS:
             status = self.central.failing_status()
             if status is not None:
                 detail = f"the central is unavailable (injected outage, HTTP {status})"

@@ -30,6 +30,7 @@ from tests.stack import (
     wait_for,
     wait_for_log,
 )
+from tests.v06_service import app_spec, running_compute_client
 
 BLOCK = "moto-batch"
 # Random (moto accepts any): the secrets scan looks for them everywhere, which "testing" would not allow.
@@ -44,21 +45,29 @@ def moto(tmp_path_factory, docker_client):
 
 
 @pytest.fixture(scope="module")
-def batch_controller(prefect_stack, tmp_path_factory, sdk_bin, moto):
+def pool_variables(moto) -> dict:
+    """The pool's job variables: moto's queues and execution role, AWS access by the credentials block alone."""
     record_secret(AWS_ACCESS_KEY_ID, "aws-access-key-id")
     record_secret(AWS_SECRET_ACCESS_KEY, "aws-secret-access-key")
     AwsCredentials(aws_access_key_id=AWS_ACCESS_KEY_ID, aws_secret_access_key=AWS_SECRET_ACCESS_KEY, region_name=REGION,
                    aws_client_parameters=AwsClientParameters(endpoint_url=moto.url)).save(BLOCK, overwrite=True)
-    workdir = tmp_path_factory.mktemp("aws-batch")
-    # Nothing but the block gives the worker AWS access.
+    return {"aws_credentials_block": BLOCK, "cpu_job_queue": CPU_QUEUE, "gpu_job_queue": GPU_QUEUE,
+            "runnable_warning_sec": 1, "execution_role_arn": moto.execution_role}
+
+
+def worker_env(workdir) -> dict:
+    """Nothing but the block gives the worker AWS access."""
     no_credentials = str(workdir / "no-aws-credentials")
+    return {"AWS_SHARED_CREDENTIALS_FILE": no_credentials, "AWS_CONFIG_FILE": no_credentials,
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": "2"}
+
+
+@pytest.fixture(scope="module")
+def batch_controller(prefect_stack, tmp_path_factory, sdk_bin, pool_variables):
+    workdir = tmp_path_factory.mktemp("aws-batch")
     with running_controller(prefect_stack, workdir, sdk_bin, worker_type="dendro-aws-batch", run_method="aws_batch",
                             apps=[{"name": "letter_count", "specUri": letter_count_spec_uri(workdir, image=IMAGE)}],
-                            job_variables={"aws_credentials_block": BLOCK, "cpu_job_queue": CPU_QUEUE,
-                                           "gpu_job_queue": GPU_QUEUE, "runnable_warning_sec": 1,
-                                           "execution_role_arn": moto.execution_role},
-                            worker_env={"AWS_SHARED_CREDENTIALS_FILE": no_credentials, "AWS_CONFIG_FILE": no_credentials,
-                                        "PREFECT_WORKER_HEARTBEAT_SECONDS": "2"}) as controller:
+                            job_variables=pool_variables, worker_env=worker_env(workdir)) as controller:
         yield controller
 
 
@@ -113,6 +122,25 @@ def test_batch_job_completes_with_its_log_and_its_key_in_no_log(batch_controller
     answers = json.dumps([batch.describe_jobs(jobs=[batch_id]), batch.describe_job_definitions()], default=str)
     worker_log = (prefect_stack.home / f"{controller.pool}.log").read_text(errors="replace")
     assert keys and not [key for key in keys if key in answers or key in log or key in worker_log]
+
+
+def test_a_dendro_06_job_completes_as_a_batch_job(prefect_stack, tmp_path_factory, sdk06_bin, hello_world_image,
+                                                  pool_variables, moto):
+    """A compute client of a Dendro 0.6 service whose jobs go to this pool: the same job definition and secret as a
+    0.2 job's, with the 0.6 environment and `python <executable>`, in the app's image with the dendro 0.6.22 SDK."""
+    workdir = tmp_path_factory.mktemp("v06-aws-batch")
+    with running_compute_client(prefect_stack, workdir, sdk06_bin, "lab-aws-batch",
+                                app_spec(image=hello_world_image, executable="/app/main.py"), run_method="aws_batch",
+                                worker_type="dendro-aws-batch", job_variables=pool_variables,
+                                worker_env=worker_env(workdir)) as stack:
+        job_id = stack.count_characters("counted on AWS Batch")
+        environment = {e["name"]: e["value"] for e in described(moto, batch_id_of(job_id))["container"]["environment"]}
+        assert environment["DENDRO_API_URL"] == stack.admin.url and "JOB_PRIVATE_KEY" not in environment
+        job = stack.finished(job_id, timeout=120)
+        assert job["status"] == "completed", job.get("error")
+        assert stack.output(job) == {"num_characters": 20}
+        assert final_flow_run(job_id).state.is_completed()
+        no_secret_left(moto)
 
 
 def test_failing_app_fails_the_job_with_its_reason(batch_controller):

@@ -31,6 +31,7 @@ from tests.stack import (
     wait_for,
     wait_for_log,
 )
+from tests.v06_service import app_spec, running_compute_client
 
 NAMESPACE = "dendro"
 MISSING_IMAGE = "registry.invalid/no-such-app:1"
@@ -56,6 +57,13 @@ def sleeper_spec_uri(workdir) -> str:
     return path.as_uri()
 
 
+def pool_variables(api_server, sdk_bin) -> dict:
+    """The pool's job variables: the cluster, and the dendro SDK of `sdk_bin` on the pods' PATH."""
+    return {"kubeconfig_path": str(api_server.kubeconfig), "namespace": NAMESPACE,
+            "env": {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}"}, "deadline_margin_sec": 0,
+            "pending_warning_sec": 1, "pending_limit_sec": 6}
+
+
 @pytest.fixture(scope="module")
 def k8s_controller(prefect_stack, tmp_path_factory, sdk_bin, api_server):
     workdir = tmp_path_factory.mktemp("kubernetes")
@@ -64,10 +72,7 @@ def k8s_controller(prefect_stack, tmp_path_factory, sdk_bin, api_server):
             {"name": "sleeper", "specUri": sleeper_spec_uri(workdir)}]
     with running_controller(prefect_stack, workdir, sdk_bin, apps=apps, worker_type="dendro-kubernetes",
                             run_method="kubernetes", worker_env={"PREFECT_WORKER_HEARTBEAT_SECONDS": "2"},
-                            job_variables={"kubeconfig_path": str(api_server.kubeconfig), "namespace": NAMESPACE,
-                                           "env": {"PATH": f"{sdk_bin}{os.pathsep}{os.environ['PATH']}"},
-                                           "deadline_margin_sec": 0, "pending_warning_sec": 1,
-                                           "pending_limit_sec": 6}) as controller:
+                            job_variables=pool_variables(api_server, sdk_bin)) as controller:
         yield controller
 
 
@@ -118,6 +123,21 @@ def test_job_completes_and_its_key_is_only_in_its_secret(k8s_controller, api_ser
     assert key not in log
     assert key not in (prefect_stack.home / f"{controller.pool}.log").read_text(errors="replace")
     no_orphans(api_server, name)
+
+
+def test_a_dendro_06_job_completes_as_a_kubernetes_job(prefect_stack, tmp_path_factory, sdk06_bin, api_server):
+    """A compute client of a Dendro 0.6 service whose jobs go to a pool of this cluster: the same Job and Secret as a
+    0.2 job's, with the 0.6 environment and `python <executable>`; the dendro 0.6.22 SDK on the pods' PATH."""
+    with running_compute_client(prefect_stack, tmp_path_factory.mktemp("v06-kubernetes"), sdk06_bin, "lab-kubernetes",
+                                app_spec(image=IMAGE), run_method="kubernetes", worker_type="dendro-kubernetes",
+                                job_variables=pool_variables(api_server, sdk06_bin)) as stack:
+        job_id = stack.count_characters("counted in a pod")
+        name = job_name_of(job_id)
+        job = stack.finished(job_id)
+        assert job["status"] == "completed", job.get("error")
+        assert stack.output(job) == {"num_characters": 16}
+        assert final_flow_run(job_id).state.is_completed()
+        no_orphans(api_server, name)
 
 
 def test_failing_app_fails_the_job(k8s_controller, api_server):

@@ -4,86 +4,35 @@ under the real dendro 0.6.22 SDK (.venv-sdk06). The service's rules are the stan
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
 import signal
-from pathlib import Path
+import time
 
 import pytest
 
 from dendro_prefect.embedded import prefect_worker
-from dendro_prefect.embedded_controller import register_compute_client
-from dendro_prefect.file_server import serving_files
+from dendro_prefect.protocol.client import CentralError
 from dendro_prefect.protocol.v06.client import ServiceClient
 from dendro_prefect.protocol.v06.registration import read_registration_code
-from dendro_prefect.stand_in.process import running_stand_in
-from tests.conftest import REPO
-from tests.stack import final_flow_run, flow_runs_of_job, running_controller, wait_for, wait_for_log, worker_name
+from tests.stack import final_flow_run, flow_runs_of_job, prefect_api, wait_for, wait_for_log, worker_name
+from tests.v06_service import SERVICE, running_compute_client
 
-SDK06_VENV = Path(os.environ.get("DENDRO_SDK06_VENV", REPO / ".venv-sdk06"))
-APP_DIR = REPO / "apps" / "hello_world"
-SERVICE = "hello_world_service"
-RESOURCES = {"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 60}
-INPUTS = itertools.count()  # each job's own input file (the service memoizes jobs of the same definition)
-
-
-@pytest.fixture(scope="module")
-def sdk06_bin() -> Path:
-    if not (SDK06_VENV / "bin" / "dendro").exists():
-        pytest.fail(f"no dendro 0.6.22 SDK in {SDK06_VENV}: run `bash scripts/test.sh`, which creates it")
-    return SDK06_VENV / "bin"
-
-
-def app_spec() -> dict:
-    """The hello_world app with its executable where this checkout has it: the workers run it as a plain process."""
-    spec = json.loads((APP_DIR / "spec.json").read_text())
-    for processor in spec["processors"]:
-        processor["executable"] = str(APP_DIR / processor["executable"])
-    return spec
+OUTAGE_SEC = 20.0  # an outage of the service's API (its PubSub stays up)
 
 
 @pytest.fixture(scope="module")
 def client(prefect_stack, tmp_path_factory, sdk06_bin):
-    """A compute client of the stand-in's service, with two compute slots, its controller and `local` worker
-    running; the input files' server."""
-    workdir = tmp_path_factory.mktemp("v06")
-    (workdir / "inputs").mkdir()
-    with running_stand_in(workdir / "central") as admin, serving_files(workdir / "inputs") as inputs_url:
-        admin.create_service(SERVICE)
-        admin.add_service_app(SERVICE, app_spec())
-        config = register_compute_client(admin, workdir, SERVICE, "lab-prefect")
-        slot = {**RESOURCES, "numCpus": 4, "memoryGb": 8, "timeSec": 3600}
-        admin.set_compute_slots(config.compute_client_id, [{**slot, "multiplicity": 2}])
-        with running_controller(prefect_stack, workdir, sdk06_bin, central=admin, registered=config) as running:
-            yield running, workdir / "inputs", inputs_url
-
-
-def count_characters(running, inputs: Path, inputs_url: str, text: str | None, **options) -> str:
-    """A count_characters job targeted at the compute client; `text` None: its input is missing (the job fails)."""
-    name = f"input-{next(INPUTS)}.txt"
-    if text is not None:
-        (inputs / name).write_text(text)
-    definition = {"appName": "hello_world", "processorName": "count_characters",
-                  "inputFiles": [{"name": "input", "fileBaseName": "input.txt", "url": f"{inputs_url}/{name}"}],
-                  "outputFiles": [{"name": "output", "fileBaseName": "output.json"}], "parameters": []}
-    options.setdefault("target_compute_client_ids", [running.config.compute_client_id])
-    return running.admin.create_service_job(SERVICE, definition, required_resources=RESOURCES, **options)
-
-
-def finished(admin, job_id: str, timeout: float = 90.0) -> dict:
-    return wait_for(lambda: (j := admin.service_job(job_id))["status"] in ("completed", "failed") and j,
-                    f"job {job_id} to finish", timeout)
+    """A compute client of the stand-in's service, its controller and `local` worker running."""
+    with running_compute_client(prefect_stack, tmp_path_factory.mktemp("v06"), sdk06_bin, "lab-prefect") as stack:
+        yield stack
 
 
 def test_a_job_runs_to_completed_with_its_output(client):
-    running, inputs, inputs_url = client
-    job_id = count_characters(running, inputs, inputs_url, "hello dendro 0.6")
-    job = finished(running.admin, job_id)
+    running = client.running
+    job_id = client.count_characters("hello dendro 0.6")
+    job = client.finished(job_id)
     assert job["status"] == "completed", job.get("error")
     assert job["computeClientId"] == running.config.compute_client_id
-    [output] = job["outputFileResults"]
-    assert json.loads(running.admin.download(output["url"])) == {"num_characters": 16}
+    assert client.output(job) == {"num_characters": 16}
     flow_run = final_flow_run(job_id)
     assert flow_run.state.is_completed() and flow_run.parameters == {"job_id": job_id}
     assert {f"job:{job_id}", f"resource:{running.config.compute_client_id}", f"service:{SERVICE}",
@@ -92,29 +41,60 @@ def test_a_job_runs_to_completed_with_its_output(client):
 
 
 def test_a_job_whose_dependency_failed_is_not_run(client):
-    running, inputs, inputs_url = client
-    failing = count_characters(running, inputs, inputs_url, None)
-    dependant = count_characters(running, inputs, inputs_url, "never counted", job_dependencies=(failing,))
-    assert finished(running.admin, failing)["status"] == "failed"
+    running = client.running
+    failing = client.count_characters(None)
+    dependant = client.count_characters("never counted", job_dependencies=(failing,))
+    assert client.finished(failing)["status"] == "failed"
     assert final_flow_run(failing).state.is_failed()
     # The service never offers a job whose dependency failed: it stays pending, and no flow run is made of it,
     # however many rounds pass (a later job, created after the failure, has its run once it is done).
-    later = count_characters(running, inputs, inputs_url, "after")
-    assert finished(running.admin, later)["status"] == "completed"
+    later = client.count_characters("after")
+    assert client.finished(later)["status"] == "completed"
     assert running.admin.service_job(dependant)["status"] == "pending" and flow_runs_of_job(dependant) == []
+
+
+def test_a_job_created_during_an_outage_of_the_service_runs_once_it_is_back(client):
+    """While the service's API answers 503 a job is created (the admin side and PubSub stay up: its hint arrives
+    and the controller cannot act on it). It stays pending and without a flow run through the outage, then
+    completes with one flow run; the controller's flow run and the pool's worker kept running."""
+    running = client.running
+    service = ServiceClient(running.admin.url, running.config.compute_client_id, running.config.private_key,
+                            retry_deadline=0)  # one request: the outage as the controller sees it
+    running.admin.fail_requests(OUTAGE_SEC)
+    ends = time.monotonic() + OUTAGE_SEC
+    try:
+        service.runnable_jobs()
+    except CentralError as error:
+        assert error.status_code == 503 and error.transient, error
+    else:
+        raise AssertionError("the service answered during its outage")
+    job_id = client.count_characters("made in an outage")
+
+    def outage_over() -> bool:
+        if time.monotonic() >= ends - 1:
+            return True
+        assert running.admin.service_job(job_id)["status"] == "pending" and flow_runs_of_job(job_id) == []
+        return False
+
+    wait_for(outage_over, "the outage to end", OUTAGE_SEC + 5, interval=1.0)
+    job = client.finished(job_id, timeout=120)
+    assert job["status"] == "completed", job.get("error")
+    assert len(flow_runs_of_job(job_id)) == 1 and final_flow_run(job_id).state.is_completed()
+    assert running.processes[0].poll() is None, "the worker died"
+    assert prefect_api().read_flow_run(running.subscription_run_id).state.is_running(), "the controller's run ended"
 
 
 def test_a_job_another_compute_client_claims_first_is_not_run_here_and_not_failed(client, prefect_stack):
     """Its flow run waits (the pool's worker is stopped) while another compute client of the service claims the
     job; the restarted worker's claim is refused: the run ends Cancelled with why, the job stays theirs. The
     module's own worker does not come back: this test is the module's last."""
-    running, inputs, inputs_url = client
+    running = client.running
     other = read_registration_code(running.admin.register_compute_client(SERVICE, "another-lab"))
     other_client = ServiceClient(running.admin.url, other.computeClientId, other.computeClientPrivateKey)
     worker = running.processes[0]  # gone at once (a SIGINT'd worker took over 60 s to stop on the loaded suite)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    job_id = count_characters(running, inputs, inputs_url, "theirs", target_compute_client_ids=["*"])
+    job_id = client.count_characters("theirs", target_compute_client_ids=["*"])
     wait_for(lambda: flow_runs_of_job(job_id), "the job's flow run, waiting for a worker")
     other_client.set_job_status(job_id, running.admin.service_job(job_id)["jobPrivateKey"], "starting")
     with prefect_worker(prefect_stack.home, prefect_stack.api_url, running.pool, running.worker_type, running.workdir,

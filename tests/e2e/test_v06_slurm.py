@@ -3,40 +3,27 @@ process under the real dendro 0.6.22 SDK on the one-node test cluster (scripts/s
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from dendro_prefect.embedded_controller import register_compute_client
-from dendro_prefect.file_server import serving_files
-from dendro_prefect.stand_in.process import running_stand_in
 from tests.e2e.test_slurm_pool import slurm_ready, slurm_state
-from tests.e2e.test_v06_jobs import SERVICE, app_spec, count_characters, finished, sdk06_bin  # noqa: F401 (fixture)
-from tests.stack import final_flow_run, infrastructure_id_of, running_controller
+from tests.stack import final_flow_run, infrastructure_id_of
+from tests.v06_service import running_compute_client
 
 
 @pytest.fixture(scope="module")
-def slurm_client(prefect_stack, tmp_path_factory, sdk06_bin):  # noqa: F811 (the fixture imported above)
+def slurm_compute_client(prefect_stack, tmp_path_factory, sdk06_bin):
     slurm_ready()
-    workdir = tmp_path_factory.mktemp("v06-slurm")
-    (workdir / "inputs").mkdir()
-    with running_stand_in(workdir / "central") as admin, serving_files(workdir / "inputs") as inputs_url:
-        admin.create_service(SERVICE)
-        admin.add_service_app(SERVICE, app_spec())
-        config = register_compute_client(admin, workdir, SERVICE, "lab-slurm", run_method="slurm")
-        with running_controller(prefect_stack, workdir, sdk06_bin, central=admin, registered=config,
-                                worker_type="dendro-slurm", run_method="slurm",
-                                job_variables={"time_margin_sec": 0, "partition": "debug"}) as running:
-            yield running, workdir / "inputs", inputs_url
+    with running_compute_client(prefect_stack, tmp_path_factory.mktemp("v06-slurm"), sdk06_bin, "lab-slurm",
+                                run_method="slurm", worker_type="dendro-slurm",
+                                job_variables={"time_margin_sec": 0, "partition": "debug"}) as stack:
+        yield stack
 
 
-def test_a_job_runs_as_a_slurm_job_to_completed(slurm_client):
-    running, inputs, inputs_url = slurm_client
-    job_id = count_characters(running, inputs, inputs_url, "counted on a Slurm node")
+def test_a_job_runs_as_a_slurm_job_to_completed(slurm_compute_client):
+    job_id = slurm_compute_client.count_characters("counted on a Slurm node")
     slurm_job_id = infrastructure_id_of(job_id, "slurm")
-    job = finished(running.admin, job_id)
+    job = slurm_compute_client.finished(job_id)
     assert job["status"] == "completed", job.get("error")
-    [output] = job["outputFileResults"]
-    assert json.loads(running.admin.download(output["url"])) == {"num_characters": 23}
+    assert slurm_compute_client.output(job) == {"num_characters": 23}
     assert final_flow_run(job_id).state.is_completed()
     assert slurm_state(slurm_job_id) == "COMPLETED"

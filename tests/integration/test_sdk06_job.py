@@ -20,44 +20,25 @@ from pathlib import Path
 import pytest
 import requests
 
-from dendro_prefect.file_server import serving_files
 from dendro_prefect.protocol.v06.client import ServiceClient
 from dendro_prefect.protocol.v06.models import ServiceJob
 from dendro_prefect.protocol.v06.registration import read_registration_code
-from dendro_prefect.stand_in.process import running_stand_in
-from tests.conftest import REPO
-
-SDK06_VENV = Path(os.environ.get("DENDRO_SDK06_VENV", REPO / ".venv-sdk06"))
-APP_DIR = REPO / "apps" / "hello_world"
-SERVICE = "hello_world_service"
-
-
-@pytest.fixture(scope="module")
-def sdk06_bin() -> Path:
-    if not (SDK06_VENV / "bin" / "dendro").exists():
-        pytest.skip(f"no dendro 0.6.22 SDK in {SDK06_VENV}: scripts/test.sh creates it")
-    return SDK06_VENV / "bin"
+from tests.v06_service import APP_DIR, RESOURCES, SERVICE, count_characters, running_service
 
 
 @pytest.fixture(scope="module")
 def service(sdk06_bin, tmp_path_factory):
     """The stand-in with the app and one registered compute client; the input files' server."""
-    root = tmp_path_factory.mktemp("sdk06")
-    (root / "inputs").mkdir()
-    with running_stand_in(root / "central") as admin, serving_files(root / "inputs") as inputs_url:
-        admin.create_service(SERVICE)
-        admin.add_service_app(SERVICE, json.loads((APP_DIR / "spec.json").read_text()))
+    with running_service(tmp_path_factory.mktemp("sdk06"), json.loads((APP_DIR / "spec.json").read_text())) as (
+            admin, inputs, inputs_url):
         code = read_registration_code(admin.register_compute_client(SERVICE, "lab-prefect"))
         client = ServiceClient(admin.url, code.computeClientId, code.computeClientPrivateKey, retry_deadline=5)
-        yield admin, client, root / "inputs", inputs_url
+        yield admin, client, inputs, inputs_url
 
 
 def count_characters_job(admin, client: ServiceClient, input_url: str) -> str:
-    definition = {"appName": "hello_world", "processorName": "count_characters",
-                  "inputFiles": [{"name": "input", "fileBaseName": "input.txt", "url": input_url}],
-                  "outputFiles": [{"name": "output", "fileBaseName": "output.json"}], "parameters": []}
-    return admin.create_service_job(SERVICE, definition, target_compute_client_ids=[client.compute_client_id],
-                                    required_resources={"numCpus": 1, "numGpus": 0, "memoryGb": 1, "timeSec": 60})
+    return admin.create_service_job(SERVICE, count_characters(input_url),
+                                    target_compute_client_ids=[client.compute_client_id], required_resources=RESOURCES)
 
 
 def claim_and_run(client: ServiceClient, job_id: str, sdk06_bin: Path, job_dir: Path) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@ is offered and has claimed (central_jobs.ComputeClientJobs) and their flow runs 
 
 from __future__ import annotations
 
+import json
 import logging
 from uuid import uuid4
 
@@ -12,7 +13,7 @@ from prefect.states import Cancelling, Running
 
 from dendro_prefect.apps import AppSpecError
 from dendro_prefect.central_jobs import ComputeClientJobs, JobRefused
-from dendro_prefect.config import ComputeClientConfig
+from dendro_prefect.config import ComputeClientConfig, ConfigError, ResourceRoute, read_config
 from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.controller.v06 import ComputeClientController
 from dendro_prefect.protocol.transport import ClaimRefused
@@ -101,3 +102,32 @@ async def test_a_job_another_compute_client_holds_is_theirs(service):
     run_to(theirs, service, job_id, "starting")
     with pytest.raises(ClaimRefused, match=f"job {job_id} was claimed by compute client theirs first"):
         await ours.job(job_id)
+
+
+@pytest.mark.parametrize("resources, run_method", [
+    ({"numCpus": 2, "numGpus": 1, "memoryGb": 16, "timeSec": 3600}, "aws_batch"),  # a GPU: the first route
+    ({"numCpus": 32, "numGpus": 0, "memoryGb": 64, "timeSec": 3600}, "slurm"),  # over the local bounds
+    ({"numCpus": 4, "numGpus": 0, "memoryGb": 8, "timeSec": 86400 * 2}, "slurm"),  # too long for local
+    ({"numCpus": 4, "numGpus": 0, "memoryGb": 8, "timeSec": 600}, "local"),
+])
+async def test_a_job_goes_to_the_pool_its_required_resources_are_routed_to(service, resources, run_method):
+    config = compute_client(service).model_copy(update={
+        "available_job_run_methods": ["local", "slurm", "aws_batch"], "default_job_run_method": "slurm",
+        "resource_routes": [ResourceRoute(run_method="aws_batch", min_gpus=1),
+                            ResourceRoute(run_method="local", max_cpus=8, max_memory_gb=16, max_time_sec=86400)]})
+    controller = ComputeClientController(config, dict(DEFAULT_DEPLOYMENTS), logging.getLogger("t"))
+    job_id = service.job("r", required_resources=resources)
+    plan = controller.plan(await controller.jobs.job(job_id))
+    assert (plan.run_method, plan.deployment) == (run_method, DEFAULT_DEPLOYMENTS[run_method])
+    assert f"run-method:{run_method}" in plan.tags
+
+
+def test_a_route_to_a_run_method_the_client_does_not_offer_is_a_one_line_error(tmp_path):
+    path = tmp_path / "client.json"
+    path.write_text(json.dumps({
+        "protocol": "dendro-0.6", "compute_client_id": "c1", "compute_client_private_key": "k",
+        "compute_client_name": "lab", "service_name": "s", "resource_routes": [{"run_method": "slurm", "min_gpus": 1}]}))
+    with pytest.raises(ConfigError, match=r"resource_routes\[0\] routes to slurm, which is not in "
+                                          r"available_job_run_methods \['local'\]") as raised:
+        read_config(path)
+    assert "\n" not in str(raised.value)
