@@ -181,6 +181,13 @@ def _when(moment: datetime | None, now: datetime) -> str:
     return "" if moment is None else f"{moment.astimezone().strftime('%Y-%m-%d %H:%M:%S')} ({ago(moment, now)})"
 
 
+def _identity(controller: ControllerStatus) -> str:
+    """Which compute resource or client: its kind (the protocols' ids look alike in a table) and its id, shortened."""
+    kind = "client" if controller.protocol == "dendro-0.6" else "resource"
+    identity = controller.compute_resource_id
+    return f"{kind} {identity[:16]}…" if len(identity) > 16 else f"{kind} {identity}"
+
+
 def render(report: StatusReport, console: Console) -> None:
     console.print(status_view(report))
 
@@ -204,12 +211,12 @@ def status_view(report: StatusReport) -> Group:
                      _when(job.since, now))
     for job_id in (job_id for c in report.controllers for job_id in c.jobs_outside_prefect):
         jobs.add_row(job_id, "", "", "running outside Prefect", "launched by another controller", "")
-    controllers = Table("compute resource", "central", "subscription run", "last contact", "PubSub", "apps",
+    controllers = Table("compute resource / client", "central", "subscription run", "last contact", "PubSub", "apps",
                         "submitted", "last error", title="Controllers")
     for c in report.controllers:
         run_state = c.flow_run_state or "gone"
         controllers.add_row(
-            c.compute_resource_id[:16] + "…", c.central_url, run_state, _when(c.last_contact, now),
+            _identity(c), c.central_url, run_state, _when(c.last_contact, now),
             "connected" if c.pubsub_connected else "polling", str(c.apps_loaded), str(c.jobs_submitted),
             f"{c.last_error} ({ago(c.last_error_at, now)})" if c.last_error else "",
         )

@@ -127,11 +127,13 @@ def create_count_starts_job(admin: StandInAdmin, resource_id: str, **overrides) 
     return admin.create_job(request)
 
 
-# With PYTEST_PROCESSES=N (scripts/test.sh; 3 by default) the suite runs in N processes (pytest-xdist): a
-# module's tests stay together (its module-scoped controller starts once), and the modules that run jobs on the
-# one-node Slurm cluster (2 CPUs) share one process, so that their jobs do not queue behind each other's.
-SLURM_MODULES = {"test_slurm_pool", "test_slurm_docker", "test_slurm_packing", "test_spike_sorting", "test_kill9",
-                 "test_v06_slurm"}
+# With PYTEST_PROCESSES=N (scripts/test.sh; 4 by default) the suite runs in N processes (pytest-xdist): a
+# module's tests stay together (its module-scoped controller starts once), and the tests that run jobs on the
+# one-node Slurm cluster (2 CPUs) share one process, so that their jobs do not queue behind each other's: the
+# modules of SLURM_MODULES, and the SLURM_TESTS of modules whose other tests need no Slurm (nor its process: that
+# process is the suite's longest).
+SLURM_MODULES = {"test_slurm_pool", "test_slurm_docker", "test_slurm_packing", "test_spike_sorting", "test_v06_slurm"}
+SLURM_TESTS = {"test_kill9_of_controller_and_slurm_worker_loses_and_doubles_no_job"}
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -139,8 +141,8 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "slurm" if Path(module).stem in SLURM_MODULES else module
+            module, _, test = nodeid.partition("::")
+            return "slurm" if Path(module).stem in SLURM_MODULES or test in SLURM_TESTS else module
 
     return ModuleScheduling(config, log)
 

@@ -36,7 +36,8 @@ def utcnow() -> datetime:
 
 
 class ControllerHeartbeat(BaseModel):
-    compute_resource_id: str
+    compute_resource_id: str = Field(description="the compute resource's id (0.2) or the compute client's (0.6)")
+    protocol: str = Field("dendro-0.2", description="the configuration's protocol (absent in a heartbeat of before 0.6)")
     central_url: str
     flow_run_id: str | None = Field(None, description="the subscription flow run; filled in when published from one")
     last_contact: datetime | None = Field(None, description="last successful call to the central (UTC)")

@@ -245,7 +245,7 @@ class Controller(abc.ABC):
 
     def heartbeat(self, hints: JobHints) -> ControllerHeartbeat:
         return ControllerHeartbeat(
-            compute_resource_id=self.config.identity, central_url=self.config.central_url,
+            compute_resource_id=self.config.identity, protocol=self.config.protocol, central_url=self.config.central_url,
             last_contact=self.last_contact, last_intake=self.last_intake, pubsub_connected=hints.connected,
             apps_loaded=self.apps_loaded, jobs_submitted=self.jobs_submitted,
             jobs_outside_prefect=sorted(self.reconciler.outside), last_error=self.last_error,

@@ -15,9 +15,7 @@ from typing import Any, Awaitable, Callable
 
 import anyio
 from prefect.client.schemas.objects import FlowRun
-from prefect.exceptions import Abort
 from prefect.states import AwaitingConcurrencySlot, Running, State
-from prefect.utilities.engine import propose_state
 from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker, BaseWorkerResult
 from pydantic import BaseModel, Field
 
@@ -31,6 +29,7 @@ from .launch import Launcher
 from .pickup import OneQueryAtATime, ScheduledRunPickup
 from .read_cache import cache_reads
 from .recovery import NOT_LAUNCHED, Recovery
+from .run_state import set_run_state
 from .watch import Watch, cancel_requests
 
 ORPHAN_CHECK_INTERVAL_SEC = 5.0
@@ -257,10 +256,7 @@ class DendroWorker(BaseWorker[DendroJobConfiguration, DendroVariables, DendroWor
         return self._watch
 
     async def set_state(self, flow_run: FlowRun, state: State) -> None:
-        try:
-            await propose_state(self.client, state, flow_run_id=flow_run.id)
-        except Abort as error:
-            self.get_flow_run_logger(flow_run).warning("Prefect refused state %s: %s", state.type.value, error)
+        await set_run_state(self.client, flow_run.id, state, self.get_flow_run_logger(flow_run))
 
     async def fail_at_central(self, client: Client, job: Job, reason: str, run_logger) -> None:
         """Fail the job at the central with `reason`; while the central is unreachable the failure waits

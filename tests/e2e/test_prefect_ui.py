@@ -63,6 +63,16 @@ def screenshot(page: Page, directory: Path, name: str) -> Path:
     return path
 
 
+def shown_after_a_reload_at_most(page: Page, locator) -> None:
+    """The UI reads each pane's data once, and a read that failed (on the loaded suite the API sometimes times out:
+    the UI's "Something went wrong" toast, "Waiting for logs...") is not tried again: the page is reloaded once."""
+    try:
+        expect(locator).to_be_visible()
+    except AssertionError:
+        page.reload()
+        expect(locator).to_be_visible()
+
+
 def test_flow_run_page_shows_the_job_its_log_and_its_job_card(page, job_run, test_output_dir):
     job_id, flow_run = job_run
     page.goto(f"/runs/flow-run/{flow_run.id}")
@@ -71,7 +81,7 @@ def test_flow_run_page_shows_the_job_its_log_and_its_job_card(page, job_run, tes
     expect(header.get_by_text(flow_run.name, exact=True)).to_be_visible()
     for tag in ("app:letter_count", "processor:letter_count", f"job:{job_id}"):
         expect(header.get_by_text(tag, exact=True)).to_be_visible()
-    expect(page.get_by_text(f"Job {job_id} launched as process:")).to_be_visible()  # the Logs tab opens first
+    shown_after_a_reload_at_most(page, page.get_by_text(f"Job {job_id} launched as process:"))  # Logs open first
     expect(page.get_by_text(APP_LINE)).to_be_visible()
     screenshot(page, test_output_dir, "flow-run")
 

@@ -144,6 +144,20 @@ def test_a_job_deleted_while_its_worker_is_down_has_its_app_killed_by_the_next_w
     assert flow_run.state.is_cancelled()
 
 
+def test_a_job_that_completed_while_its_worker_was_down_ends_its_cancelling_run_completed(reconciling, prefect_stack):
+    """The app completes its job while no worker follows it, and the controller, seeing the job ended, cancels its
+    run. Prefect's rules take only Cancelled from Cancelling (anything else is refused without an error): the next
+    worker sets the job's end over the cancel, and the run does not stay Cancelling for ever."""
+    job_id, _pid = running_app(reconciling, prefect_stack, slow_job(reconciling, delay_sec=5))
+    assert finished_job(reconciling.admin, job_id, timeout=60)["status"] == "completed"
+    wait_for(lambda: flow_runs_of_job(job_id)[0].state.is_cancelling(), "the controller to cancel the run", 30)
+    with pool_worker(reconciling, prefect_stack):
+        flow_run = final_flow_run(job_id)
+    assert flow_run.state.is_completed(), flow_run.state
+    assert flow_run.state.message == "The job completed while no worker watched it"
+    wait_for_log(flow_run.id, "The job ended as its run was being cancelled: Completed")
+
+
 def test_a_job_whose_app_died_with_its_worker_is_failed_not_relaunched(reconciling, prefect_stack):
     job_id, pid = running_app(reconciling, prefect_stack)
     os.killpg(pid, signal.SIGKILL)
