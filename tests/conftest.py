@@ -130,10 +130,33 @@ def create_count_starts_job(admin: StandInAdmin, resource_id: str, **overrides) 
 # With PYTEST_PROCESSES=N (scripts/test.sh; 4 by default) the suite runs in N processes (pytest-xdist): a
 # module's tests stay together (its module-scoped controller starts once), and the tests that run jobs on the
 # one-node Slurm cluster (2 CPUs) share one process, so that their jobs do not queue behind each other's: the
-# modules of SLURM_MODULES, and the SLURM_TESTS of modules whose other tests need no Slurm (nor its process: that
-# process is the suite's longest).
+# modules of SLURM_MODULES, and the SLURM_TESTS of modules whose other tests need no Slurm (nor its process).
 SLURM_MODULES = {"test_slurm_pool", "test_slurm_docker", "test_slurm_packing", "test_spike_sorting", "test_v06_slurm"}
 SLURM_TESTS = {"test_kill9_of_controller_and_slurm_worker_loses_and_doubles_no_job"}
+# The longest scopes, longest first (minutes of a fresh clone's run on 2 cores, four processes: Slurm 9, reconcile
+# 8, scale-out 5.5, README 3-5, outages 4, Kubernetes and AWS Batch 3.5 each, up 3, kill -9 local 2.5): they start
+# first, so that none starts last and runs alone (pytest-xdist would order scopes by their number of tests, which
+# puts a long module of one or two tests at the end). The docker-compose test is not among them: it waits for
+# its images, which scripts/test.sh builds meanwhile.
+LONGEST_SCOPES = ["slurm", "tests/fault/test_reconcile.py", "tests/e2e/test_scale_out_server.py",
+                  "tests/e2e/test_readme_commands.py", "tests/fault/test_outages.py", "tests/e2e/test_kubernetes_pool.py",
+                  "tests/e2e/test_aws_batch_pool.py", "tests/e2e/test_up.py", "tests/fault/test_kill9.py"]
+
+
+def scope_of(nodeid: str) -> str:
+    module, _, test = nodeid.partition("::")
+    return "slurm" if Path(module).stem in SLURM_MODULES or test in SLURM_TESTS else module
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The longest scopes first, the rest in their order (every process collects alike: the order is the same)."""
+    rank = {scope: index for index, scope in enumerate(LONGEST_SCOPES)}
+    items.sort(key=lambda item: rank.get(scope_of(item.nodeid), len(rank)))
+
+
+def pytest_configure(config) -> None:
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # the collection's order (above), not the scopes' sizes
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -141,10 +164,24 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module, _, test = nodeid.partition("::")
-            return "slurm" if Path(module).stem in SLURM_MODULES or test in SLURM_TESTS else module
+            return scope_of(nodeid)
 
     return ModuleScheduling(config, log)
+
+
+BUSY_SEC: dict[str, float] = {}  # each pytest process's time in tests (setup, call, teardown), seen by the controller
+
+
+def pytest_runtest_logreport(report) -> None:
+    node = getattr(report, "node", None)  # set on the reports the xdist controller receives
+    if node is not None:
+        BUSY_SEC[node.gateway.id] = BUSY_SEC.get(node.gateway.id, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if BUSY_SEC:
+        terminalreporter.write_line("time in tests per pytest process: " + ", ".join(
+            f"{worker} {seconds:.0f} s" for worker, seconds in sorted(BUSY_SEC.items())))
 
 
 def process_alive(pid: int) -> bool:
