@@ -16,7 +16,7 @@ from dendro_prefect.protocol.v06.registration import read_registration_code
 from tests.stack import final_flow_run, flow_runs_of_job, prefect_api, wait_for, wait_for_log, worker_name
 from tests.v06_service import SERVICE, running_compute_client
 
-OUTAGE_SEC = 20.0  # an outage of the service's API (its PubSub stays up)
+OUTAGE_SEC = 12.0  # an outage of the service's API (its PubSub stays up): the controller's retries reach 8 s apart
 
 
 @pytest.fixture(scope="module")
