@@ -25,13 +25,22 @@ logger = logging.getLogger(__name__)
 RESUBSCRIBE_AFTER_SEC = 60.0
 
 
+class Subscribed:
+    """Queued when the subscription is made, or made again: what the central published before (since the last
+    round, or while it was lost) was heard by no one, so the controller catches up with a round at once instead of
+    at its next poll."""
+
+
+SUBSCRIBED = Subscribed()
+
+
 class _Listener(SubscribeCallback):
     def __init__(self, hints: "JobHints") -> None:
         self._hints = hints
 
     def status(self, pubnub: PubNub, status: Any) -> None:
         if status.category in (PNStatusCategory.PNConnectedCategory, PNStatusCategory.PNReconnectedCategory):
-            self._hints.connected = True
+            self._hints.subscribed()
         elif status.is_error() or status.category == PNStatusCategory.PNUnexpectedDisconnectCategory:
             if self._hints.connected or self._hints.lost_at is None:
                 self._hints.lost_at = time.monotonic()
@@ -81,6 +90,10 @@ class JobHints:
             self._pubnub.unsubscribe_all()
             self._pubnub.stop()
             self._pubnub = None
+
+    def subscribed(self) -> None:
+        self.connected = True
+        self._queue.put(SUBSCRIBED)
 
     def receive(self, document: Any) -> None:
         """Keep well-formed messages for this controller; log and drop the rest."""

@@ -45,7 +45,7 @@ from ..protocol.models import (
 from ..protocol.outbox import StatusOutbox
 from . import reconcile
 from .heartbeat import ControllerHeartbeat, publish_heartbeat, utcnow
-from .job_hints import JobHints
+from .job_hints import SUBSCRIBED, JobHints
 from .routing import FlowRunPlan, RoutingError, plan_flow_run
 
 BULK_CREATE_LIMIT = 100  # flow runs per call of Prefect's create_flow_run/bulk (its own limit)
@@ -292,7 +292,7 @@ class Controller(abc.ABC):
                     return None
             next_check = until if flow_run_id is None else min(until, self.cancel_checked_at + CANCEL_CHECK_SEC)
             messages = await hints.wait(max(0.0, next_check - time.monotonic()))
-            if any(map(self.needs_round, messages)) or time.monotonic() >= until:
+            if any(m is SUBSCRIBED or self.needs_round(m) for m in messages) or time.monotonic() >= until:
                 return messages
 
     async def _round(self, prefect: PrefectClient, load_apps: bool) -> bool:

@@ -16,11 +16,12 @@ from prefect.client.schemas.objects import StateType
 from dendro_prefect.apps import AppCatalog
 from dendro_prefect.config import ComputeResourceConfig
 from dendro_prefect.controller import reconcile
+from dendro_prefect.controller.job_hints import SUBSCRIBED, JobHints
 from dendro_prefect.controller.reconcile import Reconciler, active_runs, latest_runs, requeue_crashed, why_run_ended
 from dendro_prefect.controller.rounds import ComputeResourceController
 from dendro_prefect.controller.routing import DEFAULT_DEPLOYMENTS
 from dendro_prefect.protocol.client import CentralError
-from dendro_prefect.protocol.models import ComputeResourceApp, DendroJob, PubsubMessage, parse
+from dendro_prefect.protocol.models import ComputeResourceApp, DendroJob, PubsubMessage, PubsubSubscription, parse
 from tests.conftest import LETTER_COUNT_APP
 from tests.unit.fakes import (
     RESOURCE_ID,
@@ -419,6 +420,16 @@ class Announcements:
 def status_changed(status: str | None) -> dict:
     return {"type": "jobStatusChanged", "projectId": "p1", "computeResourceId": RESOURCE_ID, "jobId": JOB,
             **({"status": status} if status else {})}
+
+
+async def test_a_subscription_made_or_made_again_starts_a_round_at_once(controller, prefect):
+    """What the central published before the subscription was heard by no one: a round catches up."""
+    hints = JobHints(PubsubSubscription(pubnubSubscribeKey="sub-c-x", pubnubChannel="c", pubnubUser="u"),
+                     lambda document: None)
+    hints.subscribed()  # as the pubnub SDK's listener does on PNConnectedCategory and PNReconnectedCategory
+    started = time.monotonic()
+    assert await controller._wait(prefect, hints, started + 5.0, None) == [SUBSCRIBED]
+    assert time.monotonic() - started < 1.0 and hints.connected
 
 
 @pytest.mark.parametrize("message, ends_the_wait", [
