@@ -11,7 +11,7 @@ from pubnub.enums import PNStatusCategory
 from pydantic import ValidationError
 
 from dendro_prefect.config import ComputeResourceConfig
-from dendro_prefect.controller.job_hints import JobHints
+from dendro_prefect.controller.job_hints import SUBSCRIBED, JobHints
 from dendro_prefect.controller.rounds import resource_messages
 from dendro_prefect.protocol.signing import compute_resource_headers
 from tests.conftest import create_letter_count_job
@@ -57,6 +57,7 @@ def test_the_controller_subscribes_where_its_configuration_says(central, resourc
     hints.start()
     try:
         wait_until(lambda: hints.connected, "the subscription")
+        assert asyncio.run(hints.wait(5)) == [SUBSCRIBED]  # the controller's cue to catch up with a round
         job_id = create_letter_count_job(central, resource.id)
         messages = asyncio.run(hints.wait(5))
         assert [(m.type, m.jobId) for m in messages] == [("newPendingJob", job_id)]
