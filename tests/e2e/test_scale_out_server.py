@@ -20,7 +20,7 @@ from tests.e2e.test_local_pool import (  # noqa: F401
 from tests.fault.test_kill9 import LOCAL_CONCURRENCY, deadline_sec, kill9_scenario
 from tests.stack import prefect_for_tests
 
-# Fewer jobs than tests/fault/test_kill9.py's scenario on the single-process server (14): the kills and the
+# Fewer jobs than tests/fault/test_kill9.py's scenario on the single-process server (10): the kills and the
 # checks are the same, the calls of each job land on either API process all the same, and the suite is shorter.
 SCALE_OUT_JOBS = 8
 

@@ -58,7 +58,7 @@ FINAL_STATUSES = ("completed", "failed")
 # The count is 200 jobs per pool (DENDRO_KILL9_LOCAL_JOBS=200 DENDRO_KILL9_SLURM_JOBS=200, about 10 and
 # 12 minutes on this 2-core machine); the test command runs fewer, which still sees each kind of kill
 # at least once, to stay within the CI budget.
-LOCAL_JOBS = int(os.environ.get("DENDRO_KILL9_LOCAL_JOBS", "14"))
+LOCAL_JOBS = int(os.environ.get("DENDRO_KILL9_LOCAL_JOBS", "10"))
 # The one-node test cluster runs 2 one-CPU jobs at a time, ~3.5 s of queue per job.
 SLURM_JOBS = int(os.environ.get("DENDRO_KILL9_SLURM_JOBS", "6"))
 # The local pool runs this many jobs at once (the pool's concurrency limit): each job is five Python
