@@ -14,6 +14,11 @@ class LaunchError(RuntimeError):
     """The backend could not start the job; the message is a one-line reason."""
 
 
+def one_line(value: object) -> str:
+    """An infrastructure's message (a command's output, an API's error) as part of a one-line reason."""
+    return " ".join(str(value).split())[:300]
+
+
 class LaunchRequest(BaseModel):
     """One Dendro job to start. The job private key is kept apart from `env` so that a backend
     passes it by the safest way its infrastructure has (a file, a secret), never in plain sight."""

@@ -20,7 +20,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..containers import WORKING_DIR_WRAPPER, container_environment, wrapped
-from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
+from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, one_line
 from .credentials import AwsAccess, AwsClients
 from .diagnosis import why_runnable
 from .job_definitions import JobDefinitions, is_of_one_job
@@ -59,10 +59,6 @@ def job_name(job_id: str) -> str:
     return JOB_NAME_CHARS.sub("-", f"dendro-{job_id}")[:128]
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())[:300]
-
-
 class AwsBatchLauncher(Launcher):
     def __init__(self, settings: AwsBatchJobSettings, access: AwsAccess | None = None,
                  log_interval_sec: float = LOG_INTERVAL_SEC) -> None:
@@ -89,7 +85,7 @@ class AwsBatchLauncher(Launcher):
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
         except (ClientError, BotoCoreError) as error:
-            raise LaunchError(f"AWS Batch {what} failed: {_one_line(error)}") from None
+            raise LaunchError(f"AWS Batch {what} failed: {one_line(error)}") from None
 
     # --- submit --------------------------------------------------------------------------------------------------
 
@@ -127,8 +123,8 @@ class AwsBatchLauncher(Launcher):
                 if arn:
                     self._remove_job_key(request.job_id, "")
                 if settings.job_key_delivery == "secrets-manager":
-                    raise LaunchError(f"AWS Secrets Manager cannot keep the job key: {_one_line(error)}") from None
-                watched.notices.append(f"{IN_OVERRIDES}: Secrets Manager refused it ({_one_line(error)})")
+                    raise LaunchError(f"AWS Secrets Manager cannot keep the job key: {one_line(error)}") from None
+                watched.notices.append(f"{IN_OVERRIDES}: Secrets Manager refused it ({one_line(error)})")
         elif settings.job_key_delivery == "auto":
             watched.notices.append(f"{IN_OVERRIDES}; set the pool's execution_role_arn to keep it in Secrets Manager")
         watched.definition = self._job_definitions().arn_for(request.app_name, request.app_image)
@@ -147,7 +143,7 @@ class AwsBatchLauncher(Launcher):
                 self._job_definitions().deregister(definition)
         except (ClientError, BotoCoreError) as error:
             logger.warning("AWS Batch: cannot remove the secret %s of job %s or its job definition: %s",
-                           secret_name(job_id), job_id, _one_line(error))
+                           secret_name(job_id), job_id, one_line(error))
 
     def _queue(self, request: LaunchRequest) -> str:
         return self.settings.gpu_job_queue if request.num_gpus > 0 else self.settings.cpu_job_queue
@@ -272,7 +268,7 @@ class AwsBatchLauncher(Launcher):
                 lines += await asyncio.to_thread(self._new_log_lines, watched)
             except (ClientError, BotoCoreError) as error:
                 if "ResourceNotFoundException" not in str(error):  # the stream appears with the first line
-                    lines.append(f"AWS Batch: cannot read the job's log stream: {_one_line(error)}")
+                    lines.append(f"AWS Batch: cannot read the job's log stream: {one_line(error)}")
         return lines
 
     def _new_log_lines(self, watched: _Watched) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
+from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, one_line
 from .cluster import ClusterAccess, cluster_identity
 from .manifest import ATTEMPT_LABEL, JOB_ID_LABEL, job_labels, job_secret, render_job
 from .namespace_watch import NamespaceWatch
@@ -52,10 +52,6 @@ class _Watched:
     # The attempts' Jobs the namespace watch has shown, by name: states() may run (another thread) while run_again
     # makes a new attempt current, so whether the current one was seen is kept with its name.
     seen: set = field(default_factory=set)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())[:300]
 
 
 def _api_error(what: str, error: ApiException) -> LaunchError:
@@ -120,7 +116,7 @@ class KubernetesLauncher(Launcher):
         try:
             job = batch.create_namespaced_job(namespace, manifest)
         except ApiException as error:
-            detail = _one_line(getattr(error, "body", "") or "")
+            detail = one_line(getattr(error, "body", "") or "")
             raise LaunchError(f"Kubernetes refused the Job: {error.status} {error.reason} {detail}".strip()) from None
         secret = job_secret(request, name, namespace, job_labels(request, attempt))
         secret["metadata"]["ownerReferences"] = [{"apiVersion": "batch/v1", "kind": "Job", "name": name,
@@ -181,7 +177,7 @@ class KubernetesLauncher(Launcher):
         watched.seen.add(name)
         if pod is not None and (pod.status.reason == "Evicted"):
             return InfrastructureState("lost", None, f"Kubernetes: pod {pod.metadata.name} evicted "
-                                       f"({_one_line(pod.status.message)})", attempt=len(watched.attempts))
+                                       f"({one_line(pod.status.message)})", attempt=len(watched.attempts))
         conditions = {c.type: c for c in (job.status.conditions or []) if c.status == "True"}
         if "Complete" in conditions:
             return InfrastructureState("exited", _exit_code(pod) or 0)
@@ -207,7 +203,7 @@ class KubernetesLauncher(Launcher):
             return InfrastructureState("running")
         reasons = self._report_events(watched, pod)
         if waiting in IMAGE_ERRORS | CONFIG_ERRORS or waited >= self.settings.pending_limit_sec:
-            cause = f"{waiting}: {_one_line(_waiting_message(pod))}" if waiting else (reasons[-1] if reasons
+            cause = f"{waiting}: {one_line(_waiting_message(pod))}" if waiting else (reasons[-1] if reasons
                                                                                        else "no event says why")
             return InfrastructureState("exited", None, f"Kubernetes: pod Pending for {waited:.0f} s ({cause})")
         return InfrastructureState("running")
@@ -221,7 +217,7 @@ class KubernetesLauncher(Launcher):
         reasons = []
         for event in events:
             if event.type == "Warning" or event.reason in ("FailedScheduling", "Failed", "BackOff"):
-                line = f"{event.reason}: {_one_line(event.message)}"
+                line = f"{event.reason}: {one_line(event.message)}"
                 reasons.append(line)
                 if line not in watched.events_seen:
                     watched.events_seen.add(line)

@@ -15,7 +15,7 @@ import uuid
 
 from ..commands import CommandBuilder
 from ..job_dir import WatchedJobFiles
-from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest
+from ..launch import InfrastructureState, Launcher, LaunchError, LaunchRequest, one_line
 from .job_dir import SlurmJobDirectory
 from .packing import BatchPacker, PackedJob
 from .script import render_batch_script, render_pack_script
@@ -41,10 +41,6 @@ async def _slurm(*args: str) -> subprocess.CompletedProcess:
                                        timeout=SLURM_COMMAND_TIMEOUT_SEC)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise LaunchError(f"{args[0]} failed: {error}") from None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:300]
 
 
 class SlurmLauncher(Launcher):
@@ -87,7 +83,7 @@ class SlurmLauncher(Launcher):
         """Submit a script; record the Slurm job id in each job's directory (for a later worker)."""
         result = await _slurm("sbatch", "--parsable", *options, str(script))
         if result.returncode != 0:
-            raise LaunchError(f"sbatch refused the job: {_one_line(result.stderr or result.stdout)}")
+            raise LaunchError(f"sbatch refused the job: {one_line(result.stderr or result.stdout)}")
         slurm_job_id = result.stdout.strip().split(";")[0]
         for job_dir in job_dirs:
             with open(job_dir.slurm_job_ids, "a") as handle:
